@@ -1,0 +1,15 @@
+"""Shared fixtures: a tiny synthetic COCO-format dataset made once per test session."""
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+    """A small shapes dataset (12 train, 6 val images of 96 px), deterministic."""
+    from common.shapes import generate_shapes_dataset
+
+    out = tmp_path_factory.mktemp("shapes")
+    generate_shapes_dataset(out, num_train=12, num_val=6, size=96, seed=0)
+    return out
