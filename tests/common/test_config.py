@@ -1,0 +1,60 @@
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+
+from common.config import ConfigError, load_config, to_yaml
+
+
+@dataclass
+class Inner:
+    lr: float = 0.1  # learning rate
+    steps: tuple[int, ...] = (10, 20)  # decay points
+    name: Literal["sgd", "adamw"] = "sgd"
+    weights: Optional[str] = None
+
+
+@dataclass
+class Outer:
+    solver: Inner = field(default_factory=Inner)
+    size: int = 160
+    mults: dict = field(default_factory=dict)
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("solver:\n  lr: 1\n  steps: [5, 7]\nsize: 128\n")
+    cfg = load_config(Outer, p, ["solver.name=adamw", "solver.weights=/w.pth", "mults={a: 0.1}"])
+    assert cfg.solver.lr == 1.0 and isinstance(cfg.solver.lr, float)
+    assert cfg.solver.steps == (5, 7)
+    assert cfg.size == 128
+    assert cfg.solver.name == "adamw"
+    assert cfg.solver.weights == "/w.pth"
+    assert cfg.mults == {"a": 0.1}
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config(Outer, None, ["solver.lr=0.5"])
+    p = tmp_path / "r.yaml"
+    p.write_text(to_yaml(cfg))
+    assert load_config(Outer, p) == cfg
+
+
+def test_unknown_key_in_yaml_names_key_and_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("solver:\n  lrr: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'solver.lrr'"):
+        load_config(Outer, p)
+
+
+def test_unknown_override_and_bad_types():
+    with pytest.raises(ConfigError, match="unknown config key 'sise'"):
+        load_config(Outer, None, ["sise=3"])
+    with pytest.raises(ConfigError, match=r"'size' = 'big' must be an integer"):
+        load_config(Outer, None, ["size=big"])
+    with pytest.raises(ConfigError, match=r"must be one of \['sgd', 'adamw'\]"):
+        load_config(Outer, None, ["solver.name=adam"])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load_config(Outer, None, ["size"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Outer, "/nope.yaml")
