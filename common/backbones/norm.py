@@ -1,0 +1,108 @@
+"""Normalisation layers for backbones: FrozenBN, BN, GN and SyncBN.
+
+Shape shorthand: N images, C channels, H x W feature map.
+
+torchvision builds its classification models with ``nn.BatchNorm2d``. :func:`convert_norm`
+swaps every BatchNorm2d inside a module for the chosen kind, carrying the pretrained
+parameters over:
+
+    FrozenBN  :class:`FrozenBatchNorm2d`: a fixed per-channel affine map built from the BN
+              statistics and affine parameters (the detectron2 / torchvision default for
+              detection, where batches of 2 images make batch statistics useless).
+    BN        plain ``nn.BatchNorm2d`` (kept as it is; trains its statistics).
+    GN        ``nn.GroupNorm`` with :func:`gn_groups` groups; BN's weight and bias are copied,
+              its running statistics are dropped (GN has none).
+    SyncBN    ``nn.SyncBatchNorm``; it synchronises only when a process group is initialised at
+              forward time, and behaves as BN otherwise (so it builds and runs on one CPU).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+NORMS = ("FrozenBN", "BN", "GN", "SyncBN")
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters (all buffers, never trained).
+
+    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias``, computed as one
+    per-channel scale and shift. Buffer names match ``nn.BatchNorm2d`` so BN state dicts load.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # BN state dicts carry a counter that has no meaning here
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, C, H, W) -> (N, C, H, W)."""
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        # (C,) -> (1, C, 1, 1) to broadcast over N, H, W
+        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+    @classmethod
+    def from_bn(cls, bn: nn.BatchNorm2d) -> "FrozenBatchNorm2d":
+        """A frozen copy of ``bn`` (its affine parameters and running statistics)."""
+        frozen = cls(bn.num_features, bn.eps)
+        with torch.no_grad():
+            if bn.affine:
+                frozen.weight.copy_(bn.weight)
+                frozen.bias.copy_(bn.bias)
+            if bn.track_running_stats:
+                frozen.running_mean.copy_(bn.running_mean)
+                frozen.running_var.copy_(bn.running_var)
+        return frozen
+
+
+def gn_groups(channels: int, max_groups: int = 32) -> int:
+    """Number of GroupNorm groups: 32, or the largest power of two dividing ``channels``
+    when 32 does not (24 -> 8, 40 -> 8, 16 -> 16)."""
+    return math.gcd(max_groups, channels)
+
+
+def convert_norm(module: nn.Module, norm: str) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` in ``module`` by the ``norm`` kind (see module docstring).
+
+    Returns the converted module (the same object unless ``module`` is itself a BatchNorm2d).
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    if norm == "BN":
+        return module
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, nn.SyncBatchNorm):
+        return _convert_one(module, norm)
+    for name, child in module.named_children():
+        new = convert_norm(child, norm)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def _convert_one(bn: nn.BatchNorm2d, norm: str) -> nn.Module:
+    if norm == "FrozenBN":
+        return FrozenBatchNorm2d.from_bn(bn)
+    if norm == "GN":
+        gn = nn.GroupNorm(gn_groups(bn.num_features), bn.num_features, eps=bn.eps)
+        if bn.affine:
+            with torch.no_grad():
+                gn.weight.copy_(bn.weight)
+                gn.bias.copy_(bn.bias)
+        return gn
+    # SyncBN: torch converts and keeps parameters and statistics
+    return nn.SyncBatchNorm.convert_sync_batchnorm(bn)
