@@ -1,17 +1,255 @@
-"""RoIAlign / RoIPool (placeholder: calls torchvision.ops; a fast CPU path follows)."""
+"""RoIAlign (Mask R-CNN) and RoIPool (Fast R-CNN): pool a fixed PH x PW grid of features per box.
+
+Shape letters: N images, C channels, H x W feature map, R RoIs, PH x PW output grid,
+B = R*PH*PW output bins, E nonzero (bin, pixel) weights, P = N*H*W feature pixels.
+
+`roi_align` has exactly the semantics of `torchvision.ops.roi_align`, which stays the reference
+in tests/detection/test_roi_ops.py. On CPU it runs a faster path built on one observation:
+RoIAlign is linear in the features. Each output bin is a weighted sum of the input pixels its
+bilinear samples touch, so the whole op is a sparse matrix W (B x P) applied to the features laid
+out channels-last, X (P, C):
+
+    forward:   Y = W @ X       (B, C)  -> (R, C, PH, PW)
+    backward: dX = W^T @ dY    (P, C)  -> (N, C, H, W)
+
+Both products run as `F.embedding_bag(mode="sum", per_sample_weights=...)`, a multi-threaded
+weighted gather-sum (for W^T the entries are sorted by pixel first). torchvision's CPU kernel does
+the same sums one channel at a time on one thread; its backward is a serial scatter, which is
+what dominates a CPU Mask R-CNN training step.
+
+W is built vectorised over RoIs: a sample's bilinear weight factors into a y part and an x part,
+so per RoI we build a dense y-weight matrix (PH, H) and x-weight matrix (PW, W) by scatter-adding
+the samples' corner weights (which also merges samples that share a pixel), keep their nonzero
+columns, and take the outer product per bin.
+
+Which path runs:
+- fast path: CPU tensors of dtype float32/float64, any `sampling_ratio` (including the adaptive
+  grid, `sampling_ratio <= 0`), `aligned` True or False, R = 0 included;
+- `torchvision.ops.roi_align`: every other device (CUDA, ...) or dtype (half, bfloat16,
+  quantized), and adaptive grids needing more than `MAX_GRID` samples per bin side (boxes far
+  larger than the feature map; torchvision is equally slow there, but needs no memory for W).
+`roi_pool` always calls `torchvision.ops.roi_pool` (Fast R-CNN only; not on our hot path).
+
+Sample-point rules copied from torchvision's kernel, per axis (y shown; x alike):
+    start = box_y1 * spatial_scale - (0.5 if aligned else 0);  size = (y2 - y1) * scale
+    size  = max(size, 1) unless aligned;  bin = size / PH;  grid = sampling_ratio or ceil(bin)
+    y     = start + ph * bin + (iy + 0.5) * bin / grid                 for iy < grid
+    y < -1 or y > H: the sample contributes 0;  y clamped to [0, H - 1];  bilinear weights;
+    a bin averages its grid_h * grid_w samples.
+"""
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
 import torchvision.ops
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+# Adaptive grids with more samples per bin side than this go to torchvision (see module doc).
+MAX_GRID = 256
+
+_FAST_DTYPES = (torch.float32, torch.float64)
 
 
-def roi_align(input: Tensor, boxes, output_size, spatial_scale: float = 1.0,
-              sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
-    """Same semantics as ``torchvision.ops.roi_align``: (N,C,H,W) x (R,5) -> (R,C,PH,PW)."""
-    return torchvision.ops.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tuple[int, int],
+              spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    """Average-pool a PH x PW grid of bilinear samples inside each box (Mask R-CNN RoIAlign).
+
+    Args:
+        input: (N, C, H, W) features.
+        boxes: (R, 5) rows ``[batch_idx, x1, y1, x2, y2]`` or a list of N (R_i, 4) xyxy tensors,
+            in the coordinate frame that ``spatial_scale`` maps onto the feature map.
+        output_size: PH or (PH, PW).
+        spatial_scale: feature pixels per box unit (1 / stride).
+        sampling_ratio: samples per bin side; <= 0 means ceil(bin size) per RoI (adaptive).
+        aligned: shift boxes by -0.5 feature pixel (detectron2's RoIAlignV2).
+    Returns:
+        (R, C, PH, PW). Differentiable w.r.t. ``input`` (not ``boxes``).
+    """
+    ph, pw = _check_output_size("roi_align", output_size)
+    rois = _as_rois("roi_align", input, boxes)
+    if not _fast_path_ok(input, rois, ph, pw, spatial_scale, sampling_ratio, aligned):
+        return torchvision.ops.roi_align(input, rois, (ph, pw), spatial_scale, sampling_ratio, aligned)
+    return _RoIAlignFunction.apply(input, rois, ph, pw, float(spatial_scale), int(sampling_ratio),
+                                   bool(aligned))
 
 
-def roi_pool(input: Tensor, boxes, output_size, spatial_scale: float = 1.0) -> Tensor:
-    """Same semantics as ``torchvision.ops.roi_pool``: (N,C,H,W) x (R,5) -> (R,C,PH,PW)."""
-    return torchvision.ops.roi_pool(input, boxes, output_size, spatial_scale)
+def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tuple[int, int],
+             spatial_scale: float = 1.0) -> Tensor:
+    """Max-pool each box over a PH x PW grid of integer bins (Fast R-CNN RoIPool).
+
+    Args and shapes as `roi_align`: input (N, C, H, W), boxes (R, 5) or list of (R_i, 4);
+    returns (R, C, PH, PW). Always runs ``torchvision.ops.roi_pool``.
+    """
+    ph, pw = _check_output_size("roi_pool", output_size)
+    rois = _as_rois("roi_pool", input, boxes)
+    return torchvision.ops.roi_pool(input, rois, (ph, pw), spatial_scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks
+
+
+def _check_output_size(op: str, output_size) -> tuple[int, int]:
+    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f"{op}: output_size must be a positive int or a pair of them, got {output_size!r}")
+    return size
+
+
+def _as_rois(op: str, input: Tensor, boxes) -> Tensor:
+    """Check input and boxes; return boxes as (R, 5) ``[batch_idx, x1, y1, x2, y2]``."""
+    if not isinstance(input, Tensor) or input.dim() != 4:
+        shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
+        raise ValueError(f"{op}: input must be a (N, C, H, W) tensor, got {shape}")
+    n = input.shape[0]
+    if isinstance(boxes, (list, tuple)):
+        if len(boxes) != n:
+            raise ValueError(f"{op}: got a list of {len(boxes)} box tensors for {n} images")
+        for i, b in enumerate(boxes):
+            if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4:
+                shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+                raise ValueError(f"{op}: boxes[{i}] must be a (R_i, 4) xyxy tensor, got {shape}")
+        # (R, 5): batch index prepended to each image's boxes
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)]) \
+            if boxes else input.new_zeros(0, 5)
+    elif isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(f"{op}: boxes must be (R, 5) [batch_idx, x1, y1, x2, y2] or a list of "
+                             f"(R_i, 4) tensors, got shape {tuple(boxes.shape)}")
+        rois = boxes
+    else:
+        raise ValueError(f"{op}: boxes must be a tensor or a list of tensors, got {type(boxes).__name__}")
+    if rois.numel() and not rois.is_cuda:  # checks that would sync a GPU are left to torchvision
+        finite = torch.isfinite(rois).all(dim=1)
+        if not bool(finite.all()):
+            i = int((~finite).nonzero()[0, 0])
+            raise ValueError(f"{op}: box {i} has a non-finite value: {rois[i].tolist()}")
+        batch = rois[:, 0].long()  # truncated like torchvision's kernel
+        bad = (batch < 0) | (batch >= n)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{op}: box {i} has batch index {rois[i, 0].item():g}, "
+                             f"but the input holds {n} images")
+    return rois
+
+
+def _fast_path_ok(input, rois, ph, pw, spatial_scale, sampling_ratio, aligned) -> bool:
+    if input.device.type != "cpu" or input.dtype not in _FAST_DTYPES or input.is_quantized:
+        return False
+    if sampling_ratio > 0 or rois.numel() == 0:
+        return True
+    # adaptive grid: samples per bin side = ceil(bin size); refuse absurd ones (see MAX_GRID)
+    sizes = (rois[:, 3:5] - rois[:, 1:3]).abs().max() * spatial_scale
+    return float(sizes) / min(ph, pw) <= MAX_GRID
+
+
+# ----------------------------------------------------------------------------------------------
+# the sparse matrix W
+
+
+def _axis_weights(start: Tensor, size: Tensor, grid: Tensor, bins: int, length: int) -> Tensor:
+    """Dense per-axis weights A (R, bins, length): A[r, p, l] = sum of the bilinear weights that
+    the samples of bin p put on pixel l, divided by the number of samples on this axis.
+
+    start, size: (R,) RoI start and extent along the axis, in feature pixels (input dtype).
+    grid: (R,) int64 samples per bin along the axis.
+    """
+    r, dtype = start.shape[0], start.dtype
+    g = int(grid.max()) if r else 0
+    bin_size = size / bins  # (R,)
+    p = torch.arange(bins, dtype=dtype)
+    i = torch.arange(g, dtype=dtype) + 0.5
+    # (R, bins, g) sample coordinates, summed in the same order as torchvision's kernel
+    coord = (start[:, None] + p * bin_size[:, None])[:, :, None] \
+        + (i * bin_size[:, None])[:, None, :] / grid.clamp(min=1).to(dtype)[:, None, None]
+    used = (torch.arange(g) < grid[:, None])[:, None, :]  # (R, 1, g): sample exists
+    inside = (coord >= -1) & (coord <= length) & used
+    c = coord.clamp(min=0)
+    low = c.floor().clamp(max=length - 1)
+    edge = low >= length - 1  # at the last pixel: both corners collapse onto it
+    frac = torch.where(edge, 0.0, c - low)
+    low = low.long()
+    high = torch.where(edge, low, low + 1)
+    w_high = torch.where(inside, frac, 0.0)
+    w_low = torch.where(inside, 1 - frac, 0.0)
+    a = torch.zeros(r * bins, length, dtype=dtype)
+    a.scatter_add_(1, low.view(r * bins, g), w_low.view(r * bins, g))
+    a.scatter_add_(1, high.view(r * bins, g), w_high.view(r * bins, g))
+    return a.view(r, bins, length) / grid.clamp(min=1).to(dtype)[:, None, None]
+
+
+def _nonzero_columns(a: Tensor) -> tuple[Tensor, Tensor]:
+    """For dense (R, P, L) weights return (R, P, K) column indices and weights of the nonzero
+    entries, in increasing column order, padded with weight 0 (K = most nonzeros in a row)."""
+    nonzero = a != 0
+    k = int(nonzero.sum(-1).max()) if a.numel() else 0
+    # stable sort puts each row's nonzero columns first, in order
+    cols = torch.argsort((~nonzero).to(torch.uint8), dim=-1, stable=True)[..., :k]
+    return cols, a.gather(-1, cols)
+
+
+def _sparse_weights(rois: Tensor, n: int, h: int, w: int, ph: int, pw: int, spatial_scale: float,
+                    sampling_ratio: int, aligned: bool, dtype: torch.dtype):
+    """W as bags: (E,) pixel indices into P = N*H*W, (E,) weights, (B,) bag sizes (entries of
+    one output bin are contiguous, bins in (R, PH, PW) order)."""
+    rois = rois.to(dtype)
+    offset = 0.5 if aligned else 0.0
+    # box corners in feature pixels, computed in float64 and rounded once, as the C++ kernel does
+    x1, y1, x2, y2 = (rois[:, 1:].double() * spatial_scale - offset).to(dtype).unbind(1)
+    roi_w, roi_h = x2 - x1, y2 - y1  # (R,)
+    if not aligned:  # legacy RoIAlign: at least one pixel
+        roi_w, roi_h = roi_w.clamp(min=1), roi_h.clamp(min=1)
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(roi_h, sampling_ratio, dtype=torch.long)
+        grid_w = torch.full_like(roi_w, sampling_ratio, dtype=torch.long)
+    else:  # adaptive; negative sizes (aligned, x2 < x1) give no samples and a zero output
+        grid_h = torch.ceil(roi_h / ph).long().clamp(min=0)
+        grid_w = torch.ceil(roi_w / pw).long().clamp(min=0)
+    ay_cols, ay_w = _nonzero_columns(_axis_weights(y1, roi_h, grid_h, ph, h))  # (R, PH, Ky)
+    ax_cols, ax_w = _nonzero_columns(_axis_weights(x1, roi_w, grid_w, pw, w))  # (R, PW, Kx)
+    # outer product per bin -> (R, PH, PW, Ky, Kx) pixel indices and weights
+    row_base = rois[:, 0].long()[:, None, None] * (h * w) + ay_cols * w  # (R, PH, Ky)
+    index = row_base[:, :, None, :, None] + ax_cols[:, None, :, None, :]
+    weight = ay_w[:, :, None, :, None] * ax_w[:, None, :, None, :]
+    # drop zero weights (padding, samples outside the map); bag sizes per bin
+    keep = weight != 0
+    sizes = keep.flatten(3).sum(-1).flatten()  # (B,)
+    return index[keep].to(torch.int32 if n * h * w < 2**31 else torch.int64), weight[keep], sizes
+
+
+class _RoIAlignFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, rois, ph, pw, spatial_scale, sampling_ratio, aligned):
+        n, c, h, w = input.shape
+        r = rois.shape[0]
+        index, weight, sizes = _sparse_weights(rois, n, h, w, ph, pw, spatial_scale,
+                                               sampling_ratio, aligned, input.dtype)
+        # (N, C, H, W) -> (N*H*W, C): one row of channels per pixel
+        x = input.permute(0, 2, 3, 1).reshape(n * h * w, c)
+        offsets = (sizes.cumsum(0) - sizes).to(index.dtype)
+        y = F.embedding_bag(index, x, offsets, mode="sum", per_sample_weights=weight)  # (B, C)
+        ctx.save_for_backward(index, weight, sizes)
+        ctx.input_shape = (n, c, h, w)
+        # (B, C) -> (R, PH, PW, C) -> (R, C, PH, PW)
+        return y.view(r, ph, pw, c).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        index, weight, sizes = ctx.saved_tensors
+        n, c, h, w = ctx.input_shape
+        r, _, ph, pw = grad_output.shape
+        # (R, C, PH, PW) -> (B, C)
+        dy = grad_output.permute(0, 2, 3, 1).reshape(r * ph * pw, c)
+        # W^T as bags: entries sorted by pixel, each entry pointing at its output bin
+        pixel, order = torch.sort(index)
+        bin_of_entry = torch.repeat_interleave(torch.arange(sizes.numel(), dtype=index.dtype), sizes,
+                                               output_size=index.numel())
+        counts = torch.bincount(pixel, minlength=n * h * w)
+        offsets = (counts.cumsum(0) - counts).to(index.dtype)
+        dx = F.embedding_bag(bin_of_entry[order], dy, offsets, mode="sum",
+                             per_sample_weights=weight[order])  # (P, C)
+        # (N*H*W, C) -> (N, H, W, C) -> (N, C, H, W)
+        grad_input = dx.view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
+        return grad_input, None, None, None, None, None, None
