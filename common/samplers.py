@@ -1,0 +1,53 @@
+"""An infinite, deterministic, resumable, shardable stream of dataset indices.
+
+The global stream is the concatenation of epochs; epoch ``e`` is a permutation of
+``range(size)`` drawn from ``numpy.random.default_rng([seed, e])`` (or ``range(size)`` when
+``shuffle=False``). Rank ``r`` of ``world_size`` takes the global positions
+``r, r + world_size, r + 2 * world_size, ...``. ``start`` skips that many indices of this rank's
+stream, so a run resumed after consuming ``k`` indices per rank sees exactly what it would have
+seen. Skipping is arithmetic (no replay): resuming deep into training is instant.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class InfiniteSampler(Sampler[int]):
+    """Yields indices in ``[0, size)`` forever (see the module docstring for the order)."""
+
+    def __init__(self, size: int, *, shuffle: bool = True, seed: int = 0, start: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if size <= 0:
+            raise ValueError(f"InfiniteSampler needs a non-empty dataset; got size={size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"InfiniteSampler: rank must be in [0, world_size); got rank={rank}, "
+                             f"world_size={world_size}")
+        if start < 0:
+            raise ValueError(f"InfiniteSampler: start must be >= 0; got {start}")
+        self.size = int(size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.start = int(start)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The global order of indices in ``epoch`` (a permutation of ``range(size)``)."""
+        if not self.shuffle:
+            return np.arange(self.size)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
+
+    def __iter__(self) -> Iterator[int]:
+        pos = self.rank + self.start * self.world_size  # global position of our next index
+        epoch, offset = divmod(pos, self.size)
+        order = self.epoch_order(epoch)
+        while True:
+            yield int(order[offset])
+            offset += self.world_size
+            if offset >= self.size:  # next epoch (several when world_size > size)
+                epoch += offset // self.size
+                offset %= self.size
+                order = self.epoch_order(epoch)

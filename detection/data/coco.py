@@ -1,0 +1,406 @@
+"""COCO-format detection data: metadata, annotation cleaning and the dataset.
+
+Shape shorthand: M instances in one image, P keypoints per instance, H x W the image.
+
+Any COCO JSON plus an image folder works: boxes, polygon and RLE (compressed and uncompressed)
+masks, keypoints, ``iscrowd``, non-contiguous category ids. Category ids are mapped to
+contiguous labels ``0..K-1`` in increasing id order (``DatasetMeta.category_ids[label]`` is the
+COCO id); this mapping lives only here and in ``detection.evaluation``.
+
+What happens to imperfect annotations (decided once, when the dataset is built):
+- a box is clipped to the image; a box with a side < ``MIN_BOX_SIDE`` px after clipping
+  (degenerate, or entirely outside the image) drops its instance;
+- a polygon with fewer than 3 points is dropped; an instance left without any polygon is
+  dropped (pycocotools would read a 2-point polygon as a box);
+- crowd annotations (``iscrowd=1``) are not targets (they stay in ``.coco`` for evaluation).
+All of these are counted in ``.stats`` and reported once as a single :class:`DatasetWarning`.
+
+Broken input is a :class:`DatasetError` naming the file, the image or annotation id and the
+value: a file that is not JSON or not COCO, an annotation pointing at an unknown image or
+category, a malformed segmentation or keypoint list, a missing/unreadable image, an image whose
+size on disk differs from the JSON.
+
+Keypoints keep COCO's convention (x, y in pixel-index coordinates, v in {0, 1, 2}); masks are
+decoded with pycocotools (``COCO.annToMask`` semantics), so they match pycocotools exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+MIN_BOX_SIDE = 1.0  # px: a box narrower or shorter than this (after clipping) is degenerate
+
+
+class DatasetError(ValueError):
+    """Bad dataset input; the message names the file, the image/annotation id and the value."""
+
+
+class DatasetWarning(UserWarning):
+    """Annotations that were clipped or dropped (one warning per dataset, with counts)."""
+
+
+@dataclass
+class DatasetMeta:
+    """Class and keypoint metadata read from a COCO JSON."""
+
+    class_names: list[str]
+    category_ids: list[int]  # label -> COCO category id
+    keypoint_names: list[str] = field(default_factory=list)  # empty if the dataset has none
+    keypoint_flip_map: list[tuple[str, str]] = field(default_factory=list)  # (left, right) names
+    skeleton: list[tuple[int, int]] = field(default_factory=list)  # 0-based keypoint indices
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.keypoint_names)
+
+    @property
+    def flip_indices(self) -> list[int]:
+        """``flip_indices[i]`` is the index of keypoint i's mirror image (itself if unpaired)."""
+        index = {n: i for i, n in enumerate(self.keypoint_names)}
+        out = list(range(self.num_keypoints))
+        for a, b in self.keypoint_flip_map:
+            out[index[a]], out[index[b]] = index[b], index[a]
+        return out
+
+    def to_dict(self) -> dict:
+        """Plain dict (for checkpoints); :meth:`from_dict` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetMeta":
+        return cls(class_names=list(d["class_names"]), category_ids=[int(c) for c in d["category_ids"]],
+                   keypoint_names=list(d.get("keypoint_names", [])),
+                   keypoint_flip_map=[tuple(p) for p in d.get("keypoint_flip_map", [])],
+                   skeleton=[tuple(e) for e in d.get("skeleton", [])])
+
+
+def meta_from_coco(coco: dict | COCO, source_name: str = "<COCO dict>") -> DatasetMeta:
+    """Read :class:`DatasetMeta` from a COCO dict or a pycocotools ``COCO``.
+
+    Keypoint names come from the categories that have ``"keypoints"`` (they must all share the
+    same names). The flip map is the category's ``"flip_map"`` (pairs of names) if present,
+    else the pairs ``left_X`` / ``right_X``. The skeleton is converted from COCO's 1-based
+    indices to 0-based.
+    """
+    data = coco.dataset if isinstance(coco, COCO) else coco
+    cats = sorted(data.get("categories", []), key=lambda c: c["id"])
+    kp_cats = [c for c in cats if c.get("keypoints")]
+    names: list[str] = []
+    flip_map: list[tuple[str, str]] = []
+    skeleton: list[tuple[int, int]] = []
+    if kp_cats:
+        names = [str(n) for n in kp_cats[0]["keypoints"]]
+        for c in kp_cats[1:]:
+            if [str(n) for n in c["keypoints"]] != names:
+                raise DatasetError(
+                    f"{source_name}: categories {kp_cats[0]['id']} and {c['id']} have different keypoint "
+                    f"names ({names} vs {c['keypoints']}); one model needs one keypoint set")
+        if len(set(names)) != len(names):
+            raise DatasetError(f"{source_name}: category {kp_cats[0]['id']} repeats a keypoint name: {names}")
+        if "flip_map" in kp_cats[0]:
+            flip_map = [(str(a), str(b)) for a, b in kp_cats[0]["flip_map"]]
+            for a, b in flip_map:
+                if a not in names or b not in names:
+                    raise DatasetError(f"{source_name}: flip_map pair ({a!r}, {b!r}) of category "
+                                       f"{kp_cats[0]['id']} names an unknown keypoint (known: {names})")
+        else:
+            flip_map = [(n, "right_" + n[5:]) for n in names
+                        if n.startswith("left_") and "right_" + n[5:] in names]
+        for edge in kp_cats[0].get("skeleton", []):
+            a, b = int(edge[0]) - 1, int(edge[1]) - 1
+            if not (0 <= a < len(names) and 0 <= b < len(names)):
+                raise DatasetError(f"{source_name}: skeleton edge {list(edge)} of category {kp_cats[0]['id']} "
+                                   f"is out of range for {len(names)} keypoints (COCO skeletons are 1-based)")
+            skeleton.append((a, b))
+    return DatasetMeta(class_names=[str(c["name"]) for c in cats], category_ids=[int(c["id"]) for c in cats],
+                       keypoint_names=names, keypoint_flip_map=flip_map, skeleton=skeleton)
+
+
+def load_coco_json(ann_file: str | Path) -> COCO:
+    """Read and check a COCO JSON; return a pycocotools ``COCO`` (built quietly)."""
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise DatasetError(f"annotation file {ann_file} does not exist")
+    try:
+        data = json.loads(ann_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{ann_file} is not valid JSON ({e})") from None
+    check_coco_dict(data, str(ann_file))
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+        coco.createIndex()
+    return coco
+
+
+def check_coco_dict(data: Any, source: str) -> None:
+    """Raise :class:`DatasetError` if ``data`` is not a COCO detection dict (names the key)."""
+    if not isinstance(data, dict):
+        raise DatasetError(f"{source}: the top level must be a JSON object with 'images', 'annotations' and "
+                           f"'categories', got {type(data).__name__}")
+    data.setdefault("annotations", [])  # test-set files have none
+    for key in ("images", "categories", "annotations"):
+        if key not in data:
+            raise DatasetError(f"{source}: not a COCO file: missing key '{key}'")
+        if not isinstance(data[key], list):
+            raise DatasetError(f"{source}: '{key}' must be a list, got {type(data[key]).__name__}")
+    for kind, items, keys in (("image", data["images"], ("id", "file_name", "width", "height")),
+                              ("category", data["categories"], ("id", "name")),
+                              ("annotation", data["annotations"], ("id", "image_id", "category_id", "bbox"))):
+        seen = set()
+        for item in items:
+            if not isinstance(item, dict):
+                raise DatasetError(f"{source}: every {kind} must be an object, got {item!r}")
+            for k in keys:
+                if k not in item:
+                    raise DatasetError(f"{source}: {kind} {item.get('id', '<no id>')} has no '{k}'")
+            if item["id"] in seen:
+                raise DatasetError(f"{source}: {kind} id {item['id']} appears twice")
+            seen.add(item["id"])
+    image_ids = {im["id"] for im in data["images"]}
+    cat_ids = {c["id"] for c in data["categories"]}
+    for ann in data["annotations"]:
+        if ann["image_id"] not in image_ids:
+            raise DatasetError(f"{source}: annotation {ann['id']} points at unknown image_id {ann['image_id']!r}")
+        if ann["category_id"] not in cat_ids:
+            raise DatasetError(f"{source}: annotation {ann['id']} has unknown category_id "
+                               f"{ann['category_id']!r} (known: {sorted(cat_ids)})")
+        bbox = ann["bbox"]
+        if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)):
+            raise DatasetError(f"{source}: annotation {ann['id']} has a bbox that is not 4 finite numbers: {bbox!r}")
+
+
+def read_image(path: str | Path, image_id: Any = None) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB.
+
+    Grayscale is replicated to 3 channels, alpha is dropped, 16-bit is scaled to 8-bit
+    (65535 -> 255). Missing or undecodable files raise :class:`DatasetError` naming the file
+    and the image id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"image file {path} (image id {image_id}) does not exist")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DatasetError(f"image file {path} (image id {image_id}) could not be read as an image")
+    if img.dtype == np.uint16:
+        img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise DatasetError(f"image file {path} (image id {image_id}) has pixel type {img.dtype}; "
+                           f"only 8- and 16-bit images are supported")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    raise DatasetError(f"image file {path} (image id {image_id}) has {img.shape[2]} channels; expected 1, 3 or 4")
+
+
+@dataclass
+class _Instance:
+    """One cleaned, non-crowd annotation."""
+
+    ann_id: int
+    box: list[float]  # xyxy, clipped to the image
+    label: int
+    segmentation: Any  # cleaned polygons / RLE dict, or None
+    keypoints: np.ndarray | None  # (P, 3) or None
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO JSON and its image folder as ``(image, target)`` pairs.
+
+    ``dataset[i] -> (image (3, H, W) uint8 RGB tensor, target dict)``; the target fields are
+    those of ``detection/structures.py``: ``image_id``, ``orig_size`` (2,) int64 (h, w on disk),
+    ``gt_boxes`` (M, 4) float32 xyxy, ``gt_classes`` (M,) int64, ``gt_masks`` (M, H, W) uint8
+    (when ``use_masks`` and the dataset has segmentations), ``gt_keypoints`` (M, P, 3) float32
+    (when ``use_keypoints`` and the dataset has keypoints; instances of classes without
+    keypoints get zeros). ``transforms(image HWC uint8, target of numpy arrays)`` runs before
+    the tensors are made.
+
+    Attributes: ``meta`` (:class:`DatasetMeta`), ``coco`` (pycocotools ``COCO``, crowd
+    annotations included), ``ids`` (COCO image ids in dataset order, increasing),
+    ``stats`` (counts of clipped/dropped annotations).
+    """
+
+    def __init__(self, ann_file: str | Path, image_root: str | Path,
+                 transforms: Callable | None = None, *, filter_empty: bool = False,
+                 use_masks: bool = True, use_keypoints: bool = True):
+        self.ann_file = Path(ann_file)
+        self.image_root = Path(image_root)
+        self.transforms = transforms
+        self.coco = load_coco_json(self.ann_file)
+        self.meta = meta_from_coco(self.coco, str(self.ann_file))
+        self.stats = {"crowd": 0, "boxes_clipped": 0, "boxes_degenerate": 0,
+                      "polygons_too_short": 0, "instances_without_polygon": 0, "images_dropped_empty": 0}
+        anns = [a for a in self.coco.dataset["annotations"] if not a.get("iscrowd", 0)]
+        self.has_masks = use_masks and any(a.get("segmentation") for a in anns)
+        self.has_keypoints = use_keypoints and self.meta.num_keypoints > 0
+        self._label_of = {cid: i for i, cid in enumerate(self.meta.category_ids)}
+        self._kp_cats = {c["id"] for c in self.coco.dataset["categories"] if c.get("keypoints")}
+
+        self.ids: list[int] = []
+        self._instances: list[list[_Instance]] = []
+        for image_id in sorted(self.coco.imgs):
+            instances = [inst for a in self.coco.imgToAnns.get(image_id, [])
+                         if (inst := self._clean(a)) is not None]
+            if filter_empty and not instances:
+                self.stats["images_dropped_empty"] += 1
+                continue
+            self.ids.append(image_id)
+            self._instances.append(instances)
+        self._warn_once()
+
+    # ---- building ------------------------------------------------------------------------
+    def _clean(self, ann: dict) -> _Instance | None:
+        """Check one annotation; return the cleaned instance, or None if it is not a target."""
+        if ann.get("iscrowd", 0):
+            self.stats["crowd"] += 1
+            return None
+        img = self.coco.imgs[ann["image_id"]]
+        h, w = img["height"], img["width"]
+        x, y, bw, bh = (float(v) for v in ann["bbox"])
+        box = [min(max(x, 0.0), w), min(max(y, 0.0), h), min(max(x + bw, 0.0), w), min(max(y + bh, 0.0), h)]
+        if box != [x, y, x + bw, y + bh]:
+            self.stats["boxes_clipped"] += 1
+        if box[2] - box[0] < MIN_BOX_SIDE or box[3] - box[1] < MIN_BOX_SIDE:
+            self.stats["boxes_degenerate"] += 1
+            return None
+        segm = None
+        if self.has_masks:
+            segm = self._clean_segmentation(ann, h, w)
+            if segm is None:
+                return None
+        kps = None
+        if self.has_keypoints:
+            kps = np.zeros((self.meta.num_keypoints, 3), np.float32)
+            if ann["category_id"] in self._kp_cats and ann.get("keypoints") is not None:
+                raw = ann["keypoints"]
+                if len(raw) != 3 * self.meta.num_keypoints:
+                    raise DatasetError(
+                        f"{self.ann_file}: annotation {ann['id']} has {len(raw)} keypoint values; expected "
+                        f"3 x {self.meta.num_keypoints} = {3 * self.meta.num_keypoints}")
+                kps = np.asarray(raw, np.float32).reshape(-1, 3)
+        return _Instance(ann["id"], box, self._label_of[ann["category_id"]], segm, kps)
+
+    def _clean_segmentation(self, ann: dict, h: int, w: int) -> Any:
+        """Polygons with < 3 points are dropped (counted); RLE size/count checked against the image."""
+        segm = ann.get("segmentation")
+        where = f"{self.ann_file}: annotation {ann['id']} (image {ann['image_id']})"
+        if not segm:
+            raise DatasetError(f"{where} has no segmentation while other annotations do; "
+                               f"pass use_masks=False to train on boxes only")
+        if isinstance(segm, list):
+            polygons = []
+            for poly in segm:
+                if not isinstance(poly, (list, tuple)) or len(poly) % 2:
+                    raise DatasetError(f"{where} has a polygon that is not an even-length list of "
+                                       f"coordinates: {str(poly)[:80]}")
+                if len(poly) < 6:
+                    self.stats["polygons_too_short"] += 1
+                    continue
+                polygons.append([float(v) for v in poly])
+            if not polygons:
+                self.stats["instances_without_polygon"] += 1
+                return None
+            return polygons
+        if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+            if list(segm["size"]) != [h, w]:
+                raise DatasetError(f"{where} has an RLE of size {list(segm['size'])} but the image is {[h, w]}")
+            if isinstance(segm["counts"], list) and sum(segm["counts"]) != h * w:
+                raise DatasetError(f"{where} has uncompressed RLE counts summing to {sum(segm['counts'])}; "
+                                   f"expected h * w = {h * w}")
+            return segm
+        raise DatasetError(f"{where} has a segmentation that is neither polygons nor RLE: {str(segm)[:80]}")
+
+    def _warn_once(self) -> None:
+        s = self.stats
+        parts = []
+        if s["boxes_clipped"]:
+            parts.append(f"{s['boxes_clipped']} boxes clipped to the image")
+        if s["boxes_degenerate"]:
+            parts.append(f"{s['boxes_degenerate']} degenerate or outside boxes dropped "
+                         f"(side < {MIN_BOX_SIDE:g} px after clipping)")
+        if s["polygons_too_short"]:
+            parts.append(f"{s['polygons_too_short']} polygons with fewer than 3 points dropped")
+        if s["instances_without_polygon"]:
+            parts.append(f"{s['instances_without_polygon']} instances dropped for having no valid polygon")
+        if parts:
+            warnings.warn(f"{self.ann_file}: " + "; ".join(parts), DatasetWarning, stacklevel=3)
+
+    # ---- reading -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of each item, from the JSON (no image is opened)."""
+        return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.ids]
+
+    def load_numpy(self, index: int) -> tuple[np.ndarray, dict]:
+        """The image (H, W, 3) uint8 RGB and its target as numpy arrays, before transforms."""
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        h, w = info["height"], info["width"]
+        path = self.image_root / info["file_name"]
+        image = read_image(path, image_id)
+        if image.shape[:2] != (h, w):
+            raise DatasetError(f"image file {path} (image id {image_id}) is {image.shape[0]}x{image.shape[1]} "
+                               f"(h x w) but {self.ann_file.name} says {h}x{w}")
+        instances = self._instances[index]
+        target: dict[str, Any] = {
+            "image_id": image_id,
+            "orig_size": np.array([h, w], np.int64),
+            "gt_boxes": np.array([i.box for i in instances], np.float32).reshape(-1, 4),
+            "gt_classes": np.array([i.label for i in instances], np.int64),
+        }
+        if self.has_masks:
+            masks = np.zeros((len(instances), h, w), np.uint8)
+            for m, inst in zip(masks, instances):
+                try:
+                    m[:] = self.coco.annToMask({"image_id": image_id, "segmentation": inst.segmentation})
+                except Exception as e:  # pycocotools raises bare errors on corrupt RLE strings
+                    raise DatasetError(f"{self.ann_file}: annotation {inst.ann_id} (image {image_id}): "
+                                       f"segmentation could not be decoded ({e})") from None
+            target["gt_masks"] = masks
+        if self.has_keypoints:
+            target["gt_keypoints"] = np.stack([i.keypoints for i in instances]).astype(np.float32) if instances \
+                else np.zeros((0, self.meta.num_keypoints, 3), np.float32)
+        return image, target
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        image, target = self.load_numpy(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return to_tensors(image, target)
+
+
+def to_tensors(image: np.ndarray, target: dict) -> tuple[torch.Tensor, dict]:
+    """(H, W, 3) uint8 numpy + numpy target -> (3, H, W) uint8 tensor + tensor target."""
+    image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # HWC -> CHW
+    dtypes = {"orig_size": torch.int64, "gt_boxes": torch.float32, "gt_classes": torch.int64,
+              "gt_masks": torch.uint8, "gt_keypoints": torch.float32}
+    out = {}
+    for k, v in target.items():
+        if k in dtypes:
+            out[k] = torch.as_tensor(np.ascontiguousarray(v), dtype=dtypes[k])
+        else:
+            out[k] = v
+    return image_t, out

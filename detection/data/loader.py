@@ -1,0 +1,144 @@
+"""Batching detection data: collate, aspect-ratio grouping, train and test loaders.
+
+Shape shorthand: N images in a batch, Hp x Wp the padded batch size.
+
+The train loader is an infinite iterator of ``(ImageList, list[target])``; everything about it
+is decided in the main process from ``seed`` and the iteration number: which indices form batch
+``t`` (an :class:`~common.samplers.InfiniteSampler` stream, optionally grouped by aspect ratio)
+and the augmentation seed of every sample in it. So the batches are the same with 0 or 8
+workers, and ``start_iter=t`` resumes exactly at batch ``t``.
+"""
+from __future__ import annotations
+
+import itertools
+from functools import partial
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from common.samplers import InfiniteSampler
+from detection.structures import ImageList
+
+
+def collate(batch: list[tuple[torch.Tensor, dict]], size_divisibility: int = 32,
+            pad_value: float | Sequence[float] = 0.0) -> tuple[ImageList, list[dict]]:
+    """``[(image (3, H, W) uint8, target)] * N`` -> ``(ImageList (N, 3, Hp, Wp) in [0, 1], targets)``.
+
+    ``pad_value`` is on the [0, 1] scale (the backbone's pixel mean, so padding normalises to 0).
+    """
+    images = [image for image, _ in batch]
+    targets = [target for _, target in batch]
+    return ImageList.from_tensors(images, size_divisibility, pad_value), targets
+
+
+class AspectRatioGroupedBatches:
+    """Batches of indices whose images are all landscape (w >= h) or all portrait.
+
+    Indices are taken in order from ``sampler`` (an infinite stream) and put in the bucket of
+    their orientation; a bucket that reaches ``batch_size`` is yielded and emptied. The result
+    is a deterministic function of the stream.
+    """
+
+    def __init__(self, sampler: Iterable[int], aspect_ratios: Sequence[float], batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.sampler = sampler
+        self.aspect_ratios = list(aspect_ratios)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        buckets: tuple[list[int], list[int]] = ([], [])  # (landscape, portrait)
+        for index in self.sampler:
+            bucket = buckets[0] if self.aspect_ratios[index] >= 1.0 else buckets[1]
+            bucket.append(index)
+            if len(bucket) == self.batch_size:
+                yield bucket[:]
+                bucket.clear()
+
+
+class _Batches:
+    """Consecutive ``batch_size`` indices of a stream."""
+
+    def __init__(self, sampler: Iterable[int], batch_size: int):
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        it = iter(self.sampler)
+        while batch := list(itertools.islice(it, self.batch_size)):
+            yield batch
+
+
+class _SeededBatches:
+    """Attach an augmentation seed to every index: batch ``t`` -> ``[(index, seed), ...]``."""
+
+    def __init__(self, batches: Iterable[list[int]], seed: int, rank: int, first_iter: int):
+        self.batches, self.seed, self.rank, self.first_iter = batches, seed, rank, first_iter
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for it, batch in enumerate(self.batches, start=self.first_iter):
+            seeds = np.random.SeedSequence([self.seed, self.rank, it]).generate_state(len(batch))
+            yield [(index, int(s)) for index, s in zip(batch, seeds)]
+
+
+class _SeededDataset(Dataset):
+    """``dataset[(index, seed)]``: reseed the dataset's transforms, then read the item."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        transforms = getattr(self.dataset, "transforms", None)
+        if hasattr(transforms, "set_random_seed"):
+            transforms.set_random_seed(seed)
+        return self.dataset[index]
+
+
+def build_train_loader(dataset: Dataset, *, batch_size: int, num_workers: int, size_divisibility: int,
+                       pad_value: float | Sequence[float], seed: int = 0, start_iter: int = 0,
+                       aspect_ratio_grouping: bool = True, rank: int = 0,
+                       world_size: int = 1) -> Iterator[tuple[ImageList, list[dict]]]:
+    """An infinite iterator of training batches (``batch_size`` images per process).
+
+    ``start_iter`` restores the data position: the first batch yielded is the one a fresh loader
+    would yield as batch number ``start_iter``. Grouping needs ``dataset.aspect_ratios()``.
+    """
+    if start_iter < 0:
+        raise ValueError(f"start_iter must be >= 0; got {start_iter}")
+    if aspect_ratio_grouping:
+        sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
+        grouped = AspectRatioGroupedBatches(sampler, dataset.aspect_ratios(), batch_size)
+        # bucket leftovers make the index position of batch t data-dependent: replay the
+        # grouping (integers only, no image is read) up to it
+        batches: Iterable[list[int]] = itertools.islice(grouped, start_iter, None)
+    else:
+        sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size,
+                                  start=start_iter * batch_size)
+        batches = _Batches(sampler, batch_size)
+    loader = DataLoader(
+        _SeededDataset(dataset),
+        batch_sampler=_SeededBatches(batches, seed, rank, start_iter),
+        num_workers=num_workers,
+        collate_fn=partial(collate, size_divisibility=size_divisibility, pad_value=pad_value),
+    )
+    return iter(loader)
+
+
+def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int, size_divisibility: int,
+                      pad_value: float | Sequence[float], rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A finite loader over the dataset in order; with ``world_size > 1`` rank ``r`` gets the
+    items ``r, r + world_size, ...`` (every item on exactly one rank)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=range(rank, len(dataset), world_size),
+        num_workers=num_workers,
+        collate_fn=partial(collate, size_divisibility=size_divisibility, pad_value=pad_value),
+    )
