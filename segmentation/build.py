@@ -1,0 +1,103 @@
+"""Config -> objects for segmentation. The only module of the package that reads a config.
+
+    train_ds, val_ds = build_datasets(cfg.data)
+    model = build_model(cfg.model, train_ds.num_classes, class_weight=build_class_weight(cfg.model, train_ds))
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segmentation.config import DataConfig, ModelConfig
+from segmentation.data import (SemSegDataset, build_transforms, load_coco_semantic, load_semantic_dir,
+                               load_voc)
+from segmentation.fcn import FCN, ConvClassifier, ConvHead
+from segmentation.losses import class_pixel_stats, class_weights, repeat_factors, repeat_indices
+from segmentation.segmentor import SemanticSegmentor
+from segmentation.unet import ResNetUNet, UNet
+
+FCN_SKIPS = {"32s": (), "16s": ("c4",), "8s": ("c4", "c3")}
+
+
+def build_model(cfg: ModelConfig, num_classes: int, *, class_weight: torch.Tensor | None = None,
+                ignore_index: int = 255) -> SemanticSegmentor:
+    """A :class:`SemanticSegmentor` around an FCN-32s/16s/8s, a U-Net or a ResNet U-Net."""
+    from common.backbones import build_backbone
+
+    b = cfg.backbone
+    if cfg.arch == "fcn":
+        skips = FCN_SKIPS[cfg.fcn_variant]
+        backbone = build_backbone(b.name, weights=b.weights, freeze_at=b.freeze_at, norm=b.norm,
+                                  out_features=("c5", *skips))
+        c5 = backbone.out_channels["c5"]
+        if b.name == "vgg16":
+            head = ConvClassifier(c5, cfg.head_channels, cfg.head_dropout)
+            if b.weights is not None and cfg.head_channels == 4096:
+                from common.backbones import load_vgg16_classifier
+                head.load_classifier(load_vgg16_classifier(b.weights, as_conv=True))
+        else:
+            head = ConvHead(c5, cfg.head_channels, cfg.head_dropout)
+        net = FCN(backbone, head, num_classes, top="c5", skips=skips,
+                  learn_final_upsample=cfg.learn_final_upsample)
+    elif cfg.arch == "unet":
+        net = UNet(num_classes, width=cfg.unet_width, depth=cfg.unet_depth)
+    elif cfg.arch == "unet_resnet":
+        backbone = build_backbone(b.name, weights=b.weights, freeze_at=b.freeze_at, norm=b.norm,
+                                  out_features=("c1", "c2", "c3", "c4", "c5"))
+        net = ResNetUNet(backbone, num_classes, tuple(cfg.decoder_channels))
+    else:  # the config loader already restricts the values
+        raise ValueError(f"model.arch = {cfg.arch!r} must be fcn, unet or unet_resnet")
+    return SemanticSegmentor(net, num_classes, loss=cfg.loss, class_weight=class_weight,
+                             focal_gamma=cfg.focal_gamma, dice_weight=cfg.dice_weight,
+                             ignore_index=ignore_index)
+
+
+def resolve_root(cfg: DataConfig) -> Path:
+    """The dataset directory: ``cfg.root`` or the built-in shapes dataset (generated if missing)."""
+    if cfg.root is not None:
+        root = Path(cfg.root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset directory {root} does not exist")
+        return root
+    from common.shapes import ensure_shapes_dataset
+    return ensure_shapes_dataset()
+
+
+def build_dataset(cfg: DataConfig, split: str, train: bool, root: Path | None = None) -> SemSegDataset:
+    """One split with the training or evaluation transforms."""
+    root = resolve_root(cfg) if root is None else Path(root)
+    tf = build_transforms(train, cfg.crop_size, tuple(cfg.scale_range), cfg.hflip, cfg.color_jitter)
+    if cfg.format == "semantic_dir":
+        return load_semantic_dir(root, split, tf)
+    if cfg.format == "voc":
+        return load_voc(root, split, tf)
+    if cfg.format == "coco":
+        return load_coco_semantic(root / f"{split}.json", root / split, tf)
+    raise ValueError(f"data.format = {cfg.format!r} must be semantic_dir, voc or coco")
+
+
+def build_datasets(cfg: DataConfig, root: Path | None = None) -> tuple[SemSegDataset, SemSegDataset]:
+    root = resolve_root(cfg) if root is None else Path(root)
+    return build_dataset(cfg, cfg.train_split, True, root), build_dataset(cfg, cfg.val_split, False, root)
+
+
+def build_class_weight(cfg: ModelConfig, train_ds: SemSegDataset) -> torch.Tensor | None:
+    """Loss weights from the training label maps (``model.class_weighting``), or None."""
+    if cfg.class_weighting == "none":
+        return None
+    stats = class_pixel_stats((train_ds.read_label(i) for i in range(len(train_ds))),
+                              train_ds.num_classes, train_ds.ignore_index)
+    return class_weights(*stats, method=cfg.class_weighting)
+
+
+def build_train_indices(cfg: DataConfig, train_ds: SemSegDataset, seed: int = 0) -> list[int]:
+    """Indices the training sampler draws from: each image once, or repeated by class rarity."""
+    if cfg.repeat_threshold <= 0:
+        return list(range(len(train_ds)))
+    present = []
+    for i in range(len(train_ds)):
+        lab = train_ds.read_label(i)
+        present.append({int(c) for c in np.unique(lab) if c != train_ds.ignore_index})
+    return repeat_indices(repeat_factors(present, cfg.repeat_threshold), seed)

@@ -1,0 +1,170 @@
+"""Semantic segmentation metrics from a confusion matrix, plus boundary IoU.
+
+Shape shorthand: K classes, H x W one label map. ``cm[g, p]`` counts pixels of ground-truth
+class g predicted as p; pixels labelled ``ignore_index`` count nowhere.
+
+From the confusion matrix (Long et al. 2015, section 5):
+    IoU_c       = cm[c, c] / (sum_p cm[c, p] + sum_g cm[g, c] - cm[c, c])
+    mIoU        = mean of IoU_c over classes with a non-empty union (present in gt or prediction)
+    pixel_acc   = trace(cm) / sum(cm)
+    fwIoU       = sum_c (gt pixels of c / all pixels) * IoU_c
+
+Boundary IoU (Cheng et al., CVPR 2021), per class c with a band of ``d`` = 3 pixels:
+    G_d = gt pixels of c within d pixels of the contour of the gt mask of c (inside the mask),
+    P_d = the same for the predicted mask, and
+    boundary_IoU_c = |G_d & P_d| / |G_d | P_d|, intersections and unions summed over the dataset,
+    then averaged over classes with a non-empty union. The band is the mask minus its erosion by
+    a (2d+1) square; the image frame is not a contour (replicate padding), so a class filling the
+    border is not rewarded for it. Ignored pixels are removed from both masks.
+All reported values are in percent (0-100).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def confusion_matrix(pred: Tensor, gt: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+    """(K, K) int64 counts; pred and gt are label tensors of the same shape."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction of shape {tuple(pred.shape)} and ground truth of shape "
+                         f"{tuple(gt.shape)} differ")
+    valid = gt != ignore_index
+    g, p = gt[valid].long(), pred[valid].long()
+    bad = (g < 0) | (g >= num_classes)
+    if bool(bad.any()):
+        raise ValueError(f"ground-truth label {int(g[bad][0])} is outside 0..{num_classes - 1} and "
+                         f"not the ignore index {ignore_index}")
+    return torch.bincount(g * num_classes + p, minlength=num_classes ** 2).view(num_classes, num_classes).cpu()
+
+
+def iou_per_class(cm: Tensor | np.ndarray) -> np.ndarray:
+    """(K,) IoU in [0, 1]; NaN for classes absent from both gt and prediction."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def segmentation_metrics(cm: Tensor | np.ndarray, class_names: list[str] | None = None) -> dict:
+    """mIoU, pixel_acc, fwIoU and per_class_IoU (percent) from a (K, K) confusion matrix."""
+    cm = np.asarray(cm, dtype=np.float64)
+    k = cm.shape[0]
+    names = class_names or [str(i) for i in range(k)]
+    iou = iou_per_class(cm)
+    total = cm.sum()
+    gt_freq = cm.sum(1) / max(total, 1)
+    seen = ~np.isnan(iou)
+    return {
+        "mIoU": 100 * float(np.mean(iou[seen])) if seen.any() else float("nan"),
+        "pixel_acc": 100 * float(np.trace(cm) / total) if total else float("nan"),
+        "fwIoU": 100 * float(np.sum(gt_freq[seen] * iou[seen])),
+        "per_class_IoU": {n: (100 * float(v) if not math.isnan(v) else float("nan")) for n, v in zip(names, iou)},
+    }
+
+
+def boundary_band(mask: np.ndarray, d: int = 3) -> np.ndarray:
+    """(H, W) bool: pixels of ``mask`` within ``d`` pixels of its contour (image frame excluded)."""
+    m = mask.astype(np.uint8)
+    kernel = np.ones((2 * d + 1, 2 * d + 1), np.uint8)
+    eroded = cv2.erode(m, kernel, borderType=cv2.BORDER_REPLICATE)
+    return (m > 0) & (eroded == 0)
+
+
+def boundary_stats(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255,
+                   d: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class boundary intersection and union (K,) int64 for one (H, W) label map pair."""
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    valid = gt != ignore_index
+    inter = np.zeros(num_classes, np.int64)
+    union = np.zeros(num_classes, np.int64)
+    for c in range(num_classes):
+        g, p = gt == c, (pred == c) & valid
+        if not g.any() and not p.any():
+            continue
+        gb = boundary_band(g, d) & valid
+        pb = boundary_band(p, d) & valid
+        inter[c] = np.count_nonzero(gb & pb)
+        union[c] = np.count_nonzero(gb | pb)
+    return inter, union
+
+
+class SemSegEvaluator:
+    """Accumulates a confusion matrix and boundary statistics over a dataset.
+
+    ``process(predictions, targets)`` with the model's per-image ``sem_seg`` (h, w) and the
+    targets' ``sem_seg`` (h, w); ``summarize()`` -> the metrics dict of ARCHITECTURE.md.
+    """
+
+    def __init__(self, num_classes: int, class_names: list[str] | None = None, ignore_index: int = 255,
+                 boundary_width: int = 3):
+        self.num_classes = num_classes
+        self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.ignore_index = ignore_index
+        self.boundary_width = boundary_width
+        self.reset()
+
+    def reset(self) -> None:
+        self.cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        self.b_inter = np.zeros(self.num_classes, np.int64)
+        self.b_union = np.zeros(self.num_classes, np.int64)
+
+    def process(self, predictions: list[dict], targets: list[dict]) -> None:
+        for pred, tgt in zip(predictions, targets):
+            p, g = pred["sem_seg"].cpu(), tgt["sem_seg"].cpu()
+            self.cm += confusion_matrix(p, g, self.num_classes, self.ignore_index)
+            i, u = boundary_stats(p.numpy(), g.numpy(), self.num_classes, self.ignore_index, self.boundary_width)
+            self.b_inter += i
+            self.b_union += u
+
+    def summarize(self) -> dict:
+        out = segmentation_metrics(self.cm, self.class_names)
+        seen = self.b_union > 0
+        out["boundary_IoU"] = 100 * float(np.mean(self.b_inter[seen] / self.b_union[seen])) if seen.any() else float("nan")
+        # keep per-class IoU last, as in ARCHITECTURE.md
+        out["per_class_IoU"] = out.pop("per_class_IoU")
+        return out
+
+    def save(self, out_dir: str | Path, metrics: dict | None = None, json_name: str = "metrics.json") -> dict:
+        """Write ``metrics.json`` and ``confusion_matrix.png`` to ``out_dir``; returns the metrics."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = metrics or self.summarize()
+        (out_dir / json_name).write_text(json.dumps(metrics, indent=2))
+        cv2.imwrite(str(out_dir / "confusion_matrix.png"),
+                    cv2.cvtColor(confusion_image(self.cm, self.class_names), cv2.COLOR_RGB2BGR))
+        return metrics
+
+
+def confusion_image(cm: Tensor | np.ndarray, class_names: list[str], cell: int = 48) -> np.ndarray:
+    """(H, W, 3) uint8 RGB picture of the row-normalised confusion matrix (rows = ground truth)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    k = cm.shape[0]
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)                 # each gt row sums to 1
+    margin = 8 + 8 * max(len(n) for n in class_names)
+    img = np.full((margin + k * cell + 4, margin + k * cell + 4, 3), 255, np.uint8)
+    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)  # (K, K, 3) BGR
+    heat = cv2.resize(heat[:, :, ::-1], (k * cell, k * cell), interpolation=cv2.INTER_NEAREST)
+    img[margin:margin + k * cell, margin:margin + k * cell] = heat
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for i in range(k):
+        for j in range(k):
+            color = (0, 0, 0) if norm[i, j] > 0.6 else (255, 255, 255)
+            cv2.putText(img, f"{100 * norm[i, j]:.0f}", (margin + j * cell + 6, margin + i * cell + cell // 2 + 5),
+                        font, 0.4, color, 1, cv2.LINE_AA)
+        cv2.putText(img, class_names[i], (2, margin + i * cell + cell // 2 + 5), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        # column labels, written vertically by rotating a text patch
+        patch = np.full((12, margin - 4, 3), 255, np.uint8)
+        cv2.putText(patch, class_names[i], (2, 10), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        patch = cv2.rotate(patch, cv2.ROTATE_90_COUNTERCLOCKWISE)          # (margin-4, 12, 3)
+        x = margin + i * cell + cell // 2 - 6
+        img[2:2 + patch.shape[0], x:x + 12] = patch
+    return img
