@@ -1,0 +1,66 @@
+"""SolverConfig -> optimizer and LR scheduler. The only module here that reads a config."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.config import ConfigError
+from common.engine.config import SolverConfig
+from common.engine.schedule import WarmupSchedule
+
+
+def check_solver(cfg: SolverConfig) -> None:
+    """Raise ConfigError with one sentence for a solver setting that cannot work."""
+    def bad(key, why):
+        raise ConfigError(f"solver.{key} = {getattr(cfg, key)!r} {why}")
+
+    if cfg.base_lr <= 0:
+        bad("base_lr", "must be positive")
+    if cfg.max_iters < 1:
+        bad("max_iters", "must be at least 1")
+    if not 0 <= cfg.warmup_iters <= cfg.max_iters:
+        bad("warmup_iters", f"must be between 0 and max_iters ({cfg.max_iters})")
+    if not 0 < cfg.warmup_factor <= 1:
+        bad("warmup_factor", "must be in (0, 1]")
+    if list(cfg.steps) != sorted(cfg.steps) or any(s <= 0 for s in cfg.steps):
+        bad("steps", "must be positive and increasing")
+    if cfg.accumulate < 1:
+        bad("accumulate", "must be at least 1")
+    if cfg.ims_per_batch < 1:
+        bad("ims_per_batch", "must be at least 1")
+    if cfg.clip_grad_norm < 0:
+        bad("clip_grad_norm", "must be >= 0 (0 turns clipping off)")
+    for key in ("checkpoint_period", "eval_period", "early_stop_patience"):
+        if getattr(cfg, key) < 0:
+            bad(key, "must be >= 0 (0 turns it off)")
+    if cfg.log_period < 1:
+        bad("log_period", "must be at least 1")
+    if cfg.early_stop_patience > 0 and not cfg.best_metric:
+        bad("early_stop_patience", "needs solver.best_metric (the metric that must improve)")
+
+
+def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``common.optim.param_groups`` (per-prefix LR multipliers, no decay on norms).
+
+    Each group carries "lr_mult"; the scheduler from :func:`build_scheduler` sets the actual LRs.
+    """
+    from common.optim import param_groups
+
+    check_solver(cfg)
+    groups = param_groups(model, base_lr=cfg.base_lr, weight_decay=cfg.weight_decay,
+                          lr_mults=cfg.lr_mults, norm_weight_decay=cfg.norm_weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.base_lr, betas=tuple(cfg.betas),
+                                 weight_decay=cfg.weight_decay)
+    raise ConfigError(f"solver.optimizer = {cfg.optimizer!r} must be 'sgd' or 'adamw'")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SolverConfig) -> WarmupSchedule:
+    """Per-iteration linear warmup, then step / cosine / constant, scaled by each group's lr_mult."""
+    check_solver(cfg)
+    return WarmupSchedule(optimizer, base_lr=cfg.base_lr, max_iters=cfg.max_iters,
+                          schedule=cfg.schedule, steps=cfg.steps, gamma=cfg.gamma,
+                          warmup_iters=cfg.warmup_iters, warmup_factor=cfg.warmup_factor)

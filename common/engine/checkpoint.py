@@ -1,0 +1,158 @@
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``), clear architecture mismatches,
+and the random-number-generator states that make a resumed run repeat the uninterrupted one.
+
+Everything stored is tensors, numbers, strings, lists and dicts, so no pickle of arbitrary
+objects is ever needed to read a checkpoint back.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or made for another model; the message says which."""
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` to ``path`` so that a crash at any moment leaves either the old or the new file.
+
+    The bytes go to a temporary file in the same directory, are fsync'ed, then renamed over ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Same guarantee as :func:`save_checkpoint` for a small text file (the ``last_checkpoint`` pointer)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (not possible on every platform; best effort)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (or a plain state dict) safely."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} holds objects that cannot be loaded with weights_only=True "
+            f"(only tensors, numbers, strings, lists and dicts are allowed): {first}") from None
+    except Exception as e:  # truncated zip, random bytes, empty file ...
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+    return state
+
+
+def load_model_state(model: nn.Module, state_dict: dict, source: str, max_keys: int = 5) -> None:
+    """Load ``state_dict`` into ``model`` strictly; on a mismatch raise one CheckpointError that lists
+    the first few missing, unexpected and shape-mismatched keys. A ``module.`` prefix (from a DDP
+    model) is stripped first. ``source`` names where the weights came from (a path).
+    """
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+              if k in state_dict and hasattr(state_dict[k], "shape") and state_dict[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        def listing(name, items):
+            more = f" (+{len(items) - max_keys} more)" if len(items) > max_keys else ""
+            return f"{len(items)} {name}: {', '.join(items[:max_keys])}{more}"
+        parts = [listing(n, i) for n, i in (("missing", missing), ("unexpected", unexpected),
+                                            ("with a different shape", shapes)) if i]
+        raise CheckpointError(f"{source} does not fit {type(model).__name__} (another architecture?); "
+                              + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+# ---------------------------------------------------------------- seeding and RNG states
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (all devices); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs this workspace setting for deterministic matmuls on CUDA >= 10.2
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def get_rng_state() -> dict:
+    """The python, numpy, torch (and CUDA) RNG states as tensors / ints / lists (weights_only-safe)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])

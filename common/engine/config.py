@@ -1,0 +1,38 @@
+"""The solver section of every training config (detection and segmentation share it).
+
+Iterations count optimizer steps. With ``accumulate = k`` one iteration consumes k batches of
+``ims_per_batch`` images, so the effective batch is ``k * ims_per_batch`` (times the world size).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class SolverConfig:
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # the update rule
+    base_lr: float = 0.01  # learning rate of a group with lr_mult 1, after warmup
+    momentum: float = 0.9  # SGD momentum
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
+    weight_decay: float = 1e-4  # L2 / decoupled decay on weights
+    norm_weight_decay: float = 0.0  # decay on norm-layer weights and biases (usually none)
+    lr_mults: dict[str, float] = field(default_factory=dict)  # module-name prefix -> LR multiplier (longest prefix wins)
+    max_iters: int = 1000  # optimizer steps in the whole run
+    warmup_iters: int = 100  # linear warmup length in iterations (0 = no warmup)
+    warmup_factor: float = 0.001  # LR factor at iteration 0 of the warmup
+    schedule: Literal["step", "cosine", "constant"] = "step"  # LR decay after warmup
+    steps: tuple[int, ...] = (700, 900)  # "step": iterations at which the LR is multiplied by gamma
+    gamma: float = 0.1  # "step": decay factor at each of `steps`
+    clip_grad_norm: float = 0.0  # clip the global gradient L2 norm to this value (0 = off)
+    accumulate: int = 1  # batches whose gradients are summed per optimizer step
+    amp: bool = False  # float16 autocast + gradient scaling (used on CUDA only)
+    ims_per_batch: int = 4  # images per batch on each process
+    checkpoint_period: int = 500  # save a resumable checkpoint every this many iterations (0 = off)
+    keep_checkpoints: int = 3  # how many periodic checkpoints to keep on disk
+    eval_period: int = 500  # evaluate every this many iterations (0 = only at the end)
+    log_period: int = 20  # write metrics.csv / TensorBoard every this many iterations
+    early_stop_patience: int = 0  # stop after this many evaluations without improvement (0 = off)
+    best_metric: str | None = None  # metric that selects model_best.pth, e.g. "bbox/AP" or "mIoU"
+    seed: int = 0  # seed for python, numpy and torch
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower, reproducible on GPU)

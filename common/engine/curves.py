@@ -1,0 +1,77 @@
+"""Training curves from ``metrics.csv``: ``loss_curve.png`` (training losses, solid; validation
+losses, dashed) and ``metric_curve.png`` (evaluation metrics), against the iteration."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+def _series(rows: list[dict], phase: str, keep) -> dict[str, tuple[list[int], list[float]]]:
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for row in rows:
+        if row.get("phase") != phase:
+            continue
+        for key, cell in row.items():
+            if key in ("iter", "phase") or not cell or not keep(key):
+                continue
+            xs, ys = out.setdefault(key, ([], []))
+            xs.append(int(row["iter"]))
+            ys.append(float(cell))
+    return out
+
+
+def plot_curves(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write ``loss_curve.png`` and ``metric_curve.png`` into ``out_dir``; return their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics_csv, out_dir = Path(metrics_csv), Path(out_dir)
+    if not metrics_csv.is_file():
+        raise FileNotFoundError(f"metrics file {metrics_csv} does not exist (has training logged anything?)")
+    with open(metrics_csv, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or list(reader.fieldnames[:2]) != ["iter", "phase"]:
+            raise ValueError(f"{metrics_csv} is not a metrics.csv written by the engine "
+                             f"(header {reader.fieldnames})")
+        rows = list(reader)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def is_loss(key: str) -> bool:
+        return "loss" in key
+
+    train = _series(rows, "train", is_loss)
+    val = _series(rows, "eval", lambda k: k.startswith("val/") and is_loss(k))
+    metrics = _series(rows, "eval", lambda k: not k.startswith("val/"))
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (key, (xs, ys)) in enumerate(sorted(train.items())):
+        ax.plot(xs, ys, color=f"C{i % 10}", label=key)
+        vxs, vys = val.get(f"val/{key}", ([], []))
+        if vxs:
+            ax.plot(vxs, vys, "--o", color=f"C{i % 10}", markersize=3, label=f"val/{key}")
+    _finish(ax, "loss", bool(train), "no training losses logged yet")
+    paths.append(out_dir / "loss_curve.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, (xs, ys) in sorted(metrics.items()):
+        ax.plot(xs, ys, "-o", markersize=3, label=key)
+    _finish(ax, "metric", bool(metrics), "no evaluation logged yet")
+    paths.append(out_dir / "metric_curve.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def _finish(ax, ylabel: str, has_data: bool, empty_note: str) -> None:
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if has_data:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, empty_note, ha="center", va="center", transform=ax.transAxes)
+    ax.figure.tight_layout()

@@ -1,0 +1,103 @@
+"""LR schedules: warmup, step, cosine; per-group LR multipliers; solver config checks."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from common.config import ConfigError
+from common.engine import SolverConfig, WarmupSchedule, build_scheduler, check_solver, lr_factor
+
+
+def test_warmup_is_linear_from_warmup_factor_to_one():
+    kw = dict(max_iters=100, schedule="constant", warmup_iters=10, warmup_factor=0.001)
+    assert lr_factor(0, **kw) == pytest.approx(0.001)
+    assert lr_factor(5, **kw) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert lr_factor(9, **kw) == pytest.approx(0.001 * 0.1 + 0.9)
+    assert lr_factor(10, **kw) == 1.0
+    assert lr_factor(99, **kw) == 1.0
+
+
+def test_step_schedule_multiplies_by_gamma_at_each_step():
+    kw = dict(max_iters=40, schedule="step", steps=(20, 30), gamma=0.1)
+    assert [lr_factor(i, **kw) for i in (0, 19, 20, 29, 30, 39)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_cosine_schedule_with_warmup():
+    kw = dict(max_iters=100, schedule="cosine", warmup_iters=10, warmup_factor=0.1)
+    assert lr_factor(50, **kw) == pytest.approx(0.5)
+    assert lr_factor(25, **kw) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor(100, **kw) == pytest.approx(0.0, abs=1e-12)
+    # warmup multiplies the cosine value
+    assert lr_factor(5, **kw) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.05)) * 0.55)
+
+
+def test_unknown_schedule_is_named():
+    with pytest.raises(ValueError, match="unknown LR schedule 'linear'"):
+        lr_factor(0, max_iters=10, schedule="linear")
+
+
+def _optimizer():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr_mult": 0.1},
+                           {"params": model[1].parameters(), "lr_mult": 1.0}], lr=1.0)
+    return model, opt
+
+
+def test_scheduler_sets_each_group_lr_with_its_multiplier():
+    _, opt = _optimizer()
+    cfg = SolverConfig(base_lr=0.02, max_iters=30, warmup_iters=4, warmup_factor=0.25,
+                       schedule="step", steps=(10,), gamma=0.5)
+    sched = build_scheduler(opt, cfg)
+    seen = []
+    for _ in range(12):
+        seen.append(sched.get_last_lr())
+        opt.step()
+        sched.step()
+    assert seen[0] == pytest.approx([0.02 * 0.1 * 0.25, 0.02 * 0.25])  # iteration 0: warmup start
+    assert seen[2] == pytest.approx([0.02 * 0.1 * 0.625, 0.02 * 0.625])
+    assert seen[4] == pytest.approx([0.002, 0.02])
+    assert seen[10] == pytest.approx([0.001, 0.01])
+
+
+def test_scheduler_state_round_trip():
+    _, opt = _optimizer()
+    sched = WarmupSchedule(opt, base_lr=0.1, max_iters=20, schedule="cosine", warmup_iters=5)
+    for _ in range(7):
+        sched.step()
+    _, opt2 = _optimizer()
+    sched2 = WarmupSchedule(opt2, base_lr=0.1, max_iters=20, schedule="cosine", warmup_iters=5)
+    sched2.load_state_dict(sched.state_dict())
+    assert sched2.last_iter == 7
+    assert sched2.get_last_lr() == pytest.approx(sched.get_last_lr())
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"steps": (50, 20)}, r"solver.steps = \(50, 20\) must be positive and increasing"),
+    ({"warmup_iters": 2000}, r"solver.warmup_iters = 2000 must be between 0 and max_iters \(1000\)"),
+    ({"accumulate": 0}, "solver.accumulate = 0 must be at least 1"),
+    ({"early_stop_patience": 3}, "needs solver.best_metric"),
+])
+def test_bad_solver_settings_are_named(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        check_solver(SolverConfig(**changes))
+
+
+def test_build_optimizer_uses_param_groups():
+    pytest.importorskip("common.optim")
+    from common.engine import build_optimizer
+
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    cfg = SolverConfig(optimizer="adamw", base_lr=0.01, weight_decay=0.05, lr_mults={"2": 0.1},
+                       warmup_iters=0)
+    opt = build_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert all("lr_mult" in g for g in opt.param_groups)
+    build_scheduler(opt, cfg)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(model[2].weight)] == pytest.approx(0.001)
+    assert lr_of[id(model[0].weight)] == pytest.approx(0.01)
+    assert decay_of[id(model[1].weight)] == 0.0
+    assert decay_of[id(model[0].weight)] == pytest.approx(0.05)
