@@ -1,0 +1,96 @@
+"""tools/eval_coco.py: metrics.json from a results file, one-line errors with exit status 2."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+from pycocotools.coco import COCO
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOL = ROOT / "tools" / "eval_coco.py"
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("eval_coco_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_perfect_results(gt_json: Path, out: Path, shift: float = 0.0) -> Path:
+    """The ground truth as a results file (score 1, RLE masks, keypoints, no crowds)."""
+    coco = COCO(str(gt_json))
+    results = []
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        if ann["iscrowd"]:
+            continue
+        rle = mask_util.encode(np.asfortranarray(coco.annToMask(ann)))
+        rle["counts"] = rle["counts"].decode()
+        x, y, w, h = ann["bbox"]
+        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "score": 1.0,
+                        "bbox": [x + shift, y, w, h], "segmentation": rle,
+                        "keypoints": ann["keypoints"]})
+    out.write_text(json.dumps(results))
+    return out
+
+
+def test_writes_metrics_json(shapes_dir, tmp_path, capsys):
+    results = write_perfect_results(shapes_dir / "val.json", tmp_path / "results.json")
+    out = tmp_path / "sub" / "metrics.json"
+    rc = load_tool().main(["--gt", str(shapes_dir / "val.json"), "--results", str(results),
+                           "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "Average Precision" in printed and "Per-category segm AP" in printed and "star" in printed
+    metrics = json.loads(out.read_text())
+    assert {"bbox", "segm", "keypoints"} <= set(metrics)
+    for t in ("bbox", "segm", "keypoints"):
+        assert metrics[t]["AP"] == pytest.approx(100.0)
+    assert set(metrics["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert metrics["per_category"]["keypoints"] == {"star": pytest.approx(100.0)}
+
+
+def test_selected_iou_types_and_worse_results(shapes_dir, tmp_path):
+    results = write_perfect_results(shapes_dir / "val.json", tmp_path / "r.json", shift=3.0)
+    out = tmp_path / "m.json"
+    assert load_tool().main(["--gt", str(shapes_dir / "val.json"), "--results", str(results),
+                             "--iou-types", "bbox", "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {"bbox", "per_category"}
+    assert 0 < metrics["bbox"]["AP"] < 100
+
+
+def test_cli_errors_are_one_line_exit_2(shapes_dir, tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("[{")
+    proc = subprocess.run([sys.executable, str(TOOL), "--gt", str(shapes_dir / "val.json"),
+                           "--results", str(broken)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(f"eval_coco: error: results file {broken} is not valid JSON")
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_category_and_missing_file(shapes_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"image_id": 1, "category_id": 2, "score": 0.5, "bbox": [0, 0, 4, 4]}]))
+    tool = load_tool()
+    assert tool.main(["--gt", str(shapes_dir / "val.json"), "--results", str(bad)]) == 2
+    assert f"results file {bad}: detection #0 (image_id 1) has category_id 2" in capsys.readouterr().err
+    assert tool.main(["--gt", str(tmp_path / "nope.json"), "--results", str(bad)]) == 2
+    assert f"ground truth file {tmp_path / 'nope.json'} does not exist" in capsys.readouterr().err
+
+
+def test_empty_results_warn_one_line(shapes_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    out = tmp_path / "m.json"
+    assert load_tool().main(["--gt", str(shapes_dir / "val.json"), "--results", str(empty),
+                             "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err == f"eval_coco: warning: results file {empty}: no detections; every metric is 0\n"
+    assert json.loads(out.read_text())["segm"]["AP"] == 0.0
