@@ -214,6 +214,37 @@ def read_image(path: str | Path, image_id: Any = None) -> np.ndarray:
     raise DatasetError(f"image file {path} (image id {image_id}) has {img.shape[2]} channels; expected 1, 3 or 4")
 
 
+def _rle_string_counts(text: str | bytes) -> list[int] | None:
+    """Run lengths of a compressed COCO RLE string (pycocotools' rleFrString), None if malformed.
+
+    pycocotools decodes a corrupt string into a wrong mask without complaint; this lets us check.
+    Each count is a little-endian base-32 varint in chars '0'.. ('0' + 63); from the third count
+    on, the value is a difference to the count two places earlier.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("ascii", errors="replace")
+    counts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text):
+                return None
+            c = ord(text[pos]) - 48
+            if not 0 <= c < 64:
+                return None
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift  # sign extension
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
 @dataclass
 class _Instance:
     """One cleaned, non-crowd annotation."""
@@ -325,9 +356,11 @@ class CocoDetection(torch.utils.data.Dataset):
         if isinstance(segm, dict) and "counts" in segm and "size" in segm:
             if list(segm["size"]) != [h, w]:
                 raise DatasetError(f"{where} has an RLE of size {list(segm['size'])} but the image is {[h, w]}")
-            if isinstance(segm["counts"], list) and sum(segm["counts"]) != h * w:
-                raise DatasetError(f"{where} has uncompressed RLE counts summing to {sum(segm['counts'])}; "
-                                   f"expected h * w = {h * w}")
+            counts = segm["counts"] if isinstance(segm["counts"], list) else _rle_string_counts(segm["counts"])
+            if counts is None or any(c < 0 for c in counts) or sum(counts) != h * w:
+                shown = "unparsable" if counts is None else f"summing to {sum(counts)}"
+                kind = "uncompressed" if isinstance(segm["counts"], list) else "compressed"
+                raise DatasetError(f"{where} has {kind} RLE counts {shown}; expected h * w = {h * w}")
             return segm
         raise DatasetError(f"{where} has a segmentation that is neither polygons nor RLE: {str(segm)[:80]}")
 
