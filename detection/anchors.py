@@ -1,0 +1,77 @@
+"""Anchor boxes: a grid of reference boxes per feature level (Faster R-CNN, FPN).
+
+Shape shorthand: L levels, A anchors per location (sizes x aspect ratios), Hl x Wl the size of
+level l. Anchors are xyxy in image pixels, ordered (Hl, Wl, A) row-major within a level, the
+same order in which the RPN head's outputs are flattened.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def base_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...]) -> Tensor:
+    """(A, 4) anchors centred on (0, 0), A = len(sizes) * len(aspect_ratios), ordered size-major.
+
+    An anchor of size s and aspect ratio r (= h / w) has area s^2: w = s / sqrt(r), h = s * sqrt(r).
+    """
+    out = []
+    for s in sizes:
+        for r in aspect_ratios:
+            w = s / math.sqrt(r)
+            h = s * math.sqrt(r)
+            out.append((-w / 2, -h / 2, w / 2, h / 2))
+    return torch.tensor(out, dtype=torch.float32)
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors for every location of every feature level; cached per (level, size, device)."""
+
+    def __init__(self, sizes: tuple[tuple[float, ...], ...], aspect_ratios: tuple[tuple[float, ...], ...],
+                 strides: tuple[int, ...], offset: float = 0.0):
+        """sizes[l], aspect_ratios[l]: anchor sizes (sqrt of area, pixels) and h/w ratios of level l
+        (a single entry in ``aspect_ratios`` is used for every level); strides[l]: its stride;
+        offset: anchor centres sit at (i + offset) * stride."""
+        super().__init__()
+        if len(aspect_ratios) == 1:
+            aspect_ratios = tuple(aspect_ratios) * len(sizes)
+        if not (len(sizes) == len(aspect_ratios) == len(strides)):
+            raise ValueError(f"anchor sizes ({len(sizes)} levels), aspect ratios ({len(aspect_ratios)}) "
+                             f"and feature strides ({len(strides)}) must have one entry per level")
+        if not 0.0 <= offset < 1.0:
+            raise ValueError(f"anchor offset must be in [0, 1), got {offset}")
+        self.strides = tuple(int(s) for s in strides)
+        self.offset = offset
+        self.cell_anchors = [base_anchors(tuple(s), tuple(r)) for s, r in zip(sizes, aspect_ratios)]
+        self._cache: dict[tuple, Tensor] = {}
+
+    @property
+    def num_anchors_per_location(self) -> list[int]:
+        return [len(c) for c in self.cell_anchors]
+
+    def grid_anchors(self, level: int, height: int, width: int, device: torch.device) -> Tensor:
+        """(height * width * A, 4) anchors of one level, ordered (H, W, A)."""
+        key = (level, height, width, str(device))
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        stride = self.strides[level]
+        xs = (torch.arange(width, dtype=torch.float32, device=device) + self.offset) * stride
+        ys = (torch.arange(height, dtype=torch.float32, device=device) + self.offset) * stride
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
+        shifts = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
+        cell = self.cell_anchors[level].to(device).reshape(1, -1, 4)      # (1, A, 4)
+        anchors = (shifts + cell).reshape(-1, 4)                          # (H*W*A, 4)
+        if len(self._cache) > 64:  # many input sizes (multi-scale training): keep memory bounded
+            self._cache.clear()
+        self._cache[key] = anchors
+        return anchors
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        """L feature maps (N, C, Hl, Wl) -> L tensors (Hl * Wl * A, 4), the same for every image."""
+        if len(features) != len(self.cell_anchors):
+            raise ValueError(f"anchor generator has {len(self.cell_anchors)} levels but got "
+                             f"{len(features)} feature maps")
+        return [self.grid_anchors(l, f.shape[-2], f.shape[-1], f.device) for l, f in enumerate(features)]
