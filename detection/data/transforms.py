@@ -24,6 +24,7 @@ makes a call reproducible (the train loader seeds every sample).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import albumentations as A
@@ -79,12 +80,14 @@ class DetectionTransforms:
 
     def __init__(self, steps: list, *, min_box_side: float = MIN_BOX_SIDE, seed: int = 0):
         self.min_box_side = min_box_side
-        self.pipeline = A.Compose(
+        with warnings.catch_warnings():  # a test pipeline may have no geometric step: fine
+            warnings.filterwarnings("ignore", message="Got processor for .*, but no transform to process it")
+            self.pipeline = A.Compose(
             steps,
-            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["instance_index"], clip=True),
-            keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
-            seed=seed,
-        )
+                bbox_params=A.BboxParams(format="pascal_voc", label_fields=["instance_index"], clip=True),
+                keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+                seed=seed,
+            )
 
     def set_random_seed(self, seed: int) -> None:
         """Reset every random generator of the pipeline (reproducible augmentation)."""
