@@ -10,6 +10,7 @@ Shape shorthand: N images, H x W input size. torchvision ``features`` indices:
 """
 from __future__ import annotations
 
+from torch import nn
 from torchvision.models import MobileNetV3
 
 from .stages import Stages
@@ -20,6 +21,7 @@ _CUTS = (0, 2, 4, 7, 13, 17)
 def mobilenet_stages(model: MobileNetV3) -> Stages:
     """Cut torchvision's MobileNetV3-Large (weights already loaded) into stem and c2..c5."""
     f = model.features
-    parts = [f[a:b] for a, b in zip(_CUTS[:-1], _CUTS[1:])]
+    # renumbered from 0 in each stage: features.2 is c2.0
+    parts = [nn.Sequential(*f[a:b]) for a, b in zip(_CUTS[:-1], _CUTS[1:])]
     channels = {"c1": 16, "c2": 24, "c3": 40, "c4": 112, "c5": 960}
     return Stages(*parts, channels=channels, c1_at=len(parts[0]))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 from torchvision.models import VGG, vgg16
 
 from .stages import Stages
@@ -32,7 +33,8 @@ _CUTS = (0, 5, 10, 17, 24, 31)  # features[_CUTS[i]:_CUTS[i+1]] is stem, c2, ...
 def vgg_stages(model: VGG) -> Stages:
     """Cut torchvision's VGG16 (weights already loaded) into stem and stages c2..c5."""
     f = model.features
-    parts = [f[a:b] for a, b in zip(_CUTS[:-1], _CUTS[1:])]
+    # renumbered from 0 in each stage: features.5 (conv2_1) is c2.0
+    parts = [nn.Sequential(*f[a:b]) for a, b in zip(_CUTS[:-1], _CUTS[1:])]
     channels = {"c1": 64, "c2": 128, "c3": 256, "c4": 512, "c5": 512}
     return Stages(*parts, channels=channels, c1_at=len(parts[0]))
 
@@ -56,7 +58,7 @@ def load_vgg16_classifier(weights: str | Path | None = None, *, as_conv: bool = 
 
 
 def _linear_to_conv(fc: nn.Linear, in_channels: int, kernel: int) -> nn.Conv2d:
-    conv = nn.Conv2d(in_channels, fc.out_features, kernel)
+    conv = skip_init(nn.Conv2d, in_channels, fc.out_features, kernel)  # overwritten just below
     with torch.no_grad():
         # torchvision flattens (C, 7, 7) row-major, so (out, C*k*k) -> (out, C, k, k) lines up
         conv.weight.copy_(fc.weight.view(fc.out_features, in_channels, kernel, kernel))

@@ -1,0 +1,89 @@
+"""Norm choices: FrozenBN matches BN in eval mode, GN copies BN's affine parameters, every norm
+builds a backbone that runs forward and backward, frozen stages stay FrozenBN."""
+import pytest
+import torch
+from torch import nn
+
+from common.backbones import FrozenBatchNorm2d, build_backbone, convert_norm, gn_groups
+
+
+def _random_bn(c=8, eps=1e-5):
+    bn = nn.BatchNorm2d(c, eps=eps)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    return bn
+
+
+def test_frozen_bn_computes_what_bn_computes_in_eval_mode():
+    torch.manual_seed(0)
+    bn = _random_bn(eps=1e-3).eval()
+    frozen = FrozenBatchNorm2d.from_bn(bn)
+    assert frozen.eps == 1e-3
+    assert list(frozen.parameters()) == []  # nothing to train
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.allclose(frozen(x), bn(x), atol=1e-6)
+    # hand-computed for channel 0
+    w, b, m, v = bn.weight[0], bn.bias[0], bn.running_mean[0], bn.running_var[0]
+    expected = (x[:, 0] - m) / torch.sqrt(v + 1e-3) * w + b
+    assert torch.allclose(frozen(x)[:, 0], expected.detach(), atol=1e-6)
+
+
+def test_frozen_bn_loads_a_bn_state_dict():
+    bn = _random_bn()
+    frozen = FrozenBatchNorm2d(8)
+    frozen.load_state_dict(bn.state_dict())  # num_batches_tracked is dropped, not an error
+    assert torch.equal(frozen.running_var, bn.running_var)
+
+
+def test_gn_groups_are_32_or_the_largest_power_of_two_that_divides():
+    assert [gn_groups(c) for c in (64, 256, 24, 40, 16, 960)] == [32, 32, 8, 8, 16, 32]
+
+
+def test_convert_to_gn_copies_affine_parameters():
+    torch.manual_seed(0)
+    bn = _random_bn(c=24)
+    model = convert_norm(nn.Sequential(nn.Conv2d(3, 24, 3), bn), "GN")
+    gn = model[1]
+    assert isinstance(gn, nn.GroupNorm) and gn.num_groups == 8 and gn.num_channels == 24
+    assert torch.equal(gn.weight, bn.weight) and torch.equal(gn.bias, bn.bias)
+
+
+def test_convert_to_syncbn_keeps_statistics():
+    bn = _random_bn()
+    sync = convert_norm(nn.Sequential(bn), "SyncBN")[0]
+    assert isinstance(sync, nn.SyncBatchNorm)
+    assert torch.equal(sync.running_mean, bn.running_mean)
+
+
+def test_unknown_norm_is_named():
+    with pytest.raises(ValueError, match=r"unknown norm 'batch'; choose one of FrozenBN, BN, GN, SyncBN"):
+        convert_norm(nn.Sequential(), "batch")
+
+
+NORM_TYPE = {"FrozenBN": FrozenBatchNorm2d, "BN": nn.BatchNorm2d, "GN": nn.GroupNorm,
+             "SyncBN": nn.SyncBatchNorm}
+
+
+@pytest.mark.parametrize("name,norm", [("resnet18", n) for n in NORM_TYPE]
+                         + [("mobilenet_v3_large", "GN")])  # MobileNet: channels 24, 40, ... for GN
+def test_every_norm_builds_runs_forward_and_backward(name, norm):
+    torch.manual_seed(0)
+    backbone = build_backbone(name, norm=norm, freeze_at=2).train()
+    out = backbone(torch.randn(2, 3, 64, 64))
+    sum(v.square().mean() for v in out.values()).backward()
+
+    norms = lambda m: [x for x in m.modules() if isinstance(x, tuple(NORM_TYPE.values()))]
+    for stage in ("stem", "c2"):  # frozen: FrozenBN whatever the norm, no gradients
+        module = getattr(backbone.body, stage)
+        assert norms(module) and all(type(n) is FrozenBatchNorm2d for n in norms(module))
+        assert all(p.grad is None and not p.requires_grad for p in module.parameters())
+    for stage in ("c3", "c4", "c5"):
+        module = getattr(backbone.body, stage)
+        assert norms(module) and all(type(n) is NORM_TYPE[norm] for n in norms(module)), stage
+        assert all(p.grad is not None for p in module.parameters()), stage
+    if norm in ("GN", "BN", "SyncBN"):  # their affine parameters train
+        n = norms(backbone.body.c5)[0]
+        assert n.weight.requires_grad and n.weight.grad.abs().sum() > 0
