@@ -1,0 +1,141 @@
+"""The Fast R-CNN box branch: a head that turns pooled RoI features into a vector, a predictor
+(K + 1 class logits and class-specific deltas), its losses and its inference.
+
+Shape shorthand: R RoIs, C channels, S pooled size, D head output dim, K classes (labels
+0..K-1, background K).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from detection.box_coder import BoxCoder
+from detection.box_ops import clip_boxes, nonempty
+
+
+def conv_norm_relu(in_ch: int, out_ch: int, norm: str) -> nn.Sequential:
+    """3x3 conv (no bias when normalised) + optional GroupNorm(32) / BatchNorm + ReLU."""
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=norm == "")]
+    if norm == "GN":
+        layers.append(nn.GroupNorm(min(32, out_ch), out_ch))
+    elif norm == "BN":
+        layers.append(nn.BatchNorm2d(out_ch))
+    elif norm != "":
+        raise ValueError(f"head norm must be '', 'GN' or 'BN', got {norm!r}")
+    layers.append(nn.ReLU(inplace=True))
+    nn.init.kaiming_normal_(layers[0].weight, mode="fan_out", nonlinearity="relu")
+    if layers[0].bias is not None:
+        nn.init.zeros_(layers[0].bias)
+    return nn.Sequential(*layers)
+
+
+class ConvFCHead(nn.Module):
+    """``num_convs`` 3x3 convs then ``num_fcs`` FC layers ("2fc" of FPN: 0 convs, 2 FCs)."""
+
+    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024, num_fcs: int = 2,
+                 num_convs: int = 0, conv_dim: int = 256, norm: str = ""):
+        super().__init__()
+        convs, ch = [], in_channels
+        for _ in range(num_convs):
+            convs.append(conv_norm_relu(ch, conv_dim, norm))
+            ch = conv_dim
+        self.convs = nn.Sequential(*convs)
+        fcs, dim = [], ch * resolution * resolution
+        for _ in range(num_fcs):
+            fc = nn.Linear(dim, fc_dim)
+            nn.init.kaiming_uniform_(fc.weight, a=1)
+            nn.init.zeros_(fc.bias)
+            fcs += [fc, nn.ReLU(inplace=True)]
+            dim = fc_dim
+        self.fcs = nn.Sequential(*fcs)
+        self.out_dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(R, C, S, S) -> (R, D)."""
+        return self.fcs(self.convs(x).flatten(1))
+
+
+class Res5Head(nn.Module):
+    """The C4 head of Faster/Mask R-CNN: the backbone's last stage (res5, stride 2 inside) run
+    on each 14x14 RoI, then global average pooling."""
+
+    def __init__(self, res5: nn.Module, out_channels: int):
+        super().__init__()
+        self.res5 = res5
+        self.out_dim = out_channels
+
+    def features(self, x: Tensor) -> Tensor:
+        """(R, C4, S, S) -> (R, C5, S/2, S/2), the map the C4 mask head shares."""
+        return self.res5(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(R, C4, S, S) -> (R, C5)."""
+        return self.res5(x).mean(dim=(2, 3))
+
+
+class FastRCNNPredictor(nn.Module):
+    """Linear class scores (K + 1, background last) and class-specific deltas (4K)."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.cls_score = nn.Linear(in_dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_dim, 4 * num_classes)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(R, D) -> class logits (R, K + 1), deltas (R, 4K)."""
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, gt_classes: Tensor, target_deltas: Tensor,
+                     smooth_l1_beta: float = 1.0) -> dict[str, Tensor]:
+    """Cross-entropy over K + 1 classes, and smooth-L1 on the deltas of the gt class of each
+    foreground RoI; both averaged over all R sampled RoIs.
+
+    class_logits (R, K + 1), box_deltas (R, 4K), gt_classes (R,) int64 in 0..K (K = background),
+    target_deltas (R, 4) -> {"loss_cls", "loss_box"}.
+    """
+    num_rois = max(len(gt_classes), 1)
+    k = class_logits.shape[1] - 1
+    if len(gt_classes) == 0:
+        zero = class_logits.sum() * 0.0 + box_deltas.sum() * 0.0
+        return {"loss_cls": zero, "loss_box": zero.clone()}
+    loss_cls = F.cross_entropy(class_logits, gt_classes, reduction="mean")
+    fg = (gt_classes < k).nonzero().squeeze(1)
+    deltas = box_deltas.view(len(box_deltas), k, 4)[fg, gt_classes[fg]]  # (F, 4) the gt class's deltas
+    if smooth_l1_beta > 0:
+        loss_box = F.smooth_l1_loss(deltas, target_deltas[fg], beta=smooth_l1_beta, reduction="sum")
+    else:
+        loss_box = F.l1_loss(deltas, target_deltas[fg], reduction="sum")
+    return {"loss_cls": loss_cls, "loss_box": loss_box / num_rois + box_deltas.sum() * 0.0}
+
+
+@torch.no_grad()
+def fast_rcnn_inference(class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor],
+                        image_sizes: list[tuple[int, int]], box_coder: BoxCoder, score_thresh: float,
+                        nms_thresh: float, detections_per_img: int) -> list[dict[str, Tensor]]:
+    """Per-class decode, clip, score threshold, per-class NMS, keep the best detections.
+
+    class_logits (R, K + 1), box_deltas (R, 4K) for the concatenated proposals (N tensors (R_i, 4))
+    -> N dicts {"pred_boxes" (D, 4), "scores" (D,), "pred_classes" (D,)}, sorted by score.
+    """
+    k = class_logits.shape[1] - 1
+    probs = F.softmax(class_logits, dim=-1)[:, :k]                     # (R, K) drop background
+    counts = [len(p) for p in proposals]
+    out = []
+    for scores, deltas, props, size in zip(probs.split(counts), box_deltas.split(counts), proposals, image_sizes):
+        boxes = clip_boxes(box_coder.decode(deltas, props).view(-1, k, 4), size)  # (R_i, K, 4)
+        keep = (scores > score_thresh) & torch.isfinite(boxes).all(dim=2)         # (R_i, K)
+        roi_idx, cls = keep.nonzero(as_tuple=True)
+        boxes, scores = boxes[roi_idx, cls], scores[roi_idx, cls]
+        valid = nonempty(boxes)
+        boxes, scores, cls = boxes[valid], scores[valid], cls[valid]
+        keep = batched_nms(boxes, scores, cls, nms_thresh)[:detections_per_img]
+        out.append({"pred_boxes": boxes[keep], "scores": scores[keep], "pred_classes": cls[keep]})
+    return out

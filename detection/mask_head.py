@@ -1,0 +1,108 @@
+"""The Mask R-CNN mask branch: a small FCN on pooled RoI features predicting one S x S mask per
+class, its loss, and pasting predicted masks back into the image.
+
+Shape shorthand: R RoIs, C channels, S mask size (2x the pooled size), K classes, M gt
+instances, H x W the image the model sees.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detection.box_head import conv_norm_relu
+from detection.poolers import roi_align
+
+
+class MaskRCNNHead(nn.Module):
+    """``num_convs`` 3x3 convs, a 2x2 stride-2 deconv, then a 1x1 conv to K mask logits.
+
+    ``trunk`` (optional) runs first: the C4 model passes the res5 stage shared with the box head.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, conv_dim: int = 256, num_convs: int = 4,
+                 norm: str = "", trunk: nn.Module | None = None):
+        super().__init__()
+        self.trunk = trunk
+        layers, ch = [], in_channels
+        for _ in range(num_convs):
+            layers.append(conv_norm_relu(ch, conv_dim, norm))
+            ch = conv_dim
+        self.convs = nn.Sequential(*layers)
+        self.deconv = nn.ConvTranspose2d(ch, conv_dim, 2, stride=2)
+        self.predictor = nn.Conv2d(conv_dim, num_classes, 1)
+        nn.init.kaiming_normal_(self.deconv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.deconv.bias)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.zeros_(self.predictor.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(R, C, S/2, S/2) pooled features -> (R, K, S, S) mask logits."""
+        if self.trunk is not None:
+            x = self.trunk(x)
+        return self.predictor(F.relu(self.deconv(self.convs(x))))
+
+
+@torch.no_grad()
+def mask_targets(gt_masks: Tensor, matched_idxs: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Crop each RoI's matched gt mask to the RoI and resize it to S x S (RoIAlign, then >= 0.5).
+
+    gt_masks (M, H, W) uint8/bool/float, matched_idxs (R,) int64 into M, boxes (R, 4) xyxy
+    -> (R, S, S) float32 in {0, 1}.
+    """
+    if len(boxes) == 0:
+        return boxes.new_zeros((0, size, size))
+    # the gt masks act as a batch of M one-channel images; each RoI reads its matched one
+    rois = torch.cat((matched_idxs[:, None].to(boxes.dtype), boxes), dim=1)   # (R, 5)
+    crops = roi_align(gt_masks[:, None].to(boxes.dtype), rois, (size, size), 1.0, 0, True)  # (R, 1, S, S)
+    return (crops[:, 0] >= 0.5).float()
+
+
+def mask_loss(mask_logits: Tensor, gt_classes: Tensor, targets: Tensor) -> Tensor:
+    """Per-pixel BCE on the mask of each RoI's gt class (the only one trained), mean over pixels.
+
+    mask_logits (R, K, S, S) (K = 1: class-agnostic), gt_classes (R,), targets (R, S, S).
+    """
+    if len(mask_logits) == 0:
+        return mask_logits.sum() * 0.0
+    cls = gt_classes if mask_logits.shape[1] > 1 else torch.zeros_like(gt_classes)
+    logits = mask_logits[torch.arange(len(mask_logits), device=cls.device), cls]  # (R, S, S)
+    return F.binary_cross_entropy_with_logits(logits, targets) + mask_logits.sum() * 0.0
+
+
+def mask_probs(mask_logits: Tensor, pred_classes: Tensor) -> Tensor:
+    """(R, K, S, S) logits, (R,) classes -> (R, S, S) probabilities of the predicted class."""
+    cls = pred_classes if mask_logits.shape[1] > 1 else torch.zeros_like(pred_classes)
+    return mask_logits[torch.arange(len(mask_logits), device=cls.device), cls].sigmoid()
+
+
+def _interp_weights(start: Tensor, end: Tensor, size: int, length: int) -> Tensor:
+    """Bilinear weights from ``length`` image pixels to ``size`` mask cells along one axis.
+
+    start, end (R,) box edges in pixels -> (R, length, size). Pixel centre p + 0.5 falls at mask
+    coordinate u = (p + 0.5 - start) * size / (end - start) - 0.5 (cell centres at integers);
+    the weight to cell j is the tent max(0, 1 - |u - j|), i.e. zero padding outside the mask.
+    """
+    p = torch.arange(length, device=start.device, dtype=torch.float32) + 0.5
+    scale = size / (end - start).clamp(min=1e-6)
+    u = (p[None] - start[:, None]) * scale[:, None] - 0.5                   # (R, length)
+    j = torch.arange(size, device=start.device, dtype=torch.float32)
+    return (1 - (u[:, :, None] - j).abs()).clamp(min=0)                     # (R, length, size)
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], chunk: int = 64) -> Tensor:
+    """Paste S x S masks into their boxes of an (h, w) image, bilinearly resampled.
+
+    Vectorised as two small matrix products per box: out = Wy @ mask @ Wx^T, where Wy (h, S) and
+    Wx (w, S) are the 1-D interpolation weights (zero outside the box's half-cell border).
+    masks (R, S, S), boxes (R, 4) xyxy -> (R, h, w) float32.
+    """
+    h, w = image_size
+    out = masks.new_zeros((len(masks), h, w), dtype=torch.float32)
+    s = masks.shape[-1]
+    for i in range(0, len(masks), chunk):
+        m, b = masks[i:i + chunk].float(), boxes[i:i + chunk].float()
+        wy = _interp_weights(b[:, 1], b[:, 3], s, h)                        # (r, h, S)
+        wx = _interp_weights(b[:, 0], b[:, 2], s, w)                        # (r, w, S)
+        torch.bmm(torch.bmm(wy, m), wx.transpose(1, 2), out=out[i:i + chunk])  # (r, h, w)
+    return out

@@ -1,0 +1,58 @@
+import torch
+import torch.nn.functional as F
+
+from detection.mask_head import MaskRCNNHead, mask_loss, mask_probs, mask_targets, paste_masks
+
+
+def test_head_shapes_and_empty_batch_keeps_graph():
+    head = MaskRCNNHead(8, 3, conv_dim=16, num_convs=2, norm="GN")
+    assert head(torch.randn(4, 8, 14, 14)).shape == (4, 3, 28, 28)
+    out = head(torch.zeros(0, 8, 14, 14))
+    loss = mask_loss(out, torch.zeros(0, dtype=torch.int64), torch.zeros(0, 28, 28))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert all(p.grad is not None for p in head.parameters())
+
+
+def test_targets_crop_and_resize_gt_mask():
+    gt = torch.zeros(2, 32, 32, dtype=torch.uint8)
+    gt[0, 8:16, 8:24] = 1      # instance 0: rows 8..15, cols 8..23
+    gt[1] = 1
+    boxes = torch.tensor([[8.0, 8, 24, 16], [8, 8, 24, 24], [0, 0, 32, 32]])
+    t = mask_targets(gt, torch.tensor([0, 0, 1]), boxes, 4)
+    assert t.shape == (3, 4, 4)
+    assert t[0].sum() == 16                                   # box == mask extent: all ones
+    assert t[1].tolist() == [[1.0] * 4, [1.0] * 4, [0.0] * 4, [0.0] * 4]  # top half of the box
+    assert t[2].sum() == 16
+    assert mask_targets(gt, torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4), 4).shape == (0, 4, 4)
+
+
+def test_loss_uses_gt_class_only():
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1] = 10.0                    # class 1 predicts all ones
+    logits[0, 0] = -10.0                   # class 0 predicts all zeros
+    ones = torch.ones(1, 2, 2)
+    assert mask_loss(logits, torch.tensor([1]), ones) < 1e-3
+    assert mask_loss(logits, torch.tensor([0]), ones) > 9.0
+    probs = mask_probs(logits, torch.tensor([1]))
+    assert probs.shape == (1, 2, 2) and probs.min() > 0.99
+
+
+def test_paste_matches_grid_sample_reference():
+    torch.manual_seed(0)
+    masks = torch.rand(3, 7, 7)
+    boxes = torch.tensor([[2.0, 3, 20, 15], [-4, -4, 10, 30], [10.5, 0.5, 31.5, 9.5]])
+    h, w = 24, 32
+    out = paste_masks(masks, boxes, (h, w), chunk=2)
+    assert out.shape == (3, h, w)
+    # reference: grid_sample of each mask over the whole image (align_corners=False, zero padding)
+    ys = torch.arange(h) + 0.5
+    xs = torch.arange(w) + 0.5
+    for m, b, o in zip(masks, boxes, out):
+        gx = (xs - b[0]) / (b[2] - b[0]) * 2 - 1
+        gy = (ys - b[1]) / (b[3] - b[1]) * 2 - 1
+        grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
+        ref = F.grid_sample(m[None, None], grid, align_corners=False, padding_mode="zeros")[0, 0]
+        torch.testing.assert_close(o, ref, atol=1e-5, rtol=1e-4)
+    assert out[0, 0, 0] == 0 and out[0, 9, 11] > 0
+    assert paste_masks(masks[:0], boxes[:0], (h, w)).shape == (0, h, w)
