@@ -328,7 +328,7 @@ class Trainer:
         finite = torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in losses.values()]))
         if not bool(finite.all()):
             name = list(losses)[int((~finite).nonzero()[0])]
-            bad = f"{name} is {float(losses[name])}"
+            bad = f"{name} is {float(losses[name].detach())}"
         if not dist.all_ranks_true(bad is None):
             where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint \
                 else "no checkpoint has been written yet"

@@ -1,0 +1,272 @@
+"""The training loop on a toy model: resume exactness, NaN guard, accumulation, early stopping,
+metrics.csv and curves."""
+import csv
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.engine import (Trainer, TrainingError, WarmupSchedule, load_checkpoint, plot_curves,
+                           seed_everything, to_device)
+
+
+class ToyImages:
+    """ImageList-like: a (N, 4) tensor with ``.to``."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def to(self, device):
+        return ToyImages(self.tensor.to(device))
+
+
+class ToyModel(nn.Module):
+    """(N, 4) -> (N, 2) regression with two loss terms, following the model contract."""
+
+    def __init__(self, dropout=0.0, bad_loss_at=None, bad_value=float("nan")):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(dropout))
+        self.head = nn.Linear(8, 2)
+        self.bad_loss_at, self.bad_value, self.calls = bad_loss_at, bad_value, 0
+
+    def forward(self, images, targets=None):
+        out = self.head(self.body(images.tensor))  # (N, 2)
+        predictions = [] if self.training else [{"out": o} for o in out]
+        losses = {}
+        if targets is not None:
+            y = torch.stack([t["y"] for t in targets])  # (N, 2)
+            losses = {"loss_a": F.mse_loss(out[:, 0], y[:, 0]), "loss_b": F.mse_loss(out[:, 1], y[:, 1])}
+            if self.training:
+                self.calls += 1
+                if self.calls == self.bad_loss_at:
+                    losses["loss_b"] = losses["loss_b"] + self.bad_value
+        return predictions, losses
+
+
+def batch(seed, i, n):
+    g = torch.Generator().manual_seed(seed * 100_003 + i)
+    x = torch.randn(n, 4, generator=g)
+    y = torch.stack([x[:, 0] * 2 - x[:, 1], x[:, 2] * x[:, 3]], dim=1)
+    return x, y
+
+
+def make_data(seed=0, n=4):
+    """make_data_iter(start): batch i depends only on (seed, i)."""
+    def make_data_iter(start):
+        for i in itertools.count(start):
+            x, y = batch(seed, i, n)
+            yield ToyImages(x), [{"y": t} for t in y]
+    return make_data_iter
+
+
+def make_trainer(out, *, max_iters, model=None, make_data_iter=None, **kw):
+    model = model or ToyModel()
+    groups = [{"params": model.body.parameters(), "lr_mult": 1.0},
+              {"params": model.head.parameters(), "lr_mult": 0.5}]
+    opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=1e-4)
+    sched = WarmupSchedule(opt, base_lr=0.05, max_iters=6, schedule="cosine", warmup_iters=2)
+    kw = {"checkpoint_period": 1000, "log_period": 1, "progress": False, "tensorboard": False} | kw
+    return Trainer(model, opt, sched, make_data_iter or make_data(), output_dir=out,
+                   max_iters=max_iters, **kw)
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    seed_everything(0)
+    straight = make_trainer(tmp_path / "a", max_iters=6, model=ToyModel(dropout=0.3))
+    straight.train()
+
+    # interrupted run: checkpoint after 3 iterations, then one more iteration that is thrown away
+    seed_everything(0)
+    first = make_trainer(tmp_path / "b", max_iters=4, model=ToyModel(dropout=0.3), checkpoint_period=3)
+    first.train()
+    assert (tmp_path / "b" / "last_checkpoint").read_text() == "model_0000003.pth"
+
+    seed_everything(12345)  # other init and other RNG: all of it must come from the checkpoint
+    resumed = make_trainer(tmp_path / "b", max_iters=6, model=ToyModel(dropout=0.3))
+    assert resumed.resume() == 3
+    resumed.train()
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["head.weight"], first.model.state_dict()["head.weight"])
+    train_iters = [int(r["iter"]) for r in rows(tmp_path / "b" / "metrics.csv") if r["phase"] == "train"]
+    assert train_iters == [1, 2, 3, 4, 5, 6]  # the thrown-away row 4 was replaced
+
+
+def test_trainer_checkpoint_loads_with_weights_only(tmp_path):
+    make_trainer(tmp_path, max_iters=2, checkpoint_period=2).train()
+    state = torch.load(tmp_path / "model_0000002.pth", weights_only=True)
+    assert state["iteration"] == 2 and state["scheduler"] == {"last_iter": 2}
+    assert set(state["optimizer"]["state"]) == {0, 1, 2, 3}  # momentum buffers
+    assert [g["lr_mult"] for g in state["optimizer"]["param_groups"]] == [1.0, 0.5]
+    assert set(state["rng"][0]) >= {"python", "numpy", "torch"}
+    final = load_checkpoint(tmp_path / "model_final.pth")
+    assert set(final) == {"model", "iteration", "metrics", "config_yaml"} and final["iteration"] == 2
+
+
+def test_resume_starts_fresh_without_checkpoint_and_refuses_a_weights_file(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=2)
+    assert trainer.resume() == 0
+    trainer.train()
+    with pytest.raises(Exception, match=r"model_final\.pth is not a resumable training checkpoint"):
+        make_trainer(tmp_path, max_iters=2).resume(tmp_path / "model_final.pth")
+
+
+def test_periodic_checkpoints_keep_only_the_last_few(tmp_path):
+    make_trainer(tmp_path, max_iters=6, checkpoint_period=1, keep_checkpoints=2,
+                 config_yaml="solver:\n  max_iters: 6\n").train()
+    names = sorted(p.name for p in tmp_path.glob("model_*.pth"))
+    assert names == ["model_0000005.pth", "model_0000006.pth", "model_final.pth"]
+    assert load_checkpoint(tmp_path / "model_final.pth")["config_yaml"] == "solver:\n  max_iters: 6\n"
+    assert (tmp_path / "config.yaml").read_text() == "solver:\n  max_iters: 6\n"
+
+
+def test_nan_loss_stops_before_the_step_and_names_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=10, checkpoint_period=2, model=ToyModel(bad_loss_at=5))
+    with pytest.raises(TrainingError) as err:
+        trainer.train()
+    assert str(err.value) == (f"iteration 5: loss_b is nan; stopped. "
+                              f"The last good checkpoint is {tmp_path / 'model_0000004.pth'}")
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["model_0000002.pth", "model_0000004.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000004.pth"
+    saved = load_checkpoint(tmp_path / "model_0000004.pth")["model"]
+    now = trainer.model.state_dict()
+    assert all(torch.equal(saved[k], now[k]) for k in now)  # no optimizer step after the bad loss
+
+
+def test_inf_loss_before_any_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=10, checkpoint_period=5,
+                           model=ToyModel(bad_loss_at=1, bad_value=float("inf")))
+    with pytest.raises(TrainingError, match=r"^iteration 1: loss_b is inf; stopped\. "
+                                            r"No checkpoint has been written yet$"):
+        trainer.train()
+    assert list(tmp_path.glob("*.pth")) == []
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    def halves(start):  # batch j is half j % 2 of the 4-image batch j // 2
+        for j in itertools.count(start):
+            x, y = batch(0, j // 2, 4)
+            part = slice(0, 2) if j % 2 == 0 else slice(2, 4)
+            yield ToyImages(x[part]), [{"y": t} for t in y[part]]
+
+    torch.manual_seed(0)
+    big = make_trainer(tmp_path / "big", max_iters=4, model=ToyModel())
+    torch.manual_seed(0)
+    acc = make_trainer(tmp_path / "acc", max_iters=4, model=ToyModel(), make_data_iter=halves,
+                       accumulate=2)
+    big.train()
+    acc.train()
+    a, b = big.model.state_dict(), acc.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    init = ToyModel().state_dict()
+    assert not torch.allclose(init["head.weight"], a["head.weight"])
+
+
+def test_gradient_clipping_limits_the_update(tmp_path):
+    def first_update(clip):
+        torch.manual_seed(0)
+        trainer = make_trainer(tmp_path / str(clip), max_iters=1, model=ToyModel(),
+                               clip_grad_norm=clip, checkpoint_period=0)
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        trainer.train()
+        step = torch.cat([(p.detach() - b).flatten() for p, b in zip(trainer.model.parameters(), before)])
+        return step.norm().item(), rows(tmp_path / str(clip) / "metrics.csv")[0]
+
+    free, _ = first_update(0.0)
+    clipped, row = first_update(1e-3)
+    assert float(row["grad_norm"]) > 0.1  # the norm before clipping is logged
+    assert clipped < free / 50
+
+
+def test_early_stopping_and_best_model(tmp_path):
+    scores = iter([1.0, 2.0, 2.0, 1.5, 9.0])
+    calls = []
+
+    def evaluate(model):
+        calls.append(model.training)
+        return {"score": next(scores)}
+
+    trainer = make_trainer(tmp_path, max_iters=20, eval_period=2, evaluate=evaluate,
+                           best_metric="score", early_stop_patience=2)
+    summary = trainer.train()
+    assert summary["stopped_early"] and summary["iteration"] == 8
+    assert (summary["best_value"], summary["best_iteration"]) == (2.0, 4)
+    assert calls == [False] * 4  # in eval mode; no extra final evaluation after the stop
+    assert load_checkpoint(tmp_path / "model_best.pth")["iteration"] == 4
+    assert load_checkpoint(tmp_path / "model_final.pth")["iteration"] == 8
+
+
+def test_lower_is_better_for_a_loss_metric(tmp_path):
+    losses = iter([3.0, 1.0, 2.0])
+    trainer = make_trainer(tmp_path, max_iters=6, eval_period=2,
+                           validation_loss=lambda m: {"loss_a": next(losses)},
+                           best_metric="val/total_loss")
+    summary = trainer.train()
+    assert (summary["best_value"], summary["best_iteration"]) == (1.0, 4)
+
+
+def test_missing_best_metric_is_named(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=4, eval_period=2, evaluate=lambda m: {"segm/AP": 1.0},
+                           best_metric="bbox/AP")
+    with pytest.raises(TrainingError, match=r"iteration 2: best_metric 'bbox/AP' is not among "
+                                            r"the evaluation results \(segm/AP\)"):
+        trainer.train()
+
+
+def test_metrics_csv_tensorboard_and_curves(tmp_path):
+    aps = iter([10.0, 20.0])
+
+    def evaluate(model):
+        return {"bbox": {"AP": next(aps), "AP50": 50.0}}
+
+    trainer = make_trainer(tmp_path, max_iters=4, eval_period=2, evaluate=evaluate, tensorboard=True,
+                           validation_loss=lambda m: {"loss_a": 0.5, "loss_b": 0.25})
+    trainer.train()
+    table = rows(tmp_path / "metrics.csv")
+    with open(tmp_path / "metrics.csv") as f:
+        header = f.readline().strip().split(",")
+    assert header == ["iter", "phase", "lr", "loss_a", "loss_b", "total_loss", "time_per_iter",
+                      "bbox/AP", "bbox/AP50", "val/loss_a", "val/loss_b", "val/total_loss"]
+    assert [(r["iter"], r["phase"]) for r in table] == [
+        ("1", "train"), ("2", "train"), ("2", "eval"), ("3", "train"), ("4", "train"), ("4", "eval")]
+    assert float(table[0]["lr"]) == pytest.approx(0.05 * 0.001)  # warmup start
+    assert float(table[2]["val/total_loss"]) == 0.75 and table[2]["loss_a"] == ""
+    assert [float(table[i]["bbox/AP"]) for i in (2, 5)] == [10.0, 20.0]
+    first = table[0]
+    assert float(first["total_loss"]) == pytest.approx(float(first["loss_a"]) + float(first["loss_b"]))
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+    paths = plot_curves(tmp_path / "metrics.csv", tmp_path / "plots")
+    assert [p.name for p in paths] == ["loss_curve.png", "metric_curve.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_plot_curves_rejects_a_foreign_csv(tmp_path):
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"other\.csv is not a metrics.csv written by the engine"):
+        plot_curves(tmp_path / "other.csv", tmp_path)
+
+
+def test_exhausted_data_iterator_is_named(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=5,
+                           make_data_iter=lambda start: itertools.islice(make_data()(start), 2))
+    with pytest.raises(TrainingError, match="iteration 3: the data iterator is exhausted"):
+        trainer.train()
+
+
+def test_to_device_walks_containers():
+    batch_ = {"a": [torch.ones(1), (torch.zeros(1), 3)], "img": ToyImages(torch.ones(2)), "s": "x"}
+    moved = to_device(batch_, "cpu")
+    assert isinstance(moved["img"], ToyImages) and moved["a"][1][1] == 3 and moved["s"] == "x"
+    assert isinstance(moved["a"][1], tuple)
