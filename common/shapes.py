@@ -76,6 +76,7 @@ P_CLIPPED = 0.2           # chance that an object may stick out of the image
 MIN_VISIBLE = 0.25        # instances less visible than this are not drawn
 MIN_PIXELS = 12           # ... nor those with fewer visible pixels than this
 STAR_MAX_ROTATION = 20.0  # degrees
+TIP_WINDOW = 3            # px around a star tip that must be uncovered for v=2
 JPEG_QUALITY = 92
 SPLIT_CODES = {"train": 0, "val": 1}
 
@@ -245,21 +246,30 @@ def _resolve_occlusion(layers: list[_Layer], h: int, w: int) -> list[_Layer]:
         if pixels < MIN_PIXELS or pixels < MIN_VISIBLE * layer.area:
             continue
         layer.visible = visible
-        layer.keypoints = _star_keypoints(layer.tips, covered) if layer.tips is not None else [0] * 15
+        layer.keypoints = _star_keypoints(layer.tips, layer.full, covered) if layer.tips is not None else [0] * 15
         covered |= layer.full
         kept.append(layer)
     return kept[::-1]
 
 
-def _star_keypoints(tips: np.ndarray, covered: np.ndarray) -> list:
-    """[x, y, v] * 5: v=2 visible, v=1 under a later object, v=0 (and x=y=0) outside the image."""
+def _star_keypoints(tips: np.ndarray, full: np.ndarray, covered: np.ndarray) -> list:
+    """[x, y, v] * 5 for a star with (H, W) mask ``full`` under the later layers' ``covered``.
+
+    v=0 (and x = y = 0): the tip is outside the image. v=1: a later object covers the tip pixel
+    or the star's own pixels within TIP_WINDOW px of it (a thin spike is not drawn to its very
+    end, so the pixel alone would say too little). v=2: otherwise.
+    """
     h, w = covered.shape
+    r = TIP_WINDOW
     out = []
     for x, y in tips:
-        if 0 <= x < w and 0 <= y < h:
-            out += [float(x), float(y), 1 if covered[int(y), int(x)] else 2]
-        else:
+        if not (0 <= x < w and 0 <= y < h):
             out += [0, 0, 0]
+            continue
+        col, row = int(x), int(y)
+        window = np.s_[max(row - r, 0):row + r + 1, max(col - r, 0):col + r + 1]
+        hidden = covered[row, col] or bool((covered[window] & full[window]).any())
+        out += [float(x), float(y), 1 if hidden else 2]
     return out
 
 
@@ -351,22 +361,24 @@ def _background(rng, h: int, w: int):
     c1 = rng.uniform(0, 255, 3)
     c2 = np.clip(c1 + rng.normal(0, 1, 3) / math.sqrt(3) * rng.uniform(30, 70), 0, 255)
     kind = rng.integers(4)
-    ys, xs = np.mgrid[:h, :w].astype(np.float32)
     angle = rng.uniform(0, 2 * math.pi)
-    proj = xs * math.cos(angle) + ys * math.sin(angle)  # (H, W) distance along a random direction
+    xs = np.arange(w, dtype=np.float32)[None, :] * np.float32(math.cos(angle))  # (1, W)
+    ys = np.arange(h, dtype=np.float32)[:, None] * np.float32(math.sin(angle))  # (H, 1)
+    proj = xs + ys  # (H, W) distance along a random direction
     if kind == 0:    # flat
         t = np.zeros((h, w), np.float32)
     elif kind == 1:  # gradient
-        t = (proj - proj.min()) / max(float(proj.max() - proj.min()), 1.0)
+        t = (proj - proj.min()) / np.float32(max(float(proj.max() - proj.min()), 1.0))
     elif kind == 2:  # stripes
         period = rng.uniform(6, 0.25 * max(h, w))
-        t = (np.sin(2 * math.pi * proj / period + rng.uniform(0, 2 * math.pi)) > 0).astype(np.float32)
+        phase = np.float32(rng.uniform(0, 2 * math.pi))
+        t = (np.sin(proj * np.float32(2 * math.pi / period) + phase) > 0).astype(np.float32)
     else:            # smooth noise texture plus grain
         cells = rng.uniform(0, 1, (int(rng.integers(3, 9)), int(rng.integers(3, 9)))).astype(np.float32)
         t = np.clip(cv2.resize(cells, (w, h), interpolation=cv2.INTER_CUBIC), 0, 1)
-        t = t + rng.normal(0, 0.08, (h, w)).astype(np.float32)
-    image = c1 * (1 - t[..., None]) + c2 * t[..., None]  # (H, W, 3)
-    return image.astype(np.float32), [c1, c2]
+        t = t + rng.standard_normal((h, w), dtype=np.float32) * np.float32(0.08)
+    image = c1.astype(np.float32) + (c2 - c1).astype(np.float32) * t[..., None]  # (H, W, 3)
+    return image, [c1, c2]
 
 
 def _pick_color(rng, bg_colors, object_colors) -> np.ndarray:
