@@ -279,7 +279,66 @@ class ImageList:
         return ImageList(batch, sizes)
 
 
-def collate(batch: list[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
-    """List of (image, target) -> (images, targets); padding happens in :meth:`ImageList.from_tensors`."""
+def collate(batch: list[tuple[Tensor, dict]], size_divisibility: int = 32,
+            pad_value: tuple[float, ...] = (0.0, 0.0, 0.0)) -> tuple[ImageList, list[dict]]:
+    """List of (image, target) -> (ImageList padded to ``size_divisibility``, targets)."""
     images, targets = zip(*batch)
-    return list(images), list(targets)
+    return ImageList.from_tensors(list(images), size_divisibility, pad_value), list(targets)
+
+
+class _SeededItems(torch.utils.data.Dataset):
+    """``ds[(index, seed)]``: reseed the transforms, then read ``index`` (resumable augmentation)."""
+
+    def __init__(self, dataset: SemSegDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        if self.dataset.transforms is not None:
+            self.dataset.transforms.set_random_seed(seed)
+        return self.dataset[index]
+
+
+def _seeded_batches(indices: list[int], batch_size: int, seed: int, start_iter: int, rank: int,
+                    world_size: int):
+    """Batch ``t`` (t >= start_iter) of this rank: ``batch_size`` (index, augmentation seed) pairs."""
+    from common.samplers import InfiniteSampler
+
+    sampler = iter(InfiniteSampler(len(indices), seed=seed, start=start_iter * batch_size, rank=rank,
+                                   world_size=world_size))
+    t = start_iter
+    while True:
+        picks = [indices[next(sampler)] for _ in range(batch_size)]
+        seeds = np.random.SeedSequence([seed, rank, t]).generate_state(batch_size)
+        yield [(i, int(s)) for i, s in zip(picks, seeds)]
+        t += 1
+
+
+def build_train_loader(dataset: SemSegDataset, *, batch_size: int, size_divisibility: int,
+                       pad_value: tuple[float, ...], indices: list[int] | None = None, seed: int = 0,
+                       start_iter: int = 0, num_workers: int = 0, rank: int = 0, world_size: int = 1):
+    """Endless iterator of (ImageList, targets); batch ``start_iter`` first, as a fresh run would see it.
+
+    indices: what the sampler draws from (default: every image once; repeat-factor lists repeat).
+    """
+    from functools import partial
+
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    loader = torch.utils.data.DataLoader(
+        _SeededItems(dataset), batch_sampler=_seeded_batches(indices, batch_size, seed, start_iter, rank, world_size),
+        num_workers=num_workers, collate_fn=partial(collate, size_divisibility=size_divisibility, pad_value=pad_value))
+    return iter(loader)
+
+
+def build_test_loader(dataset: SemSegDataset, *, size_divisibility: int, pad_value: tuple[float, ...],
+                      batch_size: int = 1, num_workers: int = 0, rank: int = 0, world_size: int = 1):
+    """A finite loader in order; rank ``r`` of ``world_size`` gets items r, r + world_size, ..."""
+    from functools import partial
+
+    subset = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world_size)))
+    return torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                       collate_fn=partial(collate, size_divisibility=size_divisibility,
+                                                          pad_value=pad_value))

@@ -168,3 +168,60 @@ def confusion_image(cm: Tensor | np.ndarray, class_names: list[str], cell: int =
         x = margin + i * cell + cell // 2 - 6
         img[2:2 + patch.shape[0], x:x + 12] = patch
     return img
+
+
+@torch.no_grad()
+def evaluate_model(model, loader, evaluator: SemSegEvaluator, device, on_batch=None) -> dict:
+    """Run ``model`` (eval mode) over ``loader``; metrics plus the validation loss in one pass.
+
+    loader yields (ImageList, targets); ``on_batch(images, targets, predictions)`` (optional)
+    sees every batch, e.g. to draw a few. Returns the summary of ``evaluator`` with
+    ``{"val": {"loss_seg": mean}}`` added.
+    """
+    was_training = model.training
+    model.eval()
+    evaluator.reset()
+    loss_sum, batches = 0.0, 0
+    for images, targets in loader:
+        labels = [{"sem_seg": t["sem_seg"].to(device)} for t in targets]
+        preds, losses = model(images.to(device), labels)
+        evaluator.process(preds, targets)
+        loss_sum += float(losses["loss_seg"])
+        batches += 1
+        if on_batch is not None:
+            on_batch(images, targets, preds)
+    model.train(was_training)
+    out = evaluator.summarize()
+    out["val"] = {"loss_seg": loss_sum / max(batches, 1)}
+    return out
+
+
+class PredictionDrawer:
+    """``on_batch`` callback for :func:`evaluate_model`: writes ground truth | prediction side by
+    side (``common.visual.draw_semantic``) for the first ``limit`` images as ``vis_XX_<id>.jpg``."""
+
+    def __init__(self, out_dir: str | Path, class_names: list[str], ignore_index: int = 255, limit: int = 4):
+        self.out_dir = Path(out_dir)
+        self.class_names = class_names
+        self.ignore_index = ignore_index
+        self.limit = limit
+        self.written: list[Path] = []
+
+    def __call__(self, images, targets: list[dict], predictions: list[dict]) -> None:
+        from common.visual import draw_semantic
+
+        for i, (t, p) in enumerate(zip(targets, predictions)):
+            if len(self.written) >= self.limit:
+                return
+            h, w = images.image_sizes[i]
+            # (3, h, w) in [0, 1] -> (h, w, 3) uint8 RGB
+            img = (images.tensor[i, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+            gt = draw_semantic(img, t["sem_seg"].cpu().numpy(), self.class_names, self.ignore_index)
+            pr = draw_semantic(img, p["sem_seg"].cpu().numpy(), self.class_names, self.ignore_index)
+            hh = max(gt.shape[0], pr.shape[0])
+            both = np.concatenate([np.pad(a, ((0, hh - a.shape[0]), (0, 0), (0, 0)), constant_values=255)
+                                   for a in (gt, pr)], axis=1)
+            path = self.out_dir / f"vis_{len(self.written):02d}_{t.get('image_id', i)}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), np.ascontiguousarray(both[:, :, ::-1]))
+            self.written.append(path)
