@@ -3,8 +3,8 @@
 Shape shorthand: R instances, P keypoints per instance, H x W the image.
 
 Every function takes an RGB uint8 (H, W, 3) array and returns a new one (the input is never
-modified); boxes, masks and keypoints are in that image's pixel frame. Arrays may also be CPU
-torch tensors (anything ``numpy.asarray`` reads). Colours are RGB tuples; ``color_for(label)``
+modified); boxes, masks and keypoints are in that image's pixel frame. Arrays may also be
+torch tensors on any device. Colours are RGB tuples; ``color_for(label)``
 gives every class the same colour everywhere.
 
     vis = draw_instances(image, boxes=boxes, labels=labels, scores=scores, masks=masks,
@@ -35,9 +35,16 @@ def color_for(label: int) -> Color:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def _np(x) -> np.ndarray:
+    """A torch tensor (read without importing torch) or array-like as a numpy array."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
 def _image(img) -> np.ndarray:
     """A contiguous RGB uint8 (H, W, 3) copy of ``img``."""
-    arr = np.array(img, copy=True)
+    arr = _np(img).copy()
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {arr.dtype} {arr.shape}")
     return np.ascontiguousarray(arr)
@@ -77,9 +84,9 @@ def draw_boxes(img, boxes, labels=None, scores=None, class_names: Sequence[str] 
     colors: one RGB colour per box; default ``color_for(label)`` (or ``color_for(0)``).
     """
     out = _image(img)
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    labels = None if labels is None else np.asarray(labels).reshape(-1).astype(np.int64)
-    scores = None if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)
+    boxes = _np(boxes).astype(np.float64).reshape(-1, 4)
+    labels = None if labels is None else _np(labels).reshape(-1).astype(np.int64)
+    scores = None if scores is None else _np(scores).astype(np.float64).reshape(-1)
     t = _thickness(out)
     for i, box in enumerate(boxes):
         label = None if labels is None else int(labels[i])
@@ -104,7 +111,7 @@ def draw_masks(img, masks, colors: Sequence[Color] | None = None, alpha: float =
     colors: one RGB colour per mask; default ``color_for(i)``.
     """
     out = _image(img)
-    masks = np.asarray(masks)
+    masks = _np(masks)
     if masks.ndim == 2:
         masks = masks[None]
     if masks.shape[1:] != out.shape[:2]:
@@ -129,7 +136,7 @@ def draw_keypoints(img, keypoints, skeleton: Sequence[tuple[int, int]] | None = 
     colors:    one colour per instance for its lines; default white. Dots are ``color_for(p)``.
     """
     out = _image(img)
-    kps = np.asarray(keypoints, dtype=np.float64)
+    kps = _np(keypoints).astype(np.float64)
     if kps.ndim == 2:
         kps = kps[None]
     if kps.ndim != 3 or kps.shape[-1] != 3:
@@ -164,7 +171,7 @@ def draw_instances(img, *, boxes, labels, scores=None, masks=None, keypoints=Non
 
     boxes (R, 4) xyxy, labels (R,), scores (R,), masks (R, H, W), keypoints (R, P, 3).
     """
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    labels = _np(labels).reshape(-1).astype(np.int64)
     colors = [color_for(int(label)) for label in labels]
     out = _image(img)
     if masks is not None and len(labels):
@@ -176,15 +183,15 @@ def draw_instances(img, *, boxes, labels, scores=None, masks=None, keypoints=Non
 
 
 def draw_semantic(img, label_map, class_names: Sequence[str], ignore_index: int = 255,
-                  alpha: float = 0.5) -> np.ndarray:
+                  alpha: float = 0.5, colors: Sequence[Color] | None = None) -> np.ndarray:
     """A label map tinted over the image, with a legend of the classes present.
 
     label_map: (H, W) int, values in 0..len(class_names)-1 or ``ignore_index`` (left untinted).
-    Class c is tinted ``color_for(c)``. The legend is a panel appended on the right, so the
+    colors:    one RGB colour per class; default ``color_for(c)`` for class c. The legend is a panel appended on the right, so the
     result is (H, W + legend width, 3) and no pixel of the map is hidden.
     """
     out = _image(img)
-    labels = np.asarray(label_map)
+    labels = _np(label_map)
     if labels.shape != out.shape[:2]:
         raise ValueError(f"label map of shape {labels.shape} does not match the image {out.shape[:2]}")
     present = [int(v) for v in np.unique(labels) if v != ignore_index]
@@ -192,10 +199,12 @@ def draw_semantic(img, label_map, class_names: Sequence[str], ignore_index: int 
     if bad:
         raise ValueError(f"label map holds value {bad[0]}, but there are only {len(class_names)} "
                          f"class names (ignore_index {ignore_index})")
+    palette = [tuple(int(v) for v in col) for col in colors] if colors is not None \
+        else [color_for(c) for c in range(len(class_names))]
     for c in present:
         m = labels == c
-        out[m] = ((1 - alpha) * out[m] + alpha * np.asarray(color_for(c), np.float32)).round().astype(np.uint8)
-    return np.concatenate([out, _legend([(class_names[c], color_for(c)) for c in present],
+        out[m] = ((1 - alpha) * out[m] + alpha * np.asarray(palette[c], np.float32)).round().astype(np.uint8)
+    return np.concatenate([out, _legend([(class_names[c], palette[c]) for c in present],
                                         out.shape[0], _font_scale(out))], axis=1)
 
 
