@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            warnings.simplefilter("ignore", DeprecationWarning)  # library internals, not the data
             metrics = evaluate_coco(args.gt, args.results, args.iou_types)
         for w in caught:
             print(f"eval_coco: warning: {w.message}", file=sys.stderr)
