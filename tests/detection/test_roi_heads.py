@@ -1,0 +1,91 @@
+import torch
+
+from detection.box_head import ConvFCHead, FastRCNNPredictor
+from detection.keypoint_head import KeypointRCNNHead
+from detection.mask_head import MaskRCNNHead
+from detection.poolers import RoIPooler
+from detection.roi_heads import RoIHeads, sample_proposals
+
+K, P = 3, 4
+
+
+def test_sample_proposals_labels_and_adds_gt():
+    torch.manual_seed(0)
+    props = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 14]])
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    out = sample_proposals(props, gt, torch.tensor([2]), K, (0.5, 0.5), 16, 0.5)
+    # proposals 0, 2 (IoU 0.71) and the added gt box are class 2; proposal 1 is background (K)
+    assert sorted(out["gt_classes"].tolist()) == [2, 2, 2, K]
+    assert out["gt_classes"][:3].tolist() == [2, 2, 2]               # positives first
+    assert len(out["proposal_boxes"]) == 4 and (out["matched_idxs"] == 0).all()
+    empty = sample_proposals(props, gt[:0], torch.zeros(0, dtype=torch.int64), K, (0.5, 0.5), 2, 0.5)
+    assert empty["gt_classes"].tolist() == [K, K]
+    between = sample_proposals(props, gt, torch.tensor([1]), K, (0.3, 0.8), 16, 0.5, add_gt_as_proposals=False)
+    # IoU 1.0 -> class 1, IoU 0 -> background, IoU 0.71 (between 0.3 and 0.8) is never sampled
+    assert between["gt_classes"].tolist() == [1, K]
+
+
+def make_heads():
+    torch.manual_seed(0)
+    scales = [1 / 4, 1 / 8]
+    return RoIHeads(
+        K, ["p2", "p3"], RoIPooler(7, scales, 2), ConvFCHead(8, 7, fc_dim=32), FastRCNNPredictor(32, K),
+        batch_size_per_image=32, detections_per_img=10, score_thresh=0.0,
+        mask_pooler=RoIPooler(14, scales, 2), mask_head=MaskRCNNHead(8, K, conv_dim=8, num_convs=1),
+        keypoint_pooler=RoIPooler(14, scales, 2), keypoint_head=KeypointRCNNHead(8, P, conv_dim=8, num_convs=1))
+
+
+def make_targets():
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[0, 10:40, 8:30] = 1
+    kps = torch.tensor([[[12.0, 12, 2], [20, 30, 2], [25, 15, 1], [0, 0, 0]]])
+    return [
+        {"image_id": 1, "gt_boxes": torch.tensor([[8.0, 10, 30, 40]]), "gt_classes": torch.tensor([1]),
+         "gt_masks": masks, "gt_keypoints": kps},
+        {"image_id": 2, "gt_boxes": torch.zeros(0, 4), "gt_classes": torch.zeros(0, dtype=torch.int64),
+         "gt_masks": torch.zeros(0, 64, 64, dtype=torch.uint8), "gt_keypoints": torch.zeros(0, P, 3)},
+    ]
+
+
+def test_train_and_eval_with_half_empty_targets():
+    heads = make_heads()
+    feats = {"p2": torch.randn(2, 8, 16, 16), "p3": torch.randn(2, 8, 8, 8)}
+    props = [torch.tensor([[6.0, 8, 28, 42], [30, 30, 60, 60]]), torch.tensor([[0.0, 0, 20, 20]])]
+    preds, losses = heads(feats, props, [(64, 64), (64, 64)], make_targets())
+    assert preds == []
+    assert set(losses) == {"loss_cls", "loss_box", "loss_mask", "loss_keypoint"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in heads.parameters())
+
+    heads.eval()
+    preds, losses = heads(feats, props, [(64, 64), (48, 40)], make_targets())
+    assert set(losses) == {"loss_cls", "loss_box", "loss_mask", "loss_keypoint"}
+    assert len(preds) == 2
+    p = preds[1]
+    r = len(p["pred_boxes"])
+    assert 0 < r <= 10
+    assert p["pred_masks"].shape == (r, 48, 40) and p["pred_keypoints"].shape == (r, P, 3)
+    assert p["pred_boxes"][:, 2].max() <= 40 and p["pred_classes"].max() < K
+    preds, losses = heads(feats, props, [(64, 64), (48, 40)])
+    assert losses == {} and len(preds) == 2
+
+
+def test_no_positives_still_reaches_every_parameter():
+    heads = make_heads()
+    feats = {"p2": torch.randn(1, 8, 16, 16), "p3": torch.randn(1, 8, 8, 8)}
+    t = make_targets()[1:]
+    _, losses = heads(feats, [torch.tensor([[0.0, 0, 20, 20]])], [(64, 64)], t)
+    assert losses["loss_mask"].item() == 0.0 and losses["loss_keypoint"].item() == 0.0
+    assert losses["loss_cls"] > 0
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in heads.parameters())
+
+
+def test_instances_without_keypoints_do_not_train_the_keypoint_head():
+    heads = make_heads()
+    feats = {"p2": torch.randn(1, 8, 16, 16), "p3": torch.randn(1, 8, 8, 8)}
+    t = make_targets()[:1]
+    t[0]["gt_keypoints"] = torch.zeros(1, P, 3)  # a class without keypoints
+    _, losses = heads(feats, [torch.tensor([[6.0, 8, 28, 42]])], [(64, 64)], t)
+    assert losses["loss_keypoint"].item() == 0.0 and losses["loss_mask"] > 0
