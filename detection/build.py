@@ -1,0 +1,179 @@
+"""Config -> objects for detection. The only module that reads ``ModelConfig``.
+
+Faster, Mask and Keypoint R-CNN (and mask + keypoint) are configurations of the same parts;
+FPN, C4 (res5 box head on single-level pooling) and VGG16 variants differ only in which
+features feed which part.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from detection.anchors import AnchorGenerator
+from detection.box_coder import BoxCoder
+from detection.box_head import ConvFCHead, FastRCNNPredictor, Res5Head
+from detection.config import ModelConfig
+from detection.generalized_rcnn import GeneralizedRCNN
+from detection.keypoint_head import KeypointRCNNHead
+from detection.mask_head import MaskRCNNHead
+from detection.poolers import RoIPooler
+from detection.roi_heads import RoIHeads
+from detection.rpn import RPN, RPNHead
+
+
+def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0,
+                keypoint_flip_indices: list[int] | None = None, *,
+                backbone: nn.Module | None = None) -> GeneralizedRCNN:
+    """Build the detector described by ``model_cfg`` for a dataset with ``num_classes`` classes
+    and ``num_keypoints`` keypoints. ``backbone``: an already built Backbone to use instead of
+    ``common.backbones.build_backbone(model_cfg.backbone...)`` (tests, custom backbones)."""
+    cfg = model_cfg
+    if num_classes < 1:
+        raise ValueError(f"build_model: num_classes must be >= 1, got {num_classes}")
+    if cfg.keypoint_on and num_keypoints < 1:
+        raise ValueError("build_model: model.keypoint_on is true but the dataset has no keypoints "
+                         f"(num_keypoints={num_keypoints})")
+    if backbone is None:
+        from common.backbones import build_backbone
+
+        b = cfg.backbone
+        out_features = tuple(b.out_features)
+        if cfg.box_head.kind == "res5" and "c5" not in out_features:
+            out_features += ("c5",)  # built with the body, then moved into the box head
+        backbone = build_backbone(b.name, weights=b.weights, freeze_at=b.freeze_at, norm=b.norm,
+                                  out_features=out_features, fpn=b.fpn, fpn_channels=b.fpn_channels)
+    if cfg.backbone.vgg_conv5_stride16:
+        drop_vgg_pool5(backbone)
+    res5 = take_res5(backbone) if cfg.box_head.kind == "res5" else None
+    rpn = build_rpn(cfg, backbone) if cfg.proposal_generator == "rpn" else None
+    roi_heads = build_roi_heads(cfg, backbone, num_classes, num_keypoints if cfg.keypoint_on else 0, res5)
+    return GeneralizedRCNN(backbone, rpn, roi_heads, num_classes, num_keypoints if cfg.keypoint_on else 0,
+                           keypoint_flip_indices)
+
+
+def _check_features(backbone: nn.Module, names: tuple[str, ...], key: str) -> tuple[int, list[int]]:
+    """Channels (equal across ``names``) and strides of the named backbone outputs."""
+    missing = [n for n in names if n not in backbone.out_channels]
+    if missing or not names:
+        raise ValueError(f"model.{key} = {list(names)} but the backbone outputs {list(backbone.out_features)}")
+    channels = {backbone.out_channels[n] for n in names}
+    if len(channels) != 1:
+        raise ValueError(f"model.{key} = {list(names)} have different channel counts {sorted(channels)}; "
+                         "use an FPN or a single level")
+    return channels.pop(), [int(backbone.out_strides[n]) for n in names]
+
+
+def take_res5(backbone: nn.Module) -> nn.Module:
+    """Move the backbone's c5 stage into the box head (C4 models): the backbone then stops at c4
+    (``common.backbones.Body`` stops at a missing stage) and the stage runs per RoI instead.
+    Its parameters are then named ``roi_heads.box_head.res5.*``."""
+    body = getattr(backbone, "body", None)
+    res5 = getattr(body, "c5", None) if body is not None else None
+    if not isinstance(res5, nn.Module) or getattr(backbone, "fpn", None) is not None:
+        raise ValueError("model.box_head.kind = 'res5' needs a backbone without FPN whose body has a c5 "
+                         "stage (backbone.body.c5)")
+    body.c5 = None
+    for names in (backbone.out_features, getattr(body, "out_features", [])):
+        if "c5" in names:
+            names.remove("c5")
+    backbone.out_channels.pop("c5", None)
+    backbone.out_strides.pop("c5", None)
+    return res5
+
+
+def drop_vgg_pool5(backbone: nn.Module) -> None:
+    """VGG16 as in Fast/Faster R-CNN: c5 is conv5_3 (stride 16); the last max-pool is removed."""
+    c5 = getattr(getattr(backbone, "body", None), "c5", None)
+    if not isinstance(c5, nn.Sequential) or not isinstance(c5[-1], nn.MaxPool2d) or backbone.fpn is not None:
+        raise ValueError("model.backbone.vgg_conv5_stride16 needs a vgg16 backbone with c5 and no FPN")
+    backbone.body.c5 = c5[:-1]
+    backbone.out_strides["c5"] = 16
+
+
+def build_rpn(cfg: ModelConfig, backbone: nn.Module) -> RPN:
+    r = cfg.rpn
+    channels, strides = _check_features(backbone, tuple(r.in_features), "rpn.in_features")
+    if len(r.anchor_sizes) != len(strides):
+        raise ValueError(f"model.rpn.anchor_sizes has {len(r.anchor_sizes)} levels but model.rpn.in_features "
+                         f"has {len(strides)}")
+    anchors = AnchorGenerator(r.anchor_sizes, r.aspect_ratios, strides, r.anchor_offset)
+    counts = set(anchors.num_anchors_per_location)
+    if len(counts) != 1:
+        raise ValueError(f"model.rpn: every level needs the same number of anchors per location "
+                         f"(the head is shared), got {anchors.num_anchors_per_location}")
+    return RPN(list(r.in_features), anchors, RPNHead(channels, counts.pop()),
+               iou_thresholds=r.iou_thresholds, batch_size_per_image=r.batch_size_per_image,
+               positive_fraction=r.positive_fraction,
+               pre_nms_topk=(r.pre_nms_topk_train, r.pre_nms_topk_test),
+               post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test), nms_thresh=r.nms_thresh,
+               min_size=r.min_size, smooth_l1_beta=r.smooth_l1_beta, loss_weight=r.loss_weight)
+
+
+@torch.no_grad()
+def _output_channels(module: nn.Module, in_channels: int, size: int) -> int:
+    """Channels a stage produces, found by running it once on zeros (train/eval mode restored)."""
+    was_training = module.training
+    module.eval()
+    out = module(torch.zeros(1, in_channels, size, size, device=next(module.parameters()).device))
+    module.train(was_training)
+    return int(out.shape[1])
+
+
+class _Flatten(nn.Module):
+    """(R, C, S, S) -> (R, C * S * S), then ``fcs``; exposes ``out_dim`` like the other heads."""
+
+    def __init__(self, fcs: nn.Module, out_dim: int):
+        super().__init__()
+        self.fcs = fcs
+        self.out_dim = out_dim
+
+    def forward(self, x):
+        return self.fcs(x.flatten(1))
+
+
+def vgg16_fc_head(cfg: ModelConfig, channels: int) -> nn.Module:
+    """VGG16's fc6/fc7 on 7x7 pooled conv5_3 features (ImageNet weights when backbone.weights is set)."""
+    from common.backbones import load_vgg16_classifier
+
+    if channels != 512 or cfg.box_head.pooler_resolution != 7:
+        raise ValueError("model.box_head.kind = 'vgg16_fc' needs 512-channel VGG16 features pooled to 7x7, got "
+                         f"{channels} channels and pooler_resolution {cfg.box_head.pooler_resolution}")
+    return _Flatten(load_vgg16_classifier(cfg.backbone.weights), 4096)
+
+
+def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num_keypoints: int,
+                    res5: nn.Module | None) -> RoIHeads:
+    rh, bh = cfg.roi_heads, cfg.box_head
+    channels, strides = _check_features(backbone, tuple(rh.in_features), "roi_heads.in_features")
+    scales = [1.0 / s for s in strides]
+    box_pooler = RoIPooler(bh.pooler_resolution, scales, bh.pooler_sampling_ratio, bh.pooler_kind, bh.pooler_aligned)
+    if res5 is not None:
+        box_head = Res5Head(res5, _output_channels(res5, channels, bh.pooler_resolution))
+    elif bh.kind == "vgg16_fc":
+        box_head = vgg16_fc_head(cfg, channels)
+    else:
+        box_head = ConvFCHead(channels, bh.pooler_resolution, bh.fc_dim, bh.num_fcs, bh.num_convs,
+                              bh.conv_dim, bh.norm)
+    kwargs = {}
+    if cfg.mask_on:
+        m = cfg.mask_head
+        kwargs["mask_pooler"] = RoIPooler(m.pooler_resolution, scales, m.pooler_sampling_ratio, "align", True)
+        mask_classes = 1 if m.class_agnostic else num_classes
+        if res5 is not None:  # C4: the mask branch shares res5 and adds only the deconv
+            kwargs["mask_head"] = MaskRCNNHead(box_head.out_dim, mask_classes, m.conv_dim, m.num_convs, m.norm,
+                                               trunk=res5)
+        else:
+            kwargs["mask_head"] = MaskRCNNHead(channels, mask_classes, m.conv_dim, m.num_convs, m.norm)
+    if num_keypoints > 0:
+        k = cfg.keypoint_head
+        kwargs["keypoint_pooler"] = RoIPooler(k.pooler_resolution, scales, k.pooler_sampling_ratio, "align", True)
+        kwargs["keypoint_head"] = KeypointRCNNHead(channels, num_keypoints, k.conv_dim, k.num_convs, k.norm)
+        kwargs["keypoint_subpixel"] = k.subpixel
+        kwargs["keypoint_loss_weight"] = k.loss_weight
+    return RoIHeads(num_classes, list(rh.in_features), box_pooler, box_head,
+                    FastRCNNPredictor(box_head.out_dim, num_classes),
+                    box_coder=BoxCoder(tuple(bh.bbox_reg_weights)), iou_thresholds=rh.iou_thresholds,
+                    batch_size_per_image=rh.batch_size_per_image, positive_fraction=rh.positive_fraction,
+                    add_gt_as_proposals=rh.add_gt_as_proposals, smooth_l1_beta=bh.smooth_l1_beta,
+                    score_thresh=rh.score_thresh, nms_thresh=rh.nms_thresh,
+                    detections_per_img=rh.detections_per_img, **kwargs)

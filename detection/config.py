@@ -1,0 +1,105 @@
+"""Dataclass configs of the detection models. Defaults are the R50-FPN Faster R-CNN COCO recipe
+of Detectron2 (random-init backbone unless ``backbone.weights`` is set); the YAMLs in
+``configs/detection/`` hold only what differs. Only ``detection/build.py`` reads these.
+
+``num_classes`` and ``num_keypoints`` are not here: they come from the dataset.
+The top-level ``DetConfig`` (model + data + solver + test) is assembled by the lead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet50"  # resnet18|resnet34|resnet50|resnet101|vgg16|mobilenet_v3_large
+    weights: Optional[str] = None  # None (random init), "imagenet", or a path to a torchvision .pth
+    freeze_at: int = 2  # 0 trains all; k freezes the stem and stages c2..ck
+    norm: str = "FrozenBN"  # FrozenBN | BN | GN | SyncBN
+    out_features: tuple[str, ...] = ("c2", "c3", "c4", "c5")  # stages the backbone returns (before FPN)
+    fpn: bool = True  # add an FPN: outputs p2..p5 (+ p6)
+    fpn_channels: int = 256  # FPN output channels
+    vgg_conv5_stride16: bool = False  # VGG16: c5 is conv5_3 without pool5 (stride 16), as in Faster R-CNN
+
+
+@dataclass
+class RPNConfig:
+    in_features: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")  # feature maps the RPN runs on
+    anchor_sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))  # per level, pixels
+    aspect_ratios: tuple[tuple[float, ...], ...] = ((0.5, 1.0, 2.0),)  # h/w; one entry = all levels
+    anchor_offset: float = 0.0  # anchor centres at (i + offset) * stride
+    iou_thresholds: tuple[float, float] = (0.3, 0.7)  # (low, high): < low background, >= high object
+    batch_size_per_image: int = 256  # anchors sampled per image for the loss
+    positive_fraction: float = 0.5  # at most this fraction of sampled anchors are positive
+    pre_nms_topk_train: int = 2000  # proposals kept per level before NMS, training
+    pre_nms_topk_test: int = 1000  # ... at test time
+    post_nms_topk_train: int = 1000  # proposals kept per image after NMS, training
+    post_nms_topk_test: int = 1000  # ... at test time
+    nms_thresh: float = 0.7  # NMS IoU threshold on proposals
+    min_size: float = 0.0  # proposals with a side <= this (pixels) are dropped
+    smooth_l1_beta: float = 0.0  # box loss: smooth-L1 beta (0 = L1)
+    loss_weight: float = 1.0  # multiplies loss_rpn_cls and loss_rpn_box
+
+
+@dataclass
+class ROIHeadsConfig:
+    in_features: tuple[str, ...] = ("p2", "p3", "p4", "p5")  # feature maps RoIs are pooled from
+    iou_thresholds: tuple[float, float] = (0.5, 0.5)  # (low, high): < low background, >= high foreground
+    batch_size_per_image: int = 512  # RoIs sampled per image for the losses
+    positive_fraction: float = 0.25  # at most this fraction of sampled RoIs are foreground
+    add_gt_as_proposals: bool = True  # gt boxes join the proposals at training time
+    score_thresh: float = 0.05  # detections below this class score are dropped
+    nms_thresh: float = 0.5  # per-class NMS IoU threshold
+    detections_per_img: int = 100  # detections kept per image
+
+
+@dataclass
+class BoxHeadConfig:
+    kind: Literal["fc", "res5", "vgg16_fc"] = "fc"  # fc: convs + FCs (FPN); res5: the backbone's c5
+    # stage run per RoI (C4); vgg16_fc: VGG16's fc6/fc7 (4096-d, ImageNet weights from backbone.weights)
+    pooler_resolution: int = 7  # pooled size S (14 for res5: it halves it)
+    pooler_sampling_ratio: int = 0  # RoIAlign samples per bin side (0 = adaptive)
+    pooler_kind: Literal["align", "pool"] = "align"  # RoIAlign or RoIPool (Fast/Faster R-CNN papers)
+    pooler_aligned: bool = True  # half-pixel-corrected RoIAlign
+    num_convs: int = 0  # 3x3 convs before the FCs
+    conv_dim: int = 256  # their channels
+    num_fcs: int = 2  # FC layers
+    fc_dim: int = 1024  # FC width
+    norm: Literal["", "GN", "BN"] = ""  # norm after each conv
+    bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # delta weights
+    smooth_l1_beta: float = 1.0  # box loss: smooth-L1 beta (0 = L1)
+
+
+@dataclass
+class MaskHeadConfig:
+    pooler_resolution: int = 14  # pooled size; masks are twice this
+    pooler_sampling_ratio: int = 0  # RoIAlign samples per bin side (0 = adaptive)
+    num_convs: int = 4  # 3x3 convs before the deconv (0 for the C4 res5 head)
+    conv_dim: int = 256  # their channels (and the deconv's)
+    norm: Literal["", "GN", "BN"] = ""  # norm after each conv
+    class_agnostic: bool = False  # one mask for all classes instead of one per class
+
+
+@dataclass
+class KeypointHeadConfig:
+    pooler_resolution: int = 14  # pooled size; heatmaps are 4x this
+    pooler_sampling_ratio: int = 0  # RoIAlign samples per bin side (0 = adaptive)
+    num_convs: int = 8  # 3x3 convs before the deconv
+    conv_dim: int = 512  # their channels
+    norm: Literal["", "GN", "BN"] = ""  # norm after each conv
+    subpixel: bool = True  # refine heatmap peaks with a parabola fit
+    loss_weight: float = 1.0  # multiplies loss_keypoint
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # feature extractor
+    proposal_generator: Literal["rpn", "precomputed"] = "rpn"  # precomputed: Fast R-CNN
+    rpn: RPNConfig = field(default_factory=RPNConfig)  # region proposal network
+    roi_heads: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)  # proposal sampling, inference
+    box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)  # box branch
+    mask_on: bool = False  # add the mask branch (Mask R-CNN)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)  # mask branch
+    keypoint_on: bool = False  # add the keypoint branch (Keypoint R-CNN)
+    keypoint_head: KeypointHeadConfig = field(default_factory=KeypointHeadConfig)  # keypoint branch

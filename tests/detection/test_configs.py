@@ -1,0 +1,81 @@
+"""Every YAML in configs/detection loads into ModelConfig, holds only non-default values, and builds."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from common.config import ConfigError, load_config, merge
+from detection.build import build_model
+from detection.config import ModelConfig
+from detection.structures import ImageList
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
+YAMLS = sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+def load_model_cfg(path: Path) -> ModelConfig:
+    return merge(ModelConfig(), yaml.safe_load(path.read_text())["model"], source=str(path))
+
+
+def _non_defaults(data: dict, default, prefix=""):
+    """Keys of ``data`` whose value equals the dataclass default (should not be in a YAML)."""
+    same = []
+    for key, value in data.items():
+        current = getattr(default, key)
+        if dataclasses.is_dataclass(current):
+            same += _non_defaults(value, current, f"{prefix}{key}.")
+        elif merge(default, {key: value}, "yaml") == default:
+            same.append(prefix + key)
+    return same
+
+
+def test_expected_recipes_exist():
+    names = {p.name for p in YAMLS}
+    assert {"faster_rcnn_R50_FPN.yaml", "mask_rcnn_R50_FPN.yaml", "mask_rcnn_R50_C4.yaml",
+            "keypoint_rcnn_R50_FPN.yaml", "faster_rcnn_VGG16.yaml", "mask_rcnn_R18_FPN.yaml",
+            "shapes_R18_FPN.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
+def test_yaml_builds(path):
+    cfg = load_model_cfg(path)
+    data = yaml.safe_load(path.read_text())["model"]
+    assert _non_defaults(data, ModelConfig()) == [], "a YAML holds only what differs from the defaults"
+    cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, weights=None))  # offline
+    num_kp = 5 if cfg.keypoint_on else 0
+    model = build_model(cfg, num_classes=3, num_keypoints=num_kp)
+    assert model.roi_heads.mask_on == cfg.mask_on and model.roi_heads.keypoint_on == cfg.keypoint_on
+    assert model.roi_heads.box_predictor.cls_score.out_features == 4
+    if path.stem in ("shapes_R18_FPN", "mask_rcnn_R50_C4", "faster_rcnn_VGG16"):
+        model.eval()
+        with torch.no_grad():
+            preds, losses = model(ImageList(torch.rand(1, 3, 64, 64), [(64, 64)]))
+        assert losses == {} and set(preds[0]) >= {"pred_boxes", "scores", "pred_classes"}
+
+
+def test_shapes_recipe_is_lean():
+    cfg = load_model_cfg(CONFIG_DIR / "shapes_R18_FPN.yaml")
+    assert cfg.mask_on and cfg.keypoint_on and cfg.backbone.name == "resnet18"
+    assert cfg.roi_heads.batch_size_per_image == 64
+    assert (cfg.rpn.post_nms_topk_train, cfg.rpn.post_nms_topk_test) == (300, 100)
+    assert cfg.box_head.fc_dim <= 512 and cfg.mask_head.num_convs <= 4 and cfg.keypoint_head.num_convs <= 4
+
+
+def test_unknown_key_and_bad_build_arguments(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rpn:\n  anchor_size: [[32]]\n")
+    with pytest.raises(ConfigError, match="unknown config key 'rpn.anchor_size'"):
+        load_config(ModelConfig, bad)
+    cfg = load_model_cfg(CONFIG_DIR / "shapes_R18_FPN.yaml")
+    with pytest.raises(ValueError, match="keypoint_on is true but the dataset has no keypoints"):
+        build_model(cfg, num_classes=3, num_keypoints=0)
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+        build_model(cfg, num_classes=0, num_keypoints=5)
+    wrong = dataclasses.replace(cfg, rpn=dataclasses.replace(cfg.rpn, in_features=("p2", "p9")))
+    with pytest.raises(ValueError, match=r"model.rpn.in_features = \['p2', 'p9'\] but the backbone outputs"):
+        build_model(wrong, num_classes=3, num_keypoints=5)
+    wrong = dataclasses.replace(cfg, rpn=dataclasses.replace(cfg.rpn, anchor_sizes=((16,), (32,))))
+    with pytest.raises(ValueError, match="anchor_sizes has 2 levels but model.rpn.in_features has 4"):
+        build_model(wrong, num_classes=3, num_keypoints=5)
