@@ -1,0 +1,88 @@
+"""tools/train_seg.py and tools/eval_seg.py end to end on the tiny shapes fixture."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--device", "cpu", "model.unet_width=4", "model.unet_depth=2", "data.crop_size=48",
+        "solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.checkpoint_period=2",
+        "solver.eval_period=0", "solver.log_period=1", "data.num_vis=2"]
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(f"_seg_{name}", ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def train_seg():
+    return _tool("train_seg")
+
+
+def _train(train_seg, shapes_dir, out, iters, *extra):
+    torch.manual_seed(123)  # the tool must not depend on the caller's RNG
+    rc = train_seg.main(["--data", str(shapes_dir), "--output", str(out), "--max-iters", str(iters), *TINY, *extra])
+    assert rc == 0
+    return torch.load(out / "model_final.pth", weights_only=True)
+
+
+def test_train_resume_and_eval(train_seg, shapes_dir, tmp_path):
+    full = _train(train_seg, shapes_dir, tmp_path / "full", 4)
+    assert full["iteration"] == 4
+    for name in ("config.yaml", "metrics.csv", "model_0000004.pth", "model_best.pth", "last_checkpoint",
+                 "eval/metrics.json", "eval/confusion_matrix.png", "eval/vis_00_000001.jpg", "loss_curve.png"):
+        assert (tmp_path / "full" / name).is_file(), name
+    metrics = json.loads((tmp_path / "full" / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"mIoU", "pixel_acc", "fwIoU", "boundary_IoU", "per_class_IoU"}
+    assert 0 <= metrics["mIoU"] <= 100 and len(metrics["per_class_IoU"]) == 5
+    assert "mIoU" in full["metrics"] and "val/loss_seg" in full["metrics"]
+
+    # pretend the run died after iteration 2: resuming from model_0000002.pth must give the same weights
+    run = tmp_path / "full"
+    metrics_before = (run / "eval" / "metrics.json").read_text()
+    (run / "last_checkpoint").write_text("model_0000002.pth")
+    (run / "model_final.pth").unlink()
+    resumed = _train(train_seg, shapes_dir, run, 4, "--resume")
+    assert resumed["iteration"] == 4
+    for k, v in full["model"].items():
+        assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-6), k
+    assert (run / "eval" / "metrics.json").read_text() == metrics_before
+
+    # an existing run is not overwritten without --resume
+    rc = train_seg.main(["--data", str(shapes_dir), "--output", str(tmp_path / "full"), "--max-iters", "1", *TINY])
+    assert rc == 2
+
+    eval_seg = _tool("eval_seg")
+    out = tmp_path / "ev" / "m.json"
+    assert eval_seg.main(["--config", str(ROOT / "configs/segmentation/unet_shapes_cpu.yaml"),
+                          "--checkpoint", str(tmp_path / "full" / "model_final.pth"), "--data", str(shapes_dir),
+                          "--out", str(out), "--device", "cpu", "model.unet_width=4", "model.unet_depth=2"]) == 0
+    again = json.loads(out.read_text())
+    assert again["mIoU"] == pytest.approx(metrics["mIoU"])   # same weights, same val set, same numbers
+    assert (out.parent / "confusion_matrix.png").is_file()
+
+
+def test_errors_are_one_line_exit_2(shapes_dir, tmp_path):
+    cmd = [sys.executable, str(ROOT / "tools" / "train_seg.py"), "--data", str(shapes_dir),
+           "--output", str(tmp_path / "r"), "model.no_such_key=1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "unknown config key 'model.no_such_key'" in p.stderr
+
+
+def test_eval_bad_checkpoint_names_it(shapes_dir, tmp_path, capsys):
+    eval_seg = _tool("eval_seg")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    rc = eval_seg.main(["--config", str(ROOT / "configs/segmentation/unet_shapes_cpu.yaml"),
+                        "--checkpoint", str(bad), "--data", str(shapes_dir), "--device", "cpu"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eval_seg.py: error: checkpoint {bad} ") and err.count("\n") == 1
