@@ -1,4 +1,25 @@
-"""The one training engine shared by detection and segmentation (see trainer.py for the loop)."""
+"""The one training engine shared by detection and segmentation (see trainer.py for the loop).
+
+A training tool reads top to bottom:
+
+    device = init_distributed()                      # torchrun env vars; CPU/1 GPU: no-op
+    seed_everything(cfg.solver.seed + get_rank(), cfg.solver.deterministic)
+    model = build_model(cfg.model, meta)             # optional: nn.SyncBatchNorm.convert_sync_batchnorm
+    optimizer = build_optimizer(model, cfg.solver)
+    scheduler = build_scheduler(optimizer, cfg.solver)
+    s = cfg.solver
+    trainer = Trainer(model, optimizer, scheduler, make_data_iter, output_dir=out, max_iters=s.max_iters,
+                      device=device, amp=s.amp, clip_grad_norm=s.clip_grad_norm, accumulate=s.accumulate,
+                      checkpoint_period=s.checkpoint_period, eval_period=s.eval_period,
+                      log_period=s.log_period, evaluate=evaluate, validation_loss=None,
+                      best_metric=s.best_metric, early_stop_patience=s.early_stop_patience,
+                      keep_checkpoints=s.keep_checkpoints, config_yaml=to_yaml(cfg))
+    if args.resume:
+        trainer.resume()
+    summary = trainer.train()
+    if is_main_process():
+        plot_curves(out / "metrics.csv", out)
+"""
 from common.engine.build import build_optimizer, build_scheduler, check_solver
 from common.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
                                       load_model_state, save_checkpoint, seed_everything,

@@ -24,6 +24,8 @@ def check_solver(cfg: SolverConfig) -> None:
         bad("warmup_factor", "must be in (0, 1]")
     if list(cfg.steps) != sorted(cfg.steps) or any(s <= 0 for s in cfg.steps):
         bad("steps", "must be positive and increasing")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        bad("betas", "must be two numbers in [0, 1)")
     if cfg.accumulate < 1:
         bad("accumulate", "must be at least 1")
     if cfg.ims_per_batch < 1:

@@ -14,7 +14,7 @@ class SolverConfig:
     optimizer: Literal["sgd", "adamw"] = "sgd"  # the update rule
     base_lr: float = 0.01  # learning rate of a group with lr_mult 1, after warmup
     momentum: float = 0.9  # SGD momentum
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
+    betas: tuple[float, ...] = (0.9, 0.999)  # AdamW moment decay rates (two numbers)
     weight_decay: float = 1e-4  # L2 / decoupled decay on weights
     norm_weight_decay: float = 0.0  # decay on norm-layer weights and biases (usually none)
     lr_mults: dict[str, float] = field(default_factory=dict)  # module-name prefix -> LR multiplier (longest prefix wins)

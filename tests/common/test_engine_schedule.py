@@ -77,6 +77,7 @@ def test_scheduler_state_round_trip():
     ({"steps": (50, 20)}, r"solver.steps = \(50, 20\) must be positive and increasing"),
     ({"warmup_iters": 2000}, r"solver.warmup_iters = 2000 must be between 0 and max_iters \(1000\)"),
     ({"accumulate": 0}, "solver.accumulate = 0 must be at least 1"),
+    ({"betas": (0.9,)}, r"solver.betas = \(0.9,\) must be two numbers in \[0, 1\)"),
     ({"early_stop_patience": 3}, "needs solver.best_metric"),
 ])
 def test_bad_solver_settings_are_named(changes, message):
@@ -101,3 +102,14 @@ def test_build_optimizer_uses_param_groups():
     assert lr_of[id(model[0].weight)] == pytest.approx(0.01)
     assert decay_of[id(model[1].weight)] == 0.0
     assert decay_of[id(model[0].weight)] == pytest.approx(0.05)
+
+
+def test_solver_config_takes_yaml_style_overrides():
+    from common.config import load_config
+
+    cfg = load_config(SolverConfig, overrides=["optimizer=adamw", "steps=[300,400]", "betas=[0.9,0.99]",
+                                               "lr_mults={backbone.body: 0.1}", "best_metric=bbox/AP"])
+    assert cfg.steps == (300, 400) and cfg.betas == (0.9, 0.99)
+    assert cfg.lr_mults == {"backbone.body": 0.1} and cfg.best_metric == "bbox/AP"
+    with pytest.raises(ConfigError, match=r"'optimizer' = 'adam' must be one of \['sgd', 'adamw'\]"):
+        load_config(SolverConfig, overrides=["optimizer=adam"])

@@ -270,3 +270,14 @@ def test_to_device_walks_containers():
     moved = to_device(batch_, "cpu")
     assert isinstance(moved["img"], ToyImages) and moved["a"][1][1] == 3 and moved["s"] == "x"
     assert isinstance(moved["a"][1], tuple)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP is used on CUDA only")
+def test_amp_on_cuda_saves_and_resumes_the_grad_scaler(tmp_path):
+    make_trainer(tmp_path, max_iters=2, checkpoint_period=2, device="cuda", amp=True).train()
+    state = torch.load(tmp_path / "model_0000002.pth", weights_only=True)
+    assert state["scaler"]["scale"] > 0 and "cuda" in state["rng"][0]
+    resumed = make_trainer(tmp_path, max_iters=3, device="cuda", amp=True)
+    assert resumed.resume() == 2
+    assert resumed.scaler.get_scale() == state["scaler"]["scale"]
+    assert resumed.train()["iteration"] == 3
