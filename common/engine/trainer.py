@@ -66,8 +66,8 @@ class Trainer:
     make_data_iter(start) -> iterator of (images, targets), positioned at batch number ``start``
         (``start = iteration * accumulate``), so a resumed run sees exactly the batches the
         uninterrupted one would have. Its randomness must come from (seed, start), e.g.
-        ``common.samplers.InfiniteSampler(size, seed, start)``; the global RNG state is restored
-        around the call.
+        ``InfiniteSampler(size, seed=seed, start=start * ims_per_batch, rank=..., world_size=...)``
+        (``start`` there counts indices); the global RNG state is restored around the call.
     evaluate(model) -> dict of metrics, e.g. {"bbox/AP": 41.2} (nested dicts are flattened with
         "/"). Called in eval mode under no_grad on every rank; rank 0's answer is used.
     validation_loss(model) -> dict of loss values; logged as "val/<key>" plus "val/total_loss",
