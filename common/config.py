@@ -114,7 +114,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{source}: '{key}' = {value!r} must have {len(args)} items")
-            return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
         out = [_coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out

@@ -12,6 +12,7 @@ class Inner:
     steps: tuple[int, ...] = (10, 20)  # decay points
     name: Literal["sgd", "adamw"] = "sgd"
     weights: Optional[str] = None
+    betas: tuple[float, float] = (0.9, 0.999)  # fixed-length tuple
 
 
 @dataclass
@@ -24,13 +25,16 @@ class Outer:
 def test_yaml_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("solver:\n  lr: 1\n  steps: [5, 7]\nsize: 128\n")
-    cfg = load_config(Outer, p, ["solver.name=adamw", "solver.weights=/w.pth", "mults={a: 0.1}"])
+    cfg = load_config(Outer, p, ["solver.betas=[0.5, 1]", "solver.name=adamw", "solver.weights=/w.pth", "mults={a: 0.1}"])
     assert cfg.solver.lr == 1.0 and isinstance(cfg.solver.lr, float)
     assert cfg.solver.steps == (5, 7)
     assert cfg.size == 128
     assert cfg.solver.name == "adamw"
     assert cfg.solver.weights == "/w.pth"
     assert cfg.mults == {"a": 0.1}
+    assert cfg.solver.betas == (0.5, 1.0)
+    with pytest.raises(ConfigError, match="must have 2 items"):
+        load_config(Outer, None, ["solver.betas=[1, 2, 3]"])
 
 
 def test_round_trip(tmp_path):
