@@ -171,12 +171,14 @@ def _axis_weights(start: Tensor, size: Tensor, grid: Tensor, bins: int, length: 
     frac = torch.where(edge, 0.0, c - low)
     low = low.long()
     high = torch.where(edge, low, low + 1)
-    w_high = torch.where(inside, frac, 0.0)
-    w_low = torch.where(inside, 1 - frac, 0.0)
+    # corner weights, already divided by the samples on this axis (R, bins, g)
+    per_sample = (1 / grid.clamp(min=1).to(dtype))[:, None, None]
+    w_high = torch.where(inside, frac * per_sample, 0.0)
+    w_low = torch.where(inside, (1 - frac) * per_sample, 0.0)
     a = torch.zeros(r * bins, length, dtype=dtype)
     a.scatter_add_(1, low.view(r * bins, g), w_low.view(r * bins, g))
     a.scatter_add_(1, high.view(r * bins, g), w_high.view(r * bins, g))
-    return a.view(r, bins, length) / grid.clamp(min=1).to(dtype)[:, None, None]
+    return a.view(r, bins, length)
 
 
 def _nonzero_columns(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,8 +193,9 @@ def _nonzero_columns(a: Tensor) -> tuple[Tensor, Tensor]:
 
 def _sparse_weights(rois: Tensor, n: int, h: int, w: int, ph: int, pw: int, spatial_scale: float,
                     sampling_ratio: int, aligned: bool, dtype: torch.dtype):
-    """W as bags: (E,) pixel indices into P = N*H*W, (E,) weights, (B,) bag sizes (entries of
-    one output bin are contiguous, bins in (R, PH, PW) order)."""
+    """W as bags, one per output bin in (R, PH, PW) order, its entries contiguous. Returns
+    (E,) pixel indices into P = N*H*W, (E,) weights, (B,) bag sizes, and for the backward
+    (E,) entry positions in a (B, K) padded layout, and K (so bin = position // K)."""
     rois = rois.to(dtype)
     offset = 0.5 if aligned else 0.0
     # box corners in feature pixels, computed in float64 and rounded once, as the C++ kernel does
@@ -209,13 +212,16 @@ def _sparse_weights(rois: Tensor, n: int, h: int, w: int, ph: int, pw: int, spat
     ay_cols, ay_w = _nonzero_columns(_axis_weights(y1, roi_h, grid_h, ph, h))  # (R, PH, Ky)
     ax_cols, ax_w = _nonzero_columns(_axis_weights(x1, roi_w, grid_w, pw, w))  # (R, PW, Kx)
     # outer product per bin -> (R, PH, PW, Ky, Kx) pixel indices and weights
-    row_base = rois[:, 0].long()[:, None, None] * (h * w) + ay_cols * w  # (R, PH, Ky)
-    index = row_base[:, :, None, :, None] + ax_cols[:, None, :, None, :]
+    index_dtype = torch.int32 if n * h * w < 2**31 else torch.int64
+    row_base = (rois[:, 0].long()[:, None, None] * (h * w) + ay_cols * w).to(index_dtype)  # (R, PH, Ky)
+    index = row_base[:, :, None, :, None] + ax_cols.to(index_dtype)[:, None, :, None, :]
     weight = ay_w[:, :, None, :, None] * ax_w[:, None, :, None, :]
-    # drop zero weights (padding, samples outside the map); bag sizes per bin
-    keep = weight != 0
-    sizes = keep.flatten(3).sum(-1).flatten()  # (B,)
-    return index[keep].to(torch.int32 if n * h * w < 2**31 else torch.int64), weight[keep], sizes
+    # keep the nonzero weights (drops padding and samples outside the map)
+    k = index.shape[3] * index.shape[4]
+    keep = weight.view(rois.shape[0] * ph * pw, k) != 0  # (B, Ky*Kx)
+    entry = keep.view(-1).nonzero().squeeze(1)  # (E,) position in the (B, Ky*Kx) layout
+    return index.view(-1).index_select(0, entry), weight.view(-1).index_select(0, entry), \
+        keep.sum(1), entry, k
 
 
 class _RoIAlignFunction(torch.autograd.Function):
@@ -223,33 +229,32 @@ class _RoIAlignFunction(torch.autograd.Function):
     def forward(ctx, input, rois, ph, pw, spatial_scale, sampling_ratio, aligned):
         n, c, h, w = input.shape
         r = rois.shape[0]
-        index, weight, sizes = _sparse_weights(rois, n, h, w, ph, pw, spatial_scale,
-                                               sampling_ratio, aligned, input.dtype)
-        # (N, C, H, W) -> (N*H*W, C): one row of channels per pixel
-        x = input.permute(0, 2, 3, 1).reshape(n * h * w, c)
+        index, weight, sizes, entry, k = _sparse_weights(rois, n, h, w, ph, pw, spatial_scale,
+                                                         sampling_ratio, aligned, input.dtype)
+        # (N, C, H, W) -> (N, H*W, C) -> (N*H*W, C): one row of channels per pixel
+        x = input.reshape(n, c, h * w).transpose(1, 2).reshape(n * h * w, c)
         offsets = (sizes.cumsum(0) - sizes).to(index.dtype)
         y = F.embedding_bag(index, x, offsets, mode="sum", per_sample_weights=weight)  # (B, C)
-        ctx.save_for_backward(index, weight, sizes)
-        ctx.input_shape = (n, c, h, w)
-        # (B, C) -> (R, PH, PW, C) -> (R, C, PH, PW)
-        return y.view(r, ph, pw, c).permute(0, 3, 1, 2).contiguous()
+        ctx.save_for_backward(index, weight, entry)
+        ctx.input_shape, ctx.k = (n, c, h, w), k
+        # (B, C) -> (R, PH*PW, C) -> (R, C, PH*PW) -> (R, C, PH, PW)
+        return y.view(r, ph * pw, c).transpose(1, 2).contiguous().view(r, c, ph, pw)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        index, weight, sizes = ctx.saved_tensors
+        index, weight, entry = ctx.saved_tensors
         n, c, h, w = ctx.input_shape
         r, _, ph, pw = grad_output.shape
-        # (R, C, PH, PW) -> (B, C)
-        dy = grad_output.permute(0, 2, 3, 1).reshape(r * ph * pw, c)
+        # (R, C, PH, PW) -> (R, PH*PW, C) -> (B, C)
+        dy = grad_output.reshape(r, c, ph * pw).transpose(1, 2).reshape(r * ph * pw, c)
         # W^T as bags: entries sorted by pixel, each entry pointing at its output bin
         pixel, order = torch.sort(index)
-        bin_of_entry = torch.repeat_interleave(torch.arange(sizes.numel(), dtype=index.dtype), sizes,
-                                               output_size=index.numel())
+        bin_of_entry = (entry.index_select(0, order) // ctx.k).to(index.dtype)
         counts = torch.bincount(pixel, minlength=n * h * w)
         offsets = (counts.cumsum(0) - counts).to(index.dtype)
-        dx = F.embedding_bag(bin_of_entry[order], dy, offsets, mode="sum",
-                             per_sample_weights=weight[order])  # (P, C)
-        # (N*H*W, C) -> (N, H, W, C) -> (N, C, H, W)
-        grad_input = dx.view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
+        dx = F.embedding_bag(bin_of_entry, dy, offsets, mode="sum",
+                             per_sample_weights=weight.index_select(0, order))  # (P, C)
+        # (N*H*W, C) -> (N, H*W, C) -> (N, C, H*W) -> (N, C, H, W)
+        grad_input = dx.view(n, h * w, c).transpose(1, 2).contiguous().view(n, c, h, w)
         return grad_input, None, None, None, None, None, None
