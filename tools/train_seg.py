@@ -72,15 +72,8 @@ def pick_device(name: str, default):
 
 
 def run(args) -> dict:
-    import torch
-
-    from common.config import to_yaml
-    from common.engine import (Trainer, build_optimizer, build_scheduler, get_rank, get_world_size,
-                               init_distributed, is_main_process, plot_curves, seed_everything)
-    from segmentation.build import (build_class_weight, build_datasets, build_model, build_train_indices,
-                                    resolve_root)
-    from segmentation.data import build_test_loader, build_train_loader
-    from segmentation.metrics import PredictionDrawer, SemSegEvaluator, evaluate_model
+    from common.engine import init_distributed, seed_everything
+    from segmentation.build import build_class_weight, build_datasets, build_model, resolve_root
 
     cfg = load_cfg(args)
     out = Path(cfg.output_dir)
@@ -89,10 +82,26 @@ def run(args) -> dict:
                          f"--output to start a new one")
     device = pick_device(cfg.device, init_distributed())
     seed_everything(cfg.solver.seed, cfg.solver.deterministic)
-    root = resolve_root(cfg.data)
-    train_ds, val_ds = build_datasets(cfg.data, root)
+    train_ds, val_ds = build_datasets(cfg.data, resolve_root(cfg.data))
     model = build_model(cfg.model, train_ds.num_classes, class_weight=build_class_weight(cfg.model, train_ds),
                         ignore_index=train_ds.ignore_index)
+    return fit(cfg, model, train_ds, val_ds, device, resume=args.resume)
+
+
+def fit(cfg, model, train_ds, val_ds, device, *, resume: bool = False, progress: bool = True,
+        tensorboard: bool = True) -> dict:
+    """Train ``model`` with the common engine as ``cfg.solver`` says; evaluate on ``val_ds``.
+
+    Returns the engine's summary (iteration, seconds, metrics of the last evaluation, best ...).
+    """
+    from common.config import to_yaml
+    from common.engine import (Trainer, build_optimizer, build_scheduler, get_rank, get_world_size,
+                               is_main_process, plot_curves)
+    from segmentation.build import build_train_indices
+    from segmentation.data import build_test_loader, build_train_loader
+    from segmentation.metrics import PredictionDrawer, SemSegEvaluator, evaluate_model
+
+    out = Path(cfg.output_dir)
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_scheduler(optimizer, cfg.solver)
     indices = build_train_indices(cfg.data, train_ds, cfg.solver.seed)
@@ -122,11 +131,11 @@ def run(args) -> dict:
                       checkpoint_period=cfg.solver.checkpoint_period, eval_period=cfg.solver.eval_period,
                       log_period=cfg.solver.log_period, evaluate=evaluate, best_metric=cfg.solver.best_metric,
                       early_stop_patience=cfg.solver.early_stop_patience, config_yaml=to_yaml(cfg),
-                      keep_checkpoints=cfg.solver.keep_checkpoints)
-    if args.resume:
+                      keep_checkpoints=cfg.solver.keep_checkpoints, progress=progress, tensorboard=tensorboard)
+    if resume:
         trainer.resume()
     summary = trainer.train()
-    if is_main_process():
+    if is_main_process() and progress:
         plot_curves(out / "metrics.csv", out)
         m = summary["metrics"]
         print(f"done: {summary['iteration']} iterations in {summary['seconds']:.0f} s; mIoU {m.get('mIoU', float('nan')):.1f}, "

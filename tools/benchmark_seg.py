@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Segmentation benchmark on the shapes dataset: one table, same data and schedule for every row.
+
+Rows (all trained from scratch with the common engine, ResNet-18 with BN where there is one):
+  fcn8s_R18        our FCN-8s (skips from c4 and c3, bilinear-initialised transposed convs)
+  tv_fcnhead_R18   torchvision.models.segmentation.fcn_resnet50's FCNHead (3x3 conv-BN-ReLU,
+                   dropout, 1x1) on the *same* ResNet-18 c5, upsampled bilinearly as torchvision does
+  fcn32s_R18       our FCN-32s (no skips): the coarse baseline for boundary IoU
+  unet             the default CPU U-Net of tools/train_seg.py
+
+    python tools/benchmark_seg.py                       # the full schedule of the default config
+    python tools/benchmark_seg.py --max-iters 20 --rows fcn8s_R18,tv_fcnhead_R18   # a quick check
+
+Columns: parameters, seconds per iteration, mIoU, boundary IoU (3 px band), pixel accuracy (%).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "tools"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import tempfile  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+ROWS = ("fcn8s_R18", "tv_fcnhead_R18", "fcn32s_R18", "unet")
+
+
+class TorchvisionFCNHead(nn.Module):
+    """torchvision's FCNHead on our backbone's c5, upsampled bilinearly to the input size."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        from torchvision.models.segmentation.fcn import FCNHead
+
+        self.backbone = backbone
+        self.head = FCNHead(backbone.out_channels["c5"], num_classes)
+        self.pixel_mean, self.pixel_std = backbone.pixel_mean, backbone.pixel_std
+        self.size_divisibility = backbone.size_divisibility
+
+    def forward(self, x):
+        """(N, 3, H, W) normalised -> (N, K, H, W) logits."""
+        score = self.head(self.backbone(x)["c5"])                        # (N, K, H/32, W/32)
+        return F.interpolate(score, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_row(name: str, cfg, num_classes: int, ignore_index: int):
+    from common.backbones import build_backbone
+    from segmentation.build import build_model
+    from segmentation.segmentor import SemanticSegmentor
+
+    r18 = dataclasses.replace(cfg.model.backbone, name="resnet18", weights=None, norm="BN", freeze_at=0)
+    if name == "tv_fcnhead_R18":
+        backbone = build_backbone("resnet18", weights=None, norm="BN", out_features=("c5",))
+        return SemanticSegmentor(TorchvisionFCNHead(backbone, num_classes), num_classes,
+                                 loss=cfg.model.loss, ignore_index=ignore_index)
+    if name in ("fcn8s_R18", "fcn32s_R18"):
+        model_cfg = dataclasses.replace(cfg.model, arch="fcn", fcn_variant=name[3:].split("_")[0], backbone=r18)
+    elif name == "unet":
+        model_cfg = cfg.model
+    else:
+        raise ValueError(f"unknown row {name!r}; choose from {', '.join(ROWS)}")
+    return build_model(model_cfg, num_classes, ignore_index=ignore_index)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="FCN-8s vs torchvision FCNHead, U-Net vs FCN-32s boundary IoU")
+    p.add_argument("--config", default=str(ROOT / "configs" / "segmentation" / "unet_shapes_cpu.yaml"),
+                   help="data and solver settings shared by every row")
+    p.add_argument("--data", help="dataset directory (default: the shapes dataset)")
+    p.add_argument("--max-iters", type=int, help="shorter schedule for a quick check")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ", ".join(ROWS))
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+
+    import train_seg
+    from common.engine import seed_everything
+    from segmentation.build import build_datasets, resolve_root
+
+    try:
+        cfg = train_seg.load_cfg(argparse.Namespace(overrides=args.overrides, data=args.data, output=None,
+                                                    max_iters=args.max_iters, device=args.device,
+                                                    config=args.config))
+        rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+        for r in rows:
+            if r not in ROWS:
+                raise ValueError(f"unknown row {r!r}; choose from {', '.join(ROWS)}")
+    except ValueError as e:
+        print(f"benchmark_seg.py: error: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    cfg.solver.checkpoint_period = 0
+    cfg.solver.eval_period = 0
+    cfg.solver.best_metric = None
+    train_ds, val_ds = build_datasets(cfg.data, resolve_root(cfg.data))
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in rows:
+            seed_everything(cfg.solver.seed)
+            model = build_row(name, cfg, train_ds.num_classes, train_ds.ignore_index)
+            run_cfg = dataclasses.replace(cfg, output_dir=str(Path(tmp) / name))
+            summary = train_seg.fit(run_cfg, model, train_ds, val_ds, torch.device(args.device),
+                                    progress=False, tensorboard=False)
+            m = summary["metrics"]
+            params = sum(p.numel() for p in model.parameters()) / 1e6
+            results.append((name, params, summary["seconds"] / summary["iteration"], m["mIoU"],
+                            m["boundary_IoU"], m["pixel_acc"]))
+            print(f"  {name}: mIoU {m['mIoU']:.1f} ({summary['seconds']:.0f} s)", file=sys.stderr)
+    print(f"shapes val, {cfg.solver.max_iters} iterations x {cfg.solver.ims_per_batch} images, "
+          f"{args.threads} threads on {args.device}")
+    print(f"{'model':<16}{'params (M)':>11}{'s/iter':>8}{'mIoU':>7}{'bIoU':>7}{'pixAcc':>8}")
+    for name, params, spi, miou, biou, acc in results:
+        print(f"{name:<16}{params:>11.2f}{spi:>8.2f}{miou:>7.1f}{biou:>7.1f}{acc:>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
