@@ -138,10 +138,17 @@ class SemSegEvaluator:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics = metrics or self.summarize()
-        (out_dir / json_name).write_text(json.dumps(metrics, indent=2))
+        (out_dir / json_name).write_text(json.dumps(_nan_to_none(metrics), indent=2, allow_nan=False))
         cv2.imwrite(str(out_dir / "confusion_matrix.png"),
                     cv2.cvtColor(confusion_image(self.cm, self.class_names), cv2.COLOR_RGB2BGR))
         return metrics
+
+
+def _nan_to_none(d):
+    """NaN (a class never seen in gt or prediction) -> null, so the file is strict JSON."""
+    if isinstance(d, dict):
+        return {k: _nan_to_none(v) for k, v in d.items()}
+    return None if isinstance(d, float) and math.isnan(d) else d
 
 
 def confusion_image(cm: Tensor | np.ndarray, class_names: list[str], cell: int = 48) -> np.ndarray:

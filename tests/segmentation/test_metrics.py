@@ -67,6 +67,11 @@ def test_evaluator_writes_percent_metrics_and_confusion_png(tmp_path):
     assert m["per_class_IoU"]["square"] == 0.0
     assert m["pixel_acc"] == pytest.approx(100 * (256 - 16) / 256)
     assert 0 < m["boundary_IoU"] < 100
-    assert json.loads((tmp_path / "metrics.json").read_text())["mIoU"] == pytest.approx(m["mIoU"])
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["mIoU"] == pytest.approx(m["mIoU"])
+    ev2 = SemSegEvaluator(4, ["background", "circle", "square", "star"])  # "star" never appears
+    ev2.process([{"sem_seg": pred}], [{"sem_seg": gt}])
+    assert json.loads(json.dumps(ev2.save(tmp_path / "b")))["per_class_IoU"]["star"] != 0.0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["per_class_IoU"]["star"] is None
     img = cv2.imread(str(tmp_path / "confusion_matrix.png"))
     assert img is not None and img.shape[0] > 3 * 48
