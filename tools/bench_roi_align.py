@@ -1,19 +1,28 @@
 """Micro-benchmark: detection.roi_ops.roi_align vs torchvision.ops.roi_align on CPU.
 
-    python tools/bench_roi_align.py [--reps 5] [--threads 2]
+    python tools/bench_roi_align.py [--reps 3] [--threads 2]
 
 Times forward and forward+backward (gradient w.r.t. the features) for shapes of our CPU recipe
 and of torchvision's, interleaving the two implementations run by run (the CPU may be shared),
 and prints medians and the speed-up (torchvision time / ours).
+
+OMP_WAIT_POLICY defaults to PASSIVE here (set it to override): on a CPU shared with other
+processes, OpenMP worker threads that spin between parallel ops steal the core the main thread
+needs, which makes any multi-threaded torch code (ours; not torchvision's serial kernel) erratic.
+On a dedicated machine the policy makes little difference.
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+import os
 
-import torch
-import torchvision
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
 
 from detection.roi_ops import roi_align
 
@@ -45,21 +54,21 @@ def time_once(fn, x, rois, size, scale, sr, aligned, backward: bool) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5, help="timed runs per implementation and mode")
+    parser.add_argument("--reps", type=int, default=3, help="timed runs per implementation and mode")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     impls = {"ours": roi_align, "torchvision": torchvision.ops.roi_align}
-    print(f"threads={args.threads} reps={args.reps} (median ms; speed-up = torchvision / ours)")
+    print(f"threads={args.threads} reps={args.reps} OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
+          f"(median ms; speed-up = torchvision / ours)")
     print(f"{'case':32s} {'mode':8s} {'ours':>9s} {'tv':>9s} {'speed-up':>9s}")
     for name, shape, stride, r, size, sr, aligned, sizes in CASES:
         x = torch.randn(shape, generator=gen)
         rois = random_rois(shape[0], shape[2] * stride, r, sizes, gen)
         for mode, backward in (("fwd", False), ("fwd+bwd", True)):
             times = {k: [] for k in impls}
-            for k, fn in impls.items():  # warm-up
-                time_once(fn, x, rois, size, 1 / stride, sr, aligned, backward)
+            time_once(roi_align, x, rois, size, 1 / stride, sr, aligned, backward)  # warm-up
             for _ in range(args.reps):  # interleaved
                 for k, fn in impls.items():
                     times[k].append(time_once(fn, x, rois, size, 1 / stride, sr, aligned, backward))
