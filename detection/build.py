@@ -6,13 +6,17 @@ features feed which part.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
 from detection.box_head import ConvFCHead, FastRCNNPredictor, Res5Head
-from detection.config import ModelConfig
+from detection.config import DataConfig, DetConfig, ModelConfig
+from detection.data import CocoDetection, DatasetError, build_transforms
 from detection.generalized_rcnn import GeneralizedRCNN
 from detection.keypoint_head import KeypointRCNNHead
 from detection.mask_head import MaskRCNNHead
@@ -177,3 +181,85 @@ def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num
                     add_gt_as_proposals=rh.add_gt_as_proposals, smooth_l1_beta=bh.smooth_l1_beta,
                     score_thresh=rh.score_thresh, nms_thresh=rh.nms_thresh,
                     detections_per_img=rh.detections_per_img, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class DataPaths:
+    """The annotation files and image folders a run reads."""
+
+    train_json: Path
+    train_images: Path
+    val_json: Path
+    val_images: Path
+
+
+def resolve_data_paths(data_cfg: DataConfig, data_dir: str | None = None) -> DataPaths:
+    """Where the data is: explicit ``train_json``/``val_json`` + image folders, else a folder in
+    the synthetic layout (``--data DIR`` or ``data.root``). The built-in synthetic dataset is
+    generated on first use when the root is the default one and does not exist yet."""
+    d = data_cfg
+    if d.train_json or d.val_json:
+        pairs = {"data.train_json": d.train_json, "data.train_images": d.train_images,
+                 "data.val_json": d.val_json, "data.val_images": d.val_images}
+        missing = [k for k, v in pairs.items() if not v]
+        if missing:
+            raise DatasetError(f"explicit data paths need all four of train_json, train_images, val_json, "
+                               f"val_images; missing: {', '.join(missing)}")
+        paths = DataPaths(Path(d.train_json), Path(d.train_images), Path(d.val_json), Path(d.val_images))
+    else:
+        root = Path(data_dir or d.root)
+        if data_dir is None and d.root == DataConfig.root and not (root / "val.json").is_file():
+            from common.shapes import ensure_shapes_dataset
+
+            print(f"generating the built-in synthetic dataset in {root} (first use)")
+            ensure_shapes_dataset(root)
+        paths = DataPaths(root / "train.json", root / "train", root / "val.json", root / "val")
+    for name in ("train_json", "val_json"):
+        if not getattr(paths, name).is_file():
+            raise DatasetError(f"annotation file not found: {getattr(paths, name)} (data.{name}; a dataset "
+                               "folder must hold train.json, val.json, train/ and val/)")
+    for name in ("train_images", "val_images"):
+        if not getattr(paths, name).is_dir():
+            raise DatasetError(f"image folder not found: {getattr(paths, name)} (data.{name})")
+    return paths
+
+
+def build_datasets(cfg: DetConfig, paths: DataPaths) -> tuple[CocoDetection, CocoDetection]:
+    """The training set (augmented, empty images dropped per config) and the val set (resize only).
+
+    Masks and keypoints are read only when the model uses them.
+    """
+    d = cfg.data
+    use = dict(use_masks=cfg.model.mask_on, use_keypoints=cfg.model.keypoint_on)
+    train = CocoDetection(paths.train_json, paths.train_images, filter_empty=d.filter_empty, **use)
+    train.transforms = build_transforms(train.meta, train=True, min_size=d.min_size, max_size=d.max_size,
+                                        hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter,
+                                        color_jitter=d.color_jitter, seed=cfg.solver.seed)
+    val = CocoDetection(paths.val_json, paths.val_images, filter_empty=False, **use)
+    val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
+    if val.meta.category_ids != train.meta.category_ids:
+        raise DatasetError(f"{paths.val_json} has categories {val.meta.category_ids} but {paths.train_json} "
+                           f"has {train.meta.category_ids}; train and val must share one category list")
+    return train, val
+
+
+def adapt_to_dataset(model_cfg: ModelConfig, train: CocoDetection) -> tuple[ModelConfig, list[str]]:
+    """Turn off the mask / keypoint branch when the dataset has no masks / keypoints, so one config
+    trains on any COCO-format dataset. Returns the config and a note per change."""
+    notes = []
+    if model_cfg.mask_on and not train.has_masks:
+        model_cfg = replace(model_cfg, mask_on=False)
+        notes.append(f"{train.ann_file} has no instance masks: the mask head is off")
+    if model_cfg.keypoint_on and not train.has_keypoints:
+        model_cfg = replace(model_cfg, keypoint_on=False)
+        notes.append(f"{train.ann_file} has no keypoints: the keypoint head is off")
+    return model_cfg, notes
+
+
+def iou_types_for(model_cfg: ModelConfig) -> tuple[str, ...]:
+    """The COCO evaluation types a model produces."""
+    return ("bbox",) + (("segm",) if model_cfg.mask_on else ()) + (("keypoints",) if model_cfg.keypoint_on else ())

@@ -3,12 +3,14 @@ of Detectron2 (random-init backbone unless ``backbone.weights`` is set); the YAM
 ``configs/detection/`` hold only what differs. Only ``detection/build.py`` reads these.
 
 ``num_classes`` and ``num_keypoints`` are not here: they come from the dataset.
-The top-level ``DetConfig`` (model + data + solver + test) is assembled by the lead.
+``DetConfig`` is the whole training config: model + data + solver (shared with segmentation) + test.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Optional
+
+from common.engine.config import SolverConfig
 
 
 @dataclass
@@ -103,3 +105,38 @@ class ModelConfig:
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)  # mask branch
     keypoint_on: bool = False  # add the keypoint branch (Keypoint R-CNN)
     keypoint_head: KeypointHeadConfig = field(default_factory=KeypointHeadConfig)  # keypoint branch
+
+
+@dataclass
+class DataConfig:
+    root: str = "datasets/shapes"  # a dataset in the synthetic layout (train.json, val.json, train/, val/); the built-in one is generated here on first use
+    train_json: str = ""  # a COCO annotation file for training; with train_images it replaces root
+    train_images: str = ""  # the folder its file_names are relative to
+    val_json: str = ""  # a COCO annotation file for evaluation; with val_images it replaces root
+    val_images: str = ""  # the folder its file_names are relative to
+    min_size: tuple[int, ...] = (800,)  # training short side in pixels, one drawn per image
+    max_size: int = 1333  # cap on the long side in pixels
+    test_min_size: int = 800  # short side at test time
+    hflip_prob: float = 0.5  # horizontal flip probability (keypoints swap by the dataset's flip map)
+    scale_jitter: Optional[tuple[float, float]] = None  # extra random rescale (lo, hi) after resizing
+    color_jitter: float = 0.0  # brightness/contrast/saturation/hue jitter strength in [0, 1]
+    filter_empty: bool = True  # drop training images that have no (non-crowd) instance
+    num_workers: int = 2  # DataLoader worker processes
+    aspect_ratio_grouping: bool = True  # batch landscape with landscape and portrait with portrait
+
+
+@dataclass
+class TestConfig:
+    ims_per_batch: int = 4  # images per batch at evaluation
+    eval_images: int = 0  # evaluate on the first N val images during training (0 = all); the final evaluation uses all
+    val_loss_batches: int = 10  # batches of val images for the validation loss (0 = off)
+    num_vis: int = 8  # val images drawn with their predictions at the end of training
+    vis_score_thresh: float = 0.5  # predictions drawn need at least this score
+
+
+@dataclass
+class DetConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # the detector
+    data: DataConfig = field(default_factory=DataConfig)  # where the images come from and how they are augmented
+    solver: SolverConfig = field(default_factory=SolverConfig)  # optimizer, schedule, checkpoints
+    test: TestConfig = field(default_factory=TestConfig)  # evaluation and drawing
