@@ -26,8 +26,9 @@ Which path runs:
 - fast path: CPU tensors of dtype float32/float64, any `sampling_ratio` (including the adaptive
   grid, `sampling_ratio <= 0`), `aligned` True or False, R = 0 included;
 - `torchvision.ops.roi_align`: every other device (CUDA, ...) or dtype (half, bfloat16,
-  quantized), and adaptive grids needing more than `MAX_GRID` samples per bin side (boxes far
-  larger than the feature map; torchvision is equally slow there, but needs no memory for W).
+  quantized), and calls whose W would take more than `MAX_ENTRIES` (bin, pixel) slots, which
+  only happens with the adaptive grid on boxes of hundreds of feature pixels (torchvision is
+  as slow there, but needs no memory for W).
 `roi_pool` always calls `torchvision.ops.roi_pool` (Fast R-CNN only; not on our hot path).
 
 Sample-point rules copied from torchvision's kernel, per axis (y shown; x alike):
@@ -45,8 +46,9 @@ import torchvision.ops
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-# Adaptive grids with more samples per bin side than this go to torchvision (see module doc).
-MAX_GRID = 256
+# Calls whose padded W (or sample list) would exceed this many slots go to torchvision
+# (about 20 bytes a slot while W is built; a typical box head call needs ~0.4M).
+MAX_ENTRIES = 2**24
 
 _FAST_DTYPES = (torch.float32, torch.float64)
 
@@ -68,10 +70,13 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tu
     """
     ph, pw = _check_output_size("roi_align", output_size)
     rois = _as_rois("roi_align", input, boxes)
-    if not _fast_path_ok(input, rois, ph, pw, spatial_scale, sampling_ratio, aligned):
+    fast = input.device.type == "cpu" and input.dtype in _FAST_DTYPES and not input.is_quantized
+    n, _, h, w = input.shape
+    weights = _sparse_weights(rois, n, h, w, ph, pw, float(spatial_scale), int(sampling_ratio),
+                              bool(aligned), input.dtype) if fast else None
+    if weights is None:
         return torchvision.ops.roi_align(input, rois, (ph, pw), spatial_scale, sampling_ratio, aligned)
-    return _RoIAlignFunction.apply(input, rois, ph, pw, float(spatial_scale), int(sampling_ratio),
-                                   bool(aligned))
+    return _RoIAlignFunction.apply(input, ph, pw, *weights)
 
 
 def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tuple[int, int],
@@ -120,7 +125,7 @@ def _as_rois(op: str, input: Tensor, boxes) -> Tensor:
         rois = boxes
     else:
         raise ValueError(f"{op}: boxes must be a tensor or a list of tensors, got {type(boxes).__name__}")
-    if rois.numel() and not rois.is_cuda:  # checks that would sync a GPU are left to torchvision
+    if rois.numel() and rois.device.type == "cpu":  # checks that would sync a GPU are left to torchvision
         finite = torch.isfinite(rois).all(dim=1)
         if not bool(finite.all()):
             i = int((~finite).nonzero()[0, 0])
@@ -132,16 +137,6 @@ def _as_rois(op: str, input: Tensor, boxes) -> Tensor:
             raise ValueError(f"{op}: box {i} has batch index {rois[i, 0].item():g}, "
                              f"but the input holds {n} images")
     return rois
-
-
-def _fast_path_ok(input, rois, ph, pw, spatial_scale, sampling_ratio, aligned) -> bool:
-    if input.device.type != "cpu" or input.dtype not in _FAST_DTYPES or input.is_quantized:
-        return False
-    if sampling_ratio > 0 or rois.numel() == 0:
-        return True
-    # adaptive grid: samples per bin side = ceil(bin size); refuse absurd ones (see MAX_GRID)
-    sizes = (rois[:, 3:5] - rois[:, 1:3]).abs().max() * spatial_scale
-    return float(sizes) / min(ph, pw) <= MAX_GRID
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,8 +190,9 @@ def _sparse_weights(rois: Tensor, n: int, h: int, w: int, ph: int, pw: int, spat
                     sampling_ratio: int, aligned: bool, dtype: torch.dtype):
     """W as bags, one per output bin in (R, PH, PW) order, its entries contiguous. Returns
     (E,) pixel indices into P = N*H*W, (E,) weights, (B,) bag sizes, and for the backward
-    (E,) entry positions in a (B, K) padded layout, and K (so bin = position // K)."""
-    rois = rois.to(dtype)
+    (E,) entry positions in a (B, K) padded layout, and K (so bin = position // K);
+    or None when that would take more than MAX_ENTRIES slots."""
+    rois = rois.detach().to(dtype)  # no gradient for boxes, as in torchvision
     offset = 0.5 if aligned else 0.0
     # box corners in feature pixels, computed in float64 and rounded once, as the C++ kernel does
     x1, y1, x2, y2 = (rois[:, 1:].double() * spatial_scale - offset).to(dtype).unbind(1)
@@ -209,28 +205,33 @@ def _sparse_weights(rois: Tensor, n: int, h: int, w: int, ph: int, pw: int, spat
     else:  # adaptive; negative sizes (aligned, x2 < x1) give no samples and a zero output
         grid_h = torch.ceil(roi_h / ph).long().clamp(min=0)
         grid_w = torch.ceil(roi_w / pw).long().clamp(min=0)
+    r = rois.shape[0]
+    if r and max(ph * int(grid_h.max()), pw * int(grid_w.max())) * r > MAX_ENTRIES:
+        return None
     ay_cols, ay_w = _nonzero_columns(_axis_weights(y1, roi_h, grid_h, ph, h))  # (R, PH, Ky)
     ax_cols, ax_w = _nonzero_columns(_axis_weights(x1, roi_w, grid_w, pw, w))  # (R, PW, Kx)
+    k = ay_cols.shape[2] * ax_cols.shape[2]
+    if r * ph * pw * k > MAX_ENTRIES:
+        return None
     # outer product per bin -> (R, PH, PW, Ky, Kx) pixel indices and weights
     index_dtype = torch.int32 if n * h * w < 2**31 else torch.int64
     row_base = (rois[:, 0].long()[:, None, None] * (h * w) + ay_cols * w).to(index_dtype)  # (R, PH, Ky)
     index = row_base[:, :, None, :, None] + ax_cols.to(index_dtype)[:, None, :, None, :]
     weight = ay_w[:, :, None, :, None] * ax_w[:, None, :, None, :]
     # keep the nonzero weights (drops padding and samples outside the map)
-    k = index.shape[3] * index.shape[4]
-    keep = weight.view(rois.shape[0] * ph * pw, k) != 0  # (B, Ky*Kx)
+    keep = weight.view(r * ph * pw, k) != 0  # (B, Ky*Kx)
     entry = keep.view(-1).nonzero().squeeze(1)  # (E,) position in the (B, Ky*Kx) layout
     return index.view(-1).index_select(0, entry), weight.view(-1).index_select(0, entry), \
         keep.sum(1), entry, k
 
 
 class _RoIAlignFunction(torch.autograd.Function):
+    """Y = W @ X and dX = W^T @ dY for the W built by `_sparse_weights`."""
+
     @staticmethod
-    def forward(ctx, input, rois, ph, pw, spatial_scale, sampling_ratio, aligned):
+    def forward(ctx, input, ph, pw, index, weight, sizes, entry, k):
         n, c, h, w = input.shape
-        r = rois.shape[0]
-        index, weight, sizes, entry, k = _sparse_weights(rois, n, h, w, ph, pw, spatial_scale,
-                                                         sampling_ratio, aligned, input.dtype)
+        r = sizes.numel() // (ph * pw)
         # (N, C, H, W) -> (N, H*W, C) -> (N*H*W, C): one row of channels per pixel
         x = input.reshape(n, c, h * w).transpose(1, 2).reshape(n * h * w, c)
         offsets = (sizes.cumsum(0) - sizes).to(index.dtype)
@@ -257,4 +258,4 @@ class _RoIAlignFunction(torch.autograd.Function):
                              per_sample_weights=weight.index_select(0, order))  # (P, C)
         # (N*H*W, C) -> (N, H*W, C) -> (N, C, H*W) -> (N, C, H, W)
         grad_input = dx.view(n, h * w, c).transpose(1, 2).contiguous().view(n, c, h, w)
-        return grad_input, None, None, None, None, None, None
+        return grad_input, None, None, None, None, None, None, None

@@ -136,11 +136,13 @@ def test_unsupported_cases_fall_back_to_torchvision(monkeypatch):
     calls = []
     monkeypatch.setattr(torchvision.ops, "roi_align", lambda *a: calls.append(a) or "torchvision")
     x = torch.randn(1, 2, 8, 8)
-    assert roi_align(x.to(torch.bfloat16), torch.tensor([[0, 1.0, 1, 5, 5]]), 7) == "torchvision"
-    huge = torch.tensor([[0, 0, 0, 7.0 * (roi_ops.MAX_GRID + 1), 10]])
-    assert roi_align(x, huge, 7, 1.0, 0) == "torchvision"
+    box = torch.tensor([[0, 1.0, 1, 5.5, 30]])
+    assert roi_align(x.to(torch.bfloat16), box, 7) == "torchvision"
+    assert len(calls) == 1
+    monkeypatch.setattr(roi_ops, "MAX_ENTRIES", 7 * 7 * 4)  # this box's adaptive grid needs more
+    assert roi_align(x, box, 7, 1.0, 0) == "torchvision"
     assert len(calls) == 2
-    assert roi_align(x, huge, 7, 1.0, 2).shape == (1, 2, 7, 7)  # a fixed grid stays on our path
+    assert roi_align(x, box, 7, 1.0, 1).shape == (1, 2, 7, 7)  # 1 sample per bin still fits
 
 
 def test_bad_inputs_raise_clear_errors():
