@@ -226,36 +226,53 @@ def _sparse_weights(rois: Tensor, n: int, h: int, w: int, ph: int, pw: int, spat
 
 
 class _RoIAlignFunction(torch.autograd.Function):
-    """Y = W @ X and dX = W^T @ dY for the W built by `_sparse_weights`."""
+    """Y = W @ X and dX = W^T @ dY for the W built by `_sparse_weights`.
+
+    X holds only the U pixels W touches when that is under half the map (few or small boxes on a
+    large map), so the cost follows the boxes rather than the feature map size.
+    """
 
     @staticmethod
     def forward(ctx, input, ph, pw, index, weight, sizes, entry, k):
         n, c, h, w = input.shape
         r = sizes.numel() // (ph * pw)
-        # (N, C, H, W) -> (N, H*W, C) -> (N*H*W, C): one row of channels per pixel
-        x = input.reshape(n, c, h * w).transpose(1, 2).reshape(n * h * w, c)
+        per_pixel = torch.bincount(index, minlength=n * h * w)  # (P,) entries per pixel
+        touched = per_pixel > 0
+        if 2 * int(touched.sum()) < n * h * w:
+            pixels = touched.nonzero().squeeze(1)  # (U,) touched pixels, ascending
+            index = (touched.cumsum(0) - 1).to(index.dtype).index_select(0, index)  # into 0..U-1
+            per_pixel = per_pixel.index_select(0, pixels)
+            # (N, C, H*W) at (image, :, pixel) -> (U, C)
+            x = input.reshape(n, c, h * w)[pixels // (h * w), :, pixels % (h * w)]
+        else:
+            pixels = None
+            # (N, C, H, W) -> (N, H*W, C) -> (N*H*W, C): one row of channels per pixel
+            x = input.reshape(n, c, h * w).transpose(1, 2).reshape(n * h * w, c)
         offsets = (sizes.cumsum(0) - sizes).to(index.dtype)
         y = F.embedding_bag(index, x, offsets, mode="sum", per_sample_weights=weight)  # (B, C)
-        ctx.save_for_backward(index, weight, entry)
-        ctx.input_shape, ctx.k = (n, c, h, w), k
+        ctx.save_for_backward(index, weight, entry, per_pixel, pixels)
+        ctx.input_shape, ctx.input_dtype, ctx.k = (n, c, h, w), input.dtype, k
         # (B, C) -> (R, PH*PW, C) -> (R, C, PH*PW) -> (R, C, PH, PW)
         return y.view(r, ph * pw, c).transpose(1, 2).contiguous().view(r, c, ph, pw)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        index, weight, entry = ctx.saved_tensors
+        index, weight, entry, per_pixel, pixels = ctx.saved_tensors
         n, c, h, w = ctx.input_shape
         r, _, ph, pw = grad_output.shape
         # (R, C, PH, PW) -> (R, PH*PW, C) -> (B, C)
         dy = grad_output.reshape(r, c, ph * pw).transpose(1, 2).reshape(r * ph * pw, c)
-        # W^T as bags: entries sorted by pixel, each entry pointing at its output bin
-        pixel, order = torch.sort(index)
+        # W^T as bags, one per pixel of X: entries sorted by pixel, each pointing at its bin
+        order = torch.argsort(index)
         bin_of_entry = (entry.index_select(0, order) // ctx.k).to(index.dtype)
-        counts = torch.bincount(pixel, minlength=n * h * w)
-        offsets = (counts.cumsum(0) - counts).to(index.dtype)
+        offsets = (per_pixel.cumsum(0) - per_pixel).to(index.dtype)
         dx = F.embedding_bag(bin_of_entry, dy, offsets, mode="sum",
-                             per_sample_weights=weight.index_select(0, order))  # (P, C)
-        # (N*H*W, C) -> (N, H*W, C) -> (N, C, H*W) -> (N, C, H, W)
-        grad_input = dx.view(n, h * w, c).transpose(1, 2).contiguous().view(n, c, h, w)
-        return grad_input, None, None, None, None, None, None, None
+                             per_sample_weights=weight.index_select(0, order))  # (P or U, C)
+        if pixels is None:
+            # (N*H*W, C) -> (N, H*W, C) -> (N, C, H*W) -> (N, C, H, W)
+            return dx.view(n, h * w, c).transpose(1, 2).contiguous().view(n, c, h, w), \
+                None, None, None, None, None, None, None
+        grad_input = torch.zeros(n, c, h * w, dtype=ctx.input_dtype)
+        grad_input[pixels // (h * w), :, pixels % (h * w)] = dx  # (U, C) into (N, C, H*W)
+        return grad_input.view(n, c, h, w), None, None, None, None, None, None, None
