@@ -30,7 +30,7 @@ class ModelConfig:
     unet_depth: int = 4  # U-Net poolings (paper: 4)
     decoder_channels: tuple[int, ...] = (128, 64, 32, 32, 16)  # unet_resnet decoder widths, stride 16 -> 1
     loss: Literal["ce", "focal", "dice", "ce+dice"] = "ce"  # pixel loss (segmentation/losses.py)
-    class_weighting: Literal["none", "median_freq", "log"] = "none"  # CE/focal weights from train frequencies
+    class_weighting: Literal["none", "median_freq", "log"] = "log"  # CE/focal weights from train frequencies
     focal_gamma: float = 2.0  # focal loss exponent
     dice_weight: float = 1.0  # weight of the Dice term in "ce+dice"
 
@@ -55,8 +55,8 @@ class SegConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=lambda: SolverConfig(
-        optimizer="adamw", base_lr=3e-3, weight_decay=1e-4, max_iters=1500, warmup_iters=50,
-        schedule="cosine", steps=(), ims_per_batch=8, checkpoint_period=500, eval_period=500,
-        log_period=20, best_metric="mIoU"))
+        optimizer="adamw", base_lr=5e-3, weight_decay=1e-4, max_iters=600, warmup_iters=30,
+        schedule="cosine", steps=(), ims_per_batch=8, checkpoint_period=300, eval_period=300,
+        log_period=20, best_metric="mIoU"))  # ~0.8 s/iteration on 2 CPU cores: 600 iterations ~ 8 min
     output_dir: str = "runs/seg"  # where checkpoints, logs and metrics go
     device: str = "auto"  # auto | cpu | cuda | cuda:N
