@@ -53,6 +53,17 @@ def test_roi_align_matches_torchvision(sampling_ratio, aligned, output_size):
     torch.testing.assert_close(g_ours, g_ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("boxes", [
+    [[0, 3.0, 4, 9, 8], [1, 30, 2, 34.5, 9], [1, 30, 2, 34.5, 9]],  # few pixels: compact X path
+    [[0, -2.0, -2, 42, 42], [1, 0, 0, 40, 40]],  # whole maps: dense X path
+])
+def test_few_small_and_whole_map_boxes(boxes):
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(7))
+    ours, ref, g_ours, g_ref = both(x, torch.tensor(boxes), 7, 1.0, 0, False)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(g_ours, g_ref, atol=1e-4, rtol=0)
+
+
 def test_fully_outside_box_gives_zeros_and_inside_box_is_not_zero():
     x = torch.randn(1, 2, 8, 8)
     rois = torch.tensor([[0, 20.0, 20, 30, 30], [0, 1, 1, 6, 6]])
