@@ -27,10 +27,13 @@ from detection.rpn import RPN, RPNHead
 
 def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0,
                 keypoint_flip_indices: list[int] | None = None, *,
+                keypoint_classes: list[int] | None = None,
                 backbone: nn.Module | None = None) -> GeneralizedRCNN:
     """Build the detector described by ``model_cfg`` for a dataset with ``num_classes`` classes
     and ``num_keypoints`` keypoints. ``backbone``: an already built Backbone to use instead of
-    ``common.backbones.build_backbone(model_cfg.backbone...)`` (tests, custom backbones)."""
+    ``common.backbones.build_backbone(model_cfg.backbone...)`` (tests, custom backbones).
+    ``keypoint_classes``: labels whose detections get keypoints at inference (None: all), from
+    ``DatasetMeta.keypoint_classes``."""
     cfg = model_cfg
     if num_classes < 1:
         raise ValueError(f"build_model: num_classes must be >= 1, got {num_classes}")
@@ -50,7 +53,8 @@ def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0
         drop_vgg_pool5(backbone)
     res5 = take_res5(backbone) if cfg.box_head.kind == "res5" else None
     rpn = build_rpn(cfg, backbone) if cfg.proposal_generator == "rpn" else None
-    roi_heads = build_roi_heads(cfg, backbone, num_classes, num_keypoints if cfg.keypoint_on else 0, res5)
+    roi_heads = build_roi_heads(cfg, backbone, num_classes, num_keypoints if cfg.keypoint_on else 0, res5,
+                                keypoint_classes)
     return GeneralizedRCNN(backbone, rpn, roi_heads, num_classes, num_keypoints if cfg.keypoint_on else 0,
                            keypoint_flip_indices)
 
@@ -146,7 +150,7 @@ def vgg16_fc_head(cfg: ModelConfig, channels: int) -> nn.Module:
 
 
 def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num_keypoints: int,
-                    res5: nn.Module | None) -> RoIHeads:
+                    res5: nn.Module | None, keypoint_classes: list[int] | None = None) -> RoIHeads:
     rh, bh = cfg.roi_heads, cfg.box_head
     channels, strides = _check_features(backbone, tuple(rh.in_features), "roi_heads.in_features")
     scales = [1.0 / s for s in strides]
@@ -174,6 +178,7 @@ def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num
         kwargs["keypoint_head"] = KeypointRCNNHead(channels, num_keypoints, k.conv_dim, k.num_convs, k.norm)
         kwargs["keypoint_subpixel"] = k.subpixel
         kwargs["keypoint_loss_weight"] = k.loss_weight
+        kwargs["keypoint_classes"] = keypoint_classes
     return RoIHeads(num_classes, list(rh.in_features), box_pooler, box_head,
                     FastRCNNPredictor(box_head.out_dim, num_classes),
                     box_coder=BoxCoder(tuple(bh.bbox_reg_weights)), iou_thresholds=rh.iou_thresholds,

@@ -60,7 +60,8 @@ class RoIHeads(nn.Module):
                  detections_per_img: int = 100,
                  mask_pooler: RoIPooler | None = None, mask_head: nn.Module | None = None,
                  keypoint_pooler: RoIPooler | None = None, keypoint_head: nn.Module | None = None,
-                 keypoint_subpixel: bool = True, keypoint_loss_weight: float = 1.0):
+                 keypoint_subpixel: bool = True, keypoint_loss_weight: float = 1.0,
+                 keypoint_classes: list[int] | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.in_features = list(in_features)
@@ -76,6 +77,8 @@ class RoIHeads(nn.Module):
         self.keypoint_pooler, self.keypoint_head = keypoint_pooler, keypoint_head
         self.keypoint_subpixel = keypoint_subpixel
         self.keypoint_loss_weight = keypoint_loss_weight
+        # labels whose detections get keypoints at inference (None: every detection)
+        self.keypoint_classes = None if keypoint_classes is None else list(keypoint_classes)
 
     @property
     def mask_on(self) -> bool:
@@ -159,11 +162,19 @@ class RoIHeads(nn.Module):
                 d["pred_masks"] = paste_masks(p, d["pred_boxes"], size)
         if self.keypoint_on:
             num_kp = self.keypoint_head.deconv.out_channels
-            if total > 0:
-                heatmaps = self.keypoint_head(self.keypoint_pooler(feats, boxes)).split(counts)
-                kps = [heatmaps_to_keypoints(h, b, self.keypoint_subpixel) for h, b in zip(heatmaps, boxes)]
+            # only detections of classes that have keypoints go through the (costly) keypoint head
+            if self.keypoint_classes is None:
+                sel = [torch.ones_like(d["pred_classes"], dtype=torch.bool) for d in dets]
             else:
-                kps = [feats[0].new_zeros((0, num_kp, 3))] * len(dets)
-            for d, kp in zip(dets, kps):
+                kp_classes = torch.as_tensor(self.keypoint_classes, device=feats[0].device)
+                sel = [torch.isin(d["pred_classes"], kp_classes) for d in dets]
+            kp_boxes = [b[s] for b, s in zip(boxes, sel)]
+            kp_counts = [len(b) for b in kp_boxes]
+            if sum(kp_counts) > 0:
+                heatmaps = self.keypoint_head(self.keypoint_pooler(feats, kp_boxes)).split(kp_counts)
+            for i, (d, s) in enumerate(zip(dets, sel)):
+                kp = feats[0].new_zeros((len(s), num_kp, 3))  # (R_i, P, 3); zeros for classes without keypoints
+                if kp_counts[i] > 0:
+                    kp[s] = heatmaps_to_keypoints(heatmaps[i], kp_boxes[i], self.keypoint_subpixel)
                 d["pred_keypoints"] = kp
         return dets

@@ -105,7 +105,8 @@ def train(args: argparse.Namespace) -> int:
     meta = train_set.meta
 
     seed_everything(cfg.solver.seed + rank, cfg.solver.deterministic)
-    model = build_model(cfg.model, meta.num_classes, meta.num_keypoints, meta.flip_indices)
+    model = build_model(cfg.model, meta.num_classes, meta.num_keypoints, meta.flip_indices,
+                        keypoint_classes=meta.keypoint_classes)
     if world > 1 and cfg.model.backbone.norm == "SyncBN":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg.solver)

@@ -58,6 +58,7 @@ class DatasetMeta:
     keypoint_names: list[str] = field(default_factory=list)  # empty if the dataset has none
     keypoint_flip_map: list[tuple[str, str]] = field(default_factory=list)  # (left, right) names
     skeleton: list[tuple[int, int]] = field(default_factory=list)  # 0-based keypoint indices
+    keypoint_classes: list[int] = field(default_factory=list)  # labels of the categories that have keypoints
 
     @property
     def num_classes(self) -> int:
@@ -85,7 +86,8 @@ class DatasetMeta:
         return cls(class_names=list(d["class_names"]), category_ids=[int(c) for c in d["category_ids"]],
                    keypoint_names=list(d.get("keypoint_names", [])),
                    keypoint_flip_map=[tuple(p) for p in d.get("keypoint_flip_map", [])],
-                   skeleton=[tuple(e) for e in d.get("skeleton", [])])
+                   skeleton=[tuple(e) for e in d.get("skeleton", [])],
+                   keypoint_classes=[int(c) for c in d.get("keypoint_classes", [])])
 
 
 def meta_from_coco(coco: dict | COCO, source_name: str = "<COCO dict>") -> DatasetMeta:
@@ -127,7 +129,8 @@ def meta_from_coco(coco: dict | COCO, source_name: str = "<COCO dict>") -> Datas
                                    f"is out of range for {len(names)} keypoints (COCO skeletons are 1-based)")
             skeleton.append((a, b))
     return DatasetMeta(class_names=[str(c["name"]) for c in cats], category_ids=[int(c["id"]) for c in cats],
-                       keypoint_names=names, keypoint_flip_map=flip_map, skeleton=skeleton)
+                       keypoint_names=names, keypoint_flip_map=flip_map, skeleton=skeleton,
+                       keypoint_classes=[i for i, c in enumerate(cats) if c.get("keypoints")])
 
 
 def load_coco_json(ann_file: str | Path) -> COCO:

@@ -89,3 +89,26 @@ def test_instances_without_keypoints_do_not_train_the_keypoint_head():
     t[0]["gt_keypoints"] = torch.zeros(1, P, 3)  # a class without keypoints
     _, losses = heads(feats, [torch.tensor([[6.0, 8, 28, 42]])], [(64, 64)], t)
     assert losses["loss_keypoint"].item() == 0.0 and losses["loss_mask"] > 0
+
+
+def test_keypoints_only_for_keypoint_classes():
+    """At inference the keypoint head runs on detections of keypoint classes only; others get zeros."""
+    torch.manual_seed(0)
+    from detection.build import build_roi_heads
+    from detection.config import ModelConfig
+    from common.backbones import build_backbone
+
+    cfg = ModelConfig()
+    cfg.keypoint_on = True
+    cfg.roi_heads.score_thresh = 0.0
+    backbone = build_backbone("resnet18", out_features=("c2", "c3", "c4", "c5"), fpn=True, fpn_channels=32)
+    heads = build_roi_heads(cfg, backbone, num_classes=3, num_keypoints=2, res5=None, keypoint_classes=[1]).eval()
+    feats = {f"p{i}": torch.randn(1, 32, 64 // 2 ** i, 64 // 2 ** i) for i in range(2, 6)}
+    proposals = [torch.tensor([[2.0, 2.0, 30.0, 30.0], [10.0, 5.0, 50.0, 40.0]])]
+    preds, _ = heads(feats, proposals, [(64, 64)])
+    p = preds[0]
+    assert len(p["pred_classes"]) > 0 and (p["pred_classes"] != 1).any()
+    other = p["pred_classes"] != 1
+    assert (p["pred_keypoints"][other] == 0).all()
+    if (~other).any():
+        assert (p["pred_keypoints"][~other][..., 2] > 0).all()
