@@ -11,10 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-try:
-    from detection.roi_ops import roi_align, roi_pool
-except ImportError:  # FALLBACK until detection/roi_ops.py lands: the torchvision kernels
-    from torchvision.ops import roi_align, roi_pool
+from detection.roi_ops import roi_align, roi_pool  # fast CPU path; torchvision's kernels elsewhere
 
 
 def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
