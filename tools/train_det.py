@@ -10,6 +10,8 @@ The run directory gets config.yaml (the resolved config), metrics.csv, TensorBoa
 periodic checkpoints (atomic), model_best.pth, model_final.pth, metrics.json, results.json
 (COCO results of the final evaluation), loss/metric curves as PNG and vis/ (predictions drawn
 on a few val images). ``--resume`` continues exactly where the last checkpoint stopped.
+Every checkpoint carries ``metadata["dataset"]`` (``DatasetMeta.to_dict()``: class names,
+category ids, keypoints), which tools/eval_coco.py and tools/predict.py read.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def train(args: argparse.Namespace) -> int:
     from detection.build import (adapt_to_dataset, build_datasets, build_model, iou_types_for,
                                  resolve_data_paths)
     from detection.config import DetConfig
-    from detection.data import build_test_loader, build_train_loader
+    from detection.data import DatasetError, build_test_loader, build_train_loader
     from detection.evaluation import metrics_to_json
     from detection.inference import evaluate_detector, validation_loss
     from detection.visualize import draw_predictions
@@ -94,8 +96,20 @@ def train(args: argparse.Namespace) -> int:
     main_proc = dist.is_main_process()
     output = Path(args.output or ROOT / "runs" / Path(args.config).stem)
 
-    paths = resolve_data_paths(cfg.data, args.data) if main_proc else None
-    paths = dist.broadcast_object(paths)
+    # before anything is written: the Trainer would overwrite the old run's config.yaml (every rank
+    # checks, so none is left waiting for the others)
+    if not args.resume and any((output / name).exists() for name in ("last_checkpoint", "model_final.pth")):
+        raise ValueError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
+
+    paths = problem = None
+    if main_proc:  # rank 0 may generate the built-in dataset; a bad path stops every rank alike
+        try:
+            paths = resolve_data_paths(cfg.data, args.data)
+        except DatasetError as e:
+            problem = str(e)
+    paths, problem = dist.broadcast_object((paths, problem))
+    if problem:
+        raise DatasetError(problem)
     train_set, val_set = build_datasets(cfg, paths)
     model_cfg, notes = adapt_to_dataset(cfg.model, train_set)
     cfg = replace(cfg, model=model_cfg)
@@ -145,13 +159,14 @@ def train(args: argparse.Namespace) -> int:
                       validation_loss=val_loss if cfg.test.val_loss_batches else None,
                       best_metric=cfg.solver.best_metric, early_stop_patience=cfg.solver.early_stop_patience,
                       config_yaml=to_yaml(cfg), keep_checkpoints=cfg.solver.keep_checkpoints,
+                      # class names and keypoints, so a checkpoint is usable alone (JSON round trip:
+                      # plain lists, strings and ints, loadable with weights_only=True)
+                      metadata={"dataset": json.loads(json.dumps(meta.to_dict()))},
                       progress=not args.no_progress)
     if args.resume:
         start = trainer.resume()
         if main_proc:
             print(f"resuming from iteration {start}" if start else f"nothing to resume in {output}; starting fresh")
-    elif main_proc and (output / "last_checkpoint").exists():
-        raise ValueError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
     trainer.train()
 
     if main_proc:  # the final, complete evaluation with the per-category table

@@ -13,7 +13,8 @@ finished optimizer steps: ``model_0000100.pth`` holds the state after 100 steps.
 
 Files written by rank 0 in ``output_dir``: ``model_{iter:07d}.pth`` (resumable, the last few
 kept) + ``last_checkpoint`` (the name of the newest one), ``model_best.pth`` and
-``model_final.pth`` (weights, iteration, metrics and the config YAML text), ``metrics.csv``,
+``model_final.pth`` (weights, iteration, metrics, the config YAML text and ``metadata``, e.g. the
+dataset's class names), ``metrics.csv``,
 TensorBoard events and ``config.yaml``.
 """
 from __future__ import annotations
@@ -75,6 +76,9 @@ class Trainer:
     best_metric: the key that selects ``model_best.pth`` and drives early stopping. Higher is
         better unless the name contains "loss".
     early_stop_patience: stop after this many evaluations in a row without improvement (0 = off).
+    metadata: what a checkpoint needs to be used on its own, e.g. ``{"dataset": meta.to_dict()}``
+        (class names, keypoints); saved as ``"metadata"`` in every checkpoint. Plain dicts, lists,
+        strings and numbers only, so ``weights_only=True`` loading still works.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
@@ -85,7 +89,7 @@ class Trainer:
                  evaluate: Callable[[nn.Module], dict] | None = None,
                  validation_loss: Callable[[nn.Module], dict] | None = None,
                  best_metric: str | None = None, early_stop_patience: int = 0,
-                 config_yaml: str | None = None, keep_checkpoints: int = 3,
+                 config_yaml: str | None = None, metadata: dict | None = None, keep_checkpoints: int = 3,
                  find_unused_parameters: bool = False, progress: bool = True,
                  tensorboard: bool = True):
         if max_iters < 1:
@@ -126,6 +130,7 @@ class Trainer:
         self.minimize = bool(best_metric) and "loss" in best_metric.lower()
         self.early_stop_patience = early_stop_patience
         self.config_yaml = config_yaml
+        self.metadata = dict(metadata or {})
         self.keep_checkpoints = max(1, keep_checkpoints)
         self.progress = progress
         self.tensorboard = tensorboard
@@ -161,11 +166,13 @@ class Trainer:
             "best_iteration": self.best_iteration,
             "evals_without_improvement": self.evals_without_improvement,
             "config_yaml": self.config_yaml,
+            "metadata": self.metadata,
         }
 
     def _weights_state(self) -> dict:
         return {"model": self.model.state_dict(), "iteration": self.iter,
-                "metrics": dict(self.last_metrics), "config_yaml": self.config_yaml}
+                "metrics": dict(self.last_metrics), "config_yaml": self.config_yaml,
+                "metadata": self.metadata}
 
     def _save_periodic(self) -> None:
         name = f"model_{self.iter:07d}.pth"
