@@ -1,0 +1,205 @@
+"""tools/benchmark.py: the torchvision adapter, the comparison table, a split CPU run, one-line errors."""
+import importlib.util
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOL = ROOT / "tools" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmark_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+# ------------------------------------------------------------------ adapter
+
+
+def test_targets_and_predictions_convert_labels_and_masks(bench):
+    masks = torch.zeros(2, 8, 10, dtype=torch.uint8)
+    masks[1, 2:4, 3:5] = 1
+    ours = [{"gt_boxes": torch.tensor([[0.0, 0, 4, 4], [3, 2, 5, 4]]), "gt_classes": torch.tensor([0, 2]),
+             "gt_masks": masks, "image_id": 7}]
+    (tv,) = bench.to_torchvision_targets(ours)
+    assert tv["labels"].tolist() == [1, 3]  # torchvision's 0 is background
+    assert torch.equal(tv["boxes"], ours[0]["gt_boxes"]) and tv["masks"] is masks
+    assert set(tv) == {"boxes", "labels", "masks"}
+
+    probs = torch.rand(2, 1, 8, 10)
+    pred = bench.from_torchvision_prediction({"boxes": torch.ones(2, 4), "scores": torch.tensor([0.9, 0.2]),
+                                              "labels": torch.tensor([1, 3]), "masks": probs})
+    assert pred["pred_classes"].tolist() == [0, 2]
+    assert pred["pred_masks"].shape == (2, 8, 10) and torch.equal(pred["pred_masks"], probs[:, 0])
+    assert pred["scores"].tolist() == pytest.approx([0.9, 0.2])
+
+
+def test_wrapped_torchvision_model_crops_padding_and_renames_losses(bench):
+    from detection.structures import ImageList
+
+    seen = {}
+
+    class Fake(torch.nn.Module):
+        def forward(self, images, targets=None):
+            seen["shapes"] = [tuple(im.shape) for im in images]
+            if targets is not None:
+                seen["labels"] = [t["labels"].tolist() for t in targets]
+                return {"loss_objectness": torch.tensor(1.0), "loss_classifier": torch.tensor(2.0)}
+            return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+                    for _ in images]
+
+    model = bench.TorchvisionDetector(Fake())
+    images = ImageList(torch.zeros(2, 3, 64, 64), [(40, 64), (64, 50)])
+    targets = [{"gt_boxes": torch.tensor([[1.0, 1, 9, 9]]), "gt_classes": torch.tensor([1])}] * 2
+    preds, losses = model.train()(images, targets)
+    assert preds == [] and losses == {"loss_rpn_cls": 1.0, "loss_cls": 2.0}
+    assert seen["shapes"] == [(3, 40, 64), (3, 64, 50)] and seen["labels"] == [[2], [2]]
+    preds, losses = model.eval()(images)
+    assert losses == {} and len(preds) == 2 and preds[0]["pred_classes"].shape == (0,)
+
+
+def test_torchvision_r18_copies_our_recipe(bench):
+    cfg = bench.cpu_config(128, 10, 0, 0)
+    tv = bench.torchvision_r18_fpn(cfg.model, 3, 128, 171, bench.IMAGENET_MEAN, bench.IMAGENET_STD).model
+    assert tv.transform.min_size == (128,) and tv.transform.max_size == 171
+    assert tv.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
+    assert tv.rpn._pre_nms_top_n == {"training": 600, "testing": 300}
+    assert tv.roi_heads.fg_bg_sampler.batch_size_per_image == 64
+    assert tv.roi_heads.detections_per_img == 50
+    assert tv.roi_heads.box_predictor.cls_score.out_features == 4  # 3 classes + background
+    assert tv.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
+    assert tv.roi_heads.box_head.fc7.out_features == cfg.model.box_head.fc_dim
+    bn = [m for m in tv.backbone.body.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and all(p.requires_grad for m in bn for p in m.parameters())
+    assert all(p.requires_grad for p in tv.parameters())  # trainable_layers=5: nothing frozen
+    assert not cfg.model.keypoint_on and cfg.model.mask_on and cfg.solver.warmup_iters == 10
+
+
+def test_pad_value_is_our_backbones_pixel_mean(bench):
+    from common.backbones import build_backbone
+
+    backbone = build_backbone("resnet18")
+    assert bench.PAD == {"size_divisibility": backbone.size_divisibility, "pad_value": backbone.pixel_mean}
+
+
+# ------------------------------------------------------------------ table
+
+
+def test_compare_ratios_mean_ours_better_and_ap_is_a_difference(bench):
+    table = bench.compare({"torchvision": {"train_s_per_iter": 2.0, "infer_img_per_s": 4.0, "box_AP": 30.0,
+                                           "mask_AP": math.nan},
+                           "ours": {"train_s_per_iter": 1.0, "infer_img_per_s": 6.0, "box_AP": 32.5,
+                                    "mask_AP": 20.0}}, bench.CPU_ROWS)
+    assert table["train_s_per_iter"]["ratio"] == pytest.approx(2.0)
+    assert table["infer_img_per_s"]["ratio"] == pytest.approx(1.5)
+    assert table["box_AP"]["difference"] == pytest.approx(2.5)
+    assert table["mask_AP"]["difference"] is None
+    text = bench.format_table(table, bench.CPU_ROWS)
+    assert "| train s/iter | 2 | 1 | 2.00x |" in text
+    assert "| box AP | 30 | 32.5 | +2.5 pts |" in text
+
+    half = bench.compare({"torchvision": None, "ours": {"train_s_per_iter": 1.0}}, bench.GPU_ROWS)
+    assert half["train_s_per_iter"] == {"torchvision": None, "ours": 1.0, "ratio": None}
+    assert "| train s/iter | - | 1 | - |" in bench.format_table(half, bench.GPU_ROWS)
+
+
+# ------------------------------------------------------------------ the tool, end to end
+
+
+def test_split_cpu_run_fills_one_table(bench, shapes_dir, tmp_path, capsys):
+    """--skip-ours then --skip-torchvision into one --out: the second run keeps the first's column."""
+    out = tmp_path / "bench.json"
+    common = ["--data", str(shapes_dir), "--iters", "2", "--size", "64", "--infer-images", "2",
+              "--eval-images", "3", "--out", str(out)]
+    assert bench.main(common + ["--skip-ours"]) == 0
+    first = json.loads(out.read_text())
+    assert first["ours"] is None and first["table"]["train_s_per_iter"]["ratio"] is None
+    assert bench.main(common + ["--skip-torchvision"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+
+    s = result["settings"]
+    assert (s["mode"], s["size"], s["max_size"], s["batch"], s["iters"], s["warmup"]) == ("cpu-r18", 64, 86, 4, 2, 1)
+    assert (s["infer_batch"], s["infer_images"], s["eval_images"]) == (1, 2, 3)
+    tv, ours = result["torchvision"], result["ours"]
+    assert tv == first["torchvision"]
+    assert tv["data_digest"] == ours["data_digest"]  # the same batches, in the same order
+    for col in (tv, ours):
+        assert len(col["iter_times"]) == 2 and col["train_s_per_iter"] == pytest.approx(col["iter_times"][1], abs=1e-3)
+        assert col["infer_img_per_s"] > 0
+        assert 0 <= col["box_AP"] <= 100 and 0 <= col["mask_AP"] <= 100
+    assert tv["params_M"] > ours["params_M"] > 10  # 256- vs 128-channel FPN on the same ResNet-18
+    table = result["table"]
+    assert table["train_s_per_iter"]["ratio"] == pytest.approx(tv["train_s_per_iter"] / ours["train_s_per_iter"])
+    assert table["infer_img_per_s"]["ratio"] == pytest.approx(ours["infer_img_per_s"] / tv["infer_img_per_s"])
+    assert table["box_AP"]["difference"] == pytest.approx(ours["box_AP"] - tv["box_AP"])
+    for label in ("| train s/iter |", "| inference img/s (batch 1) |", "| box AP |", "| mask AP |"):
+        assert label in printed
+    assert "| - |" not in printed.split("cpu-r18:")[-1]  # the second table has both columns
+
+
+def test_a_run_with_other_settings_is_not_merged(bench, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    out.write_text(json.dumps({"settings": {"size": 64}, "ours": {"train_s_per_iter": 1.0}}))
+    assert bench._read_previous(str(out), {"size": 64}) == {"torchvision": None, "ours": {"train_s_per_iter": 1.0}}
+    assert bench._read_previous(str(out), {"size": 96}) == {}
+    assert "holds a run with other settings" in capsys.readouterr().err
+    assert bench._read_previous(str(tmp_path / "none.json"), {"size": 64}) == {}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--iters", "0"], r"--iters must be at least 1, got 0"),
+    (["--size", "16"], r"--size must be at least 32, got 16"),
+    (["--skip-ours", "--skip-torchvision"], r"together leave nothing to measure"),
+    (["--device", "tpu"], r"--device must be cpu or cuda, got 'tpu'"),
+])
+def test_bad_arguments_fail_with_one_line(bench, capsys, argv, message):
+    assert bench.main(argv) == 2
+    assert re.search(message, error_line(capsys))
+
+
+def test_gpu_mode_refuses_without_cuda(bench, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--gpu-r50"]) == 2
+    assert error_line(capsys) == "benchmark.py: error: --gpu-r50 needs a CUDA GPU and torch sees none"
+
+
+def test_missing_dataset_is_one_line(bench, tmp_path, capsys):
+    assert bench.main(["--data", str(tmp_path / "nowhere"), "--iters", "1"]) == 2
+    assert "annotation file not found" in error_line(capsys)
+
+
+def test_dataset_without_masks_is_refused(bench, shapes_dir, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "boxes_only"
+    for split in ("train", "val"):
+        shutil.copytree(shapes_dir / split, data / split)
+        coco = json.loads((shapes_dir / f"{split}.json").read_text())
+        for ann in coco["annotations"]:
+            ann.pop("segmentation", None)
+        (data / f"{split}.json").write_text(json.dumps(coco))
+    assert bench.main(["--data", str(data), "--iters", "1"]) == 2
+    line = error_line(capsys)
+    assert "train.json has no instance masks" in line and "compares Mask R-CNNs" in line
+
+
+def test_corrupt_out_file_is_one_line(bench, shapes_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    out.write_text("{not json")
+    assert bench.main(["--data", str(shapes_dir), "--iters", "1", "--size", "64", "--skip-ours",
+                       "--out", str(out)]) == 2
+    assert "exists but is not JSON" in error_line(capsys)
