@@ -1,13 +1,27 @@
 #!/usr/bin/env python
-"""Official COCO metrics (pycocotools) for a results file against a ground-truth JSON.
+"""Official COCO metrics (pycocotools), for a results file or for a trained checkpoint.
 
+    # a results file against a ground-truth JSON
     python tools/eval_coco.py --gt datasets/shapes/val.json --results results.json \
         [--iou-types bbox segm keypoints] [--out metrics.json]
+    # a checkpoint written by tools/train_det.py, run over a val split
+    python tools/eval_coco.py --checkpoint runs/x/model_final.pth [--config C] [--data DIR] \
+        [--out metrics.json] [--results results.json] [--device cpu] [key=value ...]
 
 Prints pycocotools' summaries and a per-category AP table for each iou type, and writes
 ``metrics.json`` (``{"bbox": {"AP", ...}, "segm": {...}, "keypoints": {...}, "per_category":
 {...}}``, percent, ``null`` where undefined; see ``detection/evaluation.py``). Iou types the
 results do not carry (no ``segmentation``, no ``keypoints``) are skipped with a note.
+
+Model mode: the model is built from ``--config`` or, when it is left out, from the config the
+checkpoint stores (``config_yaml``, written by train_det: the resolved config of the run), with
+the ``key=value`` overrides applied on top. Class names and keypoints come from the checkpoint's
+``metadata["dataset"]`` (checked against the val split's categories). The split is ``--gt JSON
+--images DIR``, else ``--data DIR`` (``DIR/val.json`` + ``DIR/val/``), else the config's data
+paths. ``--results`` then names where the COCO results are *written* (nothing is written
+without it). A checkpoint made for another architecture is one error listing the keys that
+do not fit.
+
 Bad input prints one line to stderr and exits with status 2.
 """
 from __future__ import annotations
@@ -16,58 +30,214 @@ import argparse
 import json
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not a package
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tools/ is not a package
 
-from detection.evaluation import IOU_TYPES, EvaluationError, evaluate_coco, metrics_to_json  # noqa: E402
+from common.config import ConfigError  # noqa: E402
+from common.engine.checkpoint import CheckpointError  # noqa: E402
+from detection.data import DatasetError  # noqa: E402
+from detection.evaluation import IOU_TYPES, evaluate_coco, metrics_to_json  # noqa: E402
+
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     files = parser.add_argument_group("evaluate a results file")
-    files.add_argument("--gt", required=True, help="ground-truth COCO JSON")
-    files.add_argument("--results", required=True, help="COCO results JSON (a list of detections)")
-    # A second mode, `--config C --checkpoint W [--data DIR]`, belongs here as its own argument
-    # group (making --results optional); `main` then calls `results_from_model(args)` instead
-    # of reading --results.
+    files.add_argument("--gt", help="ground-truth COCO JSON (model mode: the val annotations, with --images)")
+    files.add_argument("--results", help="COCO results JSON (a list of detections); model mode: where "
+                       "to write the model's results")
+    model = parser.add_argument_group("evaluate a checkpoint")
+    model.add_argument("--checkpoint", help="a checkpoint written by tools/train_det.py (model_final.pth ...)")
+    model.add_argument("--config", help="YAML config of the model (default: the config stored in the checkpoint)")
+    model.add_argument("--data", help="dataset folder holding val.json and val/ (default: the config's data)")
+    model.add_argument("--images", help="image folder for --gt")
+    model.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    model.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.test_min_size=640")
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES, default=list(IOU_TYPES),
                         help="which metrics to compute (default: all the results support)")
     parser.add_argument("--out", help="write the metrics here as JSON")
     return parser.parse_args(argv)
 
 
-def results_from_model(args: argparse.Namespace) -> tuple[str, list[dict]]:
-    """(ground-truth JSON, COCO results) from running a trained model over a dataset.
+def check_mode(args: argparse.Namespace) -> None:
+    """One sentence when the arguments mix the two modes or miss one's required paths."""
+    if args.checkpoint is None:
+        extra = [f"--{n}" for n in ("config", "data", "images", "device") if getattr(args, n)]
+        if extra or args.overrides:
+            raise ValueError(f"{', '.join(extra) or 'key=value overrides'} only apply with --checkpoint")
+        missing = [f"--{n}" for n in ("gt", "results") if not getattr(args, n)]
+        if missing:
+            raise ValueError(f"give --gt and --results (a results file) or --checkpoint (a model); "
+                             f"missing {' and '.join(missing)}")
+    elif bool(args.gt) != bool(args.images):
+        raise ValueError("with --checkpoint, --gt and --images go together (the annotations and their images)")
+    elif args.data and args.gt:
+        raise ValueError("give either --data DIR or --gt JSON --images DIR, not both")
 
-    The place for the model mode: build the model from ``args.config``, load
-    ``args.checkpoint``, run it over the split in ``args.data`` with
-    ``detection.evaluation.CocoEvaluator`` and return ``(gt_json, evaluator.results)``
-    (also worth writing as results.json next to the metrics).
+
+# ---------------------------------------------------------------------------------------------
+# model mode
+
+
+def read_checkpoint(checkpoint: str | Path, config: str | Path | None = None, overrides=()):
+    """(state dict, DetConfig, DatasetMeta or None) of a checkpoint written by tools/train_det.py.
+
+    The config is ``config`` (a YAML path) or else the one stored in the checkpoint, with the
+    ``key=value`` ``overrides`` on top; its backbone ``weights`` is cleared (the checkpoint holds
+    every weight: nothing is fetched). The DatasetMeta is the checkpoint's ``metadata["dataset"]``
+    (None for a checkpoint without metadata: the caller then takes it from the data).
     """
-    raise NotImplementedError("evaluating a model checkpoint is not implemented yet")
+    import yaml
+
+    from common.config import apply_override, load_config, merge
+    from common.engine.checkpoint import load_checkpoint
+    from detection.config import DetConfig
+    from detection.data import DatasetMeta
+
+    state = load_checkpoint(checkpoint)
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"checkpoint {checkpoint} has no 'model' weights (it holds: "
+                              f"{', '.join(sorted(state)) or 'nothing'})")
+    if config is not None:
+        cfg = load_config(DetConfig, config, list(overrides))
+    elif state.get("config_yaml"):
+        source = f"the config stored in {checkpoint}"
+        try:
+            data = yaml.safe_load(state["config_yaml"]) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source} is not valid YAML ({e})") from None
+        cfg = merge(DetConfig(), data, source=source)
+        for item in overrides:
+            cfg = apply_override(cfg, item)
+    else:
+        raise CheckpointError(f"checkpoint {checkpoint} stores no config; pass --config")
+    cfg = replace(cfg, model=replace(cfg.model, backbone=replace(cfg.model.backbone, weights=None)))
+    meta_dict = (state.get("metadata") or {}).get("dataset")
+    meta = DatasetMeta.from_dict(meta_dict) if meta_dict else None
+    return state, cfg, meta
+
+
+def build_detector(state: dict, cfg, meta, checkpoint: str | Path, device="cpu"):
+    """(model in eval mode on ``device``, cfg as built): ``cfg.model`` for ``meta``'s classes and
+    keypoints, with the checkpoint's weights (a checkpoint of another architecture is one
+    CheckpointError listing the keys that do not fit)."""
+    import torch
+
+    from common.engine.checkpoint import load_model_state
+    from detection.build import build_model
+
+    model_cfg = cfg.model
+    if model_cfg.keypoint_on and meta.num_keypoints == 0:
+        model_cfg = replace(model_cfg, keypoint_on=False)
+    torch.manual_seed(0)  # the initial weights are all overwritten; seeded so nothing rides on chance
+    try:
+        model = build_model(model_cfg, meta.num_classes, meta.num_keypoints, meta.flip_indices,
+                            keypoint_classes=meta.keypoint_classes or None)
+    except ValueError as e:
+        raise ConfigError(f"cannot build the model for {checkpoint}: {e}") from None
+    load_model_state(model, state["model"], f"checkpoint {checkpoint}")
+    return model.to(device).eval(), replace(cfg, model=model_cfg)
+
+
+def pick_device(name: str | None):
+    import torch
+
+    if name:
+        try:
+            return torch.device(name)
+        except RuntimeError as e:
+            raise ValueError(f"--device {name!r} is not a device ({e})") from None
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def val_split(args: argparse.Namespace, data_cfg) -> tuple[Path, Path]:
+    """(annotation JSON, image folder) to evaluate on; see the module docstring for the order."""
+    if args.gt:
+        ann, images = Path(args.gt), Path(args.images)
+    elif args.data:
+        ann, images = Path(args.data) / "val.json", Path(args.data) / "val"
+    elif data_cfg.val_json:
+        ann, images = Path(data_cfg.val_json), Path(data_cfg.val_images)
+    else:
+        ann, images = Path(data_cfg.root) / "val.json", Path(data_cfg.root) / "val"
+    if not ann.is_file():
+        raise DatasetError(f"annotation file {ann} does not exist (pass --data DIR with val.json and val/, "
+                           "or --gt JSON --images DIR)")
+    if not images.is_dir():
+        raise DatasetError(f"image folder {images} does not exist (the images of {ann})")
+    return ann, images
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """(metrics, COCO results) of ``args.checkpoint`` on the val split (see the module docstring)."""
+    from detection.build import iou_types_for
+    from detection.data import CocoDetection, build_test_loader, build_transforms
+    from detection.inference import evaluate_detector
+
+    device = pick_device(args.device)
+    state, cfg, meta = read_checkpoint(args.checkpoint, args.config, args.overrides)
+    ann, images = val_split(args, cfg.data)
+    val = CocoDetection(ann, images, filter_empty=False, use_masks=cfg.model.mask_on,
+                        use_keypoints=cfg.model.keypoint_on)
+    if meta is None:
+        print(f"note: {args.checkpoint} has no dataset metadata; classes are read from {ann}")
+        meta = val.meta
+    elif meta.category_ids != val.meta.category_ids:
+        raise DatasetError(f"{ann} has category ids {val.meta.category_ids} but {args.checkpoint} was trained "
+                           f"on {meta.category_ids} ({', '.join(meta.class_names)})")
+    model, cfg = build_detector(state, cfg, meta, args.checkpoint, device)
+    d = cfg.data
+    val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
+    loader = build_test_loader(val, batch_size=cfg.test.ims_per_batch, num_workers=d.num_workers,
+                               size_divisibility=model.backbone.size_divisibility,
+                               pad_value=model.backbone.pixel_mean)
+    produced = iou_types_for(cfg.model)
+    skipped = [t for t in args.iou_types if t not in produced]
+    if skipped:
+        print(f"note: the model produces no {' or '.join(skipped)}; skipped")
+    iou_types = [t for t in args.iou_types if t in produced]
+    print(f"evaluating {args.checkpoint} on {len(val)} images of {ann} ({device})")
+    return evaluate_detector(model, loader, val.coco, meta.category_ids, iou_types, device, verbose=True)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def write_json(obj, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def write_metrics(metrics: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics_to_json(metrics), indent=2) + "\n")
+    write_json(metrics_to_json(metrics), path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_mode(args)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             warnings.simplefilter("ignore", DeprecationWarning)  # library internals, not the data
-            metrics = evaluate_coco(args.gt, args.results, args.iou_types)
+            if args.checkpoint:
+                metrics, results = evaluate_checkpoint(args)
+            else:
+                metrics = evaluate_coco(args.gt, args.results, args.iou_types)
         for w in caught:
             print(f"eval_coco: warning: {w.message}", file=sys.stderr)
+        if args.checkpoint and args.results:
+            Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.results).write_text(json.dumps(results))
+            print(f"{len(results)} results written to {args.results}")
         if args.out:
             write_metrics(metrics, args.out)
             print(f"metrics written to {args.out}")
-    except (EvaluationError, OSError) as e:
+    except (ValueError, CheckpointError, OSError) as e:  # DatasetError, ConfigError, EvaluationError too
         print(f"eval_coco: error: {e}", file=sys.stderr)
         return 2
     return 0
