@@ -32,6 +32,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from common.image_list import ImageList
+
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
                "sheep", "sofa", "train", "tvmonitor"]
@@ -245,38 +247,6 @@ def build_transforms(train: bool, crop_size: int = 0, scale_range: tuple[float, 
         j = color_jitter
         ops.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=j / 10, p=0.8))
     return A.Compose(ops)
-
-
-@dataclass
-class ImageList:
-    """Images of different sizes padded into one tensor (same fields as
-    ``detection.structures.ImageList``, which segmentation may not import).
-
-    tensor: (N, 3, Hp, Wp) float32 in [0, 1], padding = ``pad_value``; image_sizes: N (h, w).
-    """
-
-    tensor: Tensor
-    image_sizes: list[tuple[int, int]]
-
-    def to(self, device) -> "ImageList":
-        return ImageList(self.tensor.to(device, non_blocking=True), self.image_sizes)
-
-    def __len__(self) -> int:
-        return len(self.image_sizes)
-
-    @staticmethod
-    def from_tensors(images: list[Tensor], size_divisibility: int = 32,
-                     pad_value: tuple[float, ...] = (0.0, 0.0, 0.0)) -> "ImageList":
-        """Pad (3, h, w) uint8 or float images to one size divisible by ``size_divisibility``."""
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        d = max(size_divisibility, 1)
-        hp = -(-max(h for h, _ in sizes) // d) * d
-        wp = -(-max(w for _, w in sizes) // d) * d
-        batch = torch.as_tensor(pad_value, dtype=torch.float32).view(1, 3, 1, 1).repeat(len(images), 1, hp, wp)
-        for img, out in zip(images, batch):
-            img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-            out[:, : img.shape[1], : img.shape[2]] = img
-        return ImageList(batch, sizes)
 
 
 def collate(batch: list[tuple[Tensor, dict]], size_divisibility: int = 32,
