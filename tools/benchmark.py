@@ -55,7 +55,7 @@ import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+from torch import nn  # noqa: E402
 
 from common.backbones.backbone import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from detection.structures import ImageList  # noqa: E402

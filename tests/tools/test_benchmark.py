@@ -88,6 +88,21 @@ def test_torchvision_r18_copies_our_recipe(bench):
     assert not cfg.model.keypoint_on and cfg.model.mask_on and cfg.solver.warmup_iters == 10
 
 
+def test_gpu_mode_compares_stock_r50_models_from_scratch(bench):
+    from detection.build import build_model
+
+    cfg = bench.gpu_config(300, 0, 0)
+    b = cfg.model.backbone
+    assert (b.name, b.weights, b.norm, b.freeze_at) == ("resnet50", None, "BN", 0)
+    assert (cfg.solver.ims_per_batch, cfg.data.min_size, cfg.data.test_min_size) == (2, (800,), 800)
+    assert cfg.model.mask_on and not cfg.model.keypoint_on
+    tv = bench.torchvision_r50_fpn(3).model
+    assert tv.transform.min_size == (800,) and all(p.requires_grad for p in tv.parameters())
+    ours = build_model(cfg.model, 3)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours) == pytest.approx(count(tv), rel=1e-3)  # the same architecture, about 44 M
+
+
 def test_pad_value_is_our_backbones_pixel_mean(bench):
     from common.backbones import build_backbone
 
@@ -119,6 +134,7 @@ def test_compare_ratios_mean_ours_better_and_ap_is_a_difference(bench):
 # ------------------------------------------------------------------ the tool, end to end
 
 
+@pytest.mark.slow  # trains and evaluates two ResNet-18 Mask R-CNNs: 35 s on the shared 2-core machine
 def test_split_cpu_run_fills_one_table(bench, shapes_dir, tmp_path, capsys):
     """--skip-ours then --skip-torchvision into one --out: the second run keeps the first's column."""
     out = tmp_path / "bench.json"
