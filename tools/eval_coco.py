@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES, default=list(IOU_TYPES),
                         help="which metrics to compute (default: all the results support)")
     parser.add_argument("--out", help="write the metrics here as JSON")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
 def check_mode(args: argparse.Namespace) -> None:

@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--score-thresh", type=float, default=0.5, help="draw predictions scoring at least this")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.test_min_size=640")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
 def list_images(path: Path) -> list[Path]:
