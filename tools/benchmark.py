@@ -15,13 +15,14 @@ schedule (``common.engine.build_optimizer``/``build_scheduler`` of the default C
 ``common.engine.Trainer.run_step``:
 
   ours         the default CPU recipe with keypoints off (so both do boxes + masks), at --size px;
-  torchvision  ``torchvision.models.detection.MaskRCNN`` on ``resnet_fpn_backbone("resnet18",
-               weights=None, trainable_layers=5, norm_layer=BatchNorm2d)``, min_size = --size,
+  torchvision  ``torchvision.models.detection.MaskRCNN`` on torchvision's ``resnet18(weights=None,
+               norm_layer=BatchNorm2d)`` in its ``BackboneWithFPN`` (every layer trainable, the
+               FPN as wide as ours), min_size = --size,
                with every setting its constructor exposes set as in our recipe: anchor sizes, RPN
                pre/post-NMS top-k and sample size, RoI sample size, detections per image, box
                head width (TwoMLPHead), mask head convs (MaskRCNNHeads), RoIAlign sampling ratio.
-               What stays different is fixed by torchvision: its FPN is 256 channels wide (ours
-               128) and its RPN also runs on the max-pooled level (given 2x the largest anchor).
+               What stays different is fixed by torchvision: its RPN also runs on the max-pooled
+               level (given 2x the largest anchor).
 
 Rows: training s/iter (median after --warmup iterations; forward + backward + optimizer step,
 data loading excluded), inference images/s (batch 1 on the first --infer-images val images,
@@ -135,7 +136,8 @@ def torchvision_r18_fpn(model_cfg, num_classes: int, min_size: int, max_size: in
     its constructor exposes copied from our ``ModelConfig`` (see the module docstring)."""
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.models import resnet18
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
     from torchvision.ops import MultiScaleRoIAlign
@@ -144,9 +146,12 @@ def torchvision_r18_fpn(model_cfg, num_classes: int, min_size: int, max_size: in
     if c.box_head.num_convs or c.box_head.num_fcs != 2 or c.mask_head.class_agnostic:
         raise ValueError("the torchvision side copies a 2-FC box head and a class-specific mask head; "
                          "the recipe's box_head/mask_head differ")
-    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
-                                   norm_layer=nn.BatchNorm2d)
-    channels = backbone.out_channels  # 256, fixed by resnet_fpn_backbone
+    # torchvision's own ResNet-18 + FPN classes, from scratch, every layer trainable, plain BN, with
+    # our recipe's FPN width (resnet_fpn_backbone would fix it at 256)
+    backbone = BackboneWithFPN(resnet18(weights=None, norm_layer=nn.BatchNorm2d),
+                               return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                               in_channels_list=[64, 128, 256, 512], out_channels=c.backbone.fpn_channels)
+    channels = backbone.out_channels
     levels = ["0", "1", "2", "3"]  # p2..p5; the extra "pool" level only feeds the RPN
     sizes = tuple(tuple(int(s) for s in level) for level in c.rpn.anchor_sizes)
     sizes += ((2 * sizes[-1][0],),)  # the max-pooled level torchvision always adds
