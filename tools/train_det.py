@@ -86,6 +86,8 @@ def train(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             overrides.append(f"data.{key}={getattr(args, flag)}")
     cfg = load_config(DetConfig, args.config, overrides)
+    if args.data:  # config.yaml (and every checkpoint) records the data the run really used
+        cfg = replace(cfg, data=replace(cfg.data, root=str(Path(args.data).resolve())))
 
     device = dist.init_distributed()
     if args.device:

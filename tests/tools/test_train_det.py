@@ -69,7 +69,7 @@ def weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def test_run_directory_holds_every_promised_file(run):
+def test_run_directory_holds_every_promised_file(run, shapes_dir):
     from common.config import load_config
     from detection.config import DetConfig
 
@@ -93,6 +93,7 @@ def test_run_directory_holds_every_promised_file(run):
     cfg = load_config(DetConfig, run / "config.yaml")
     assert cfg.solver.max_iters == 4 and cfg.model.backbone.fpn_channels == 32 and cfg.data.min_size == (64,)
     assert cfg.model.mask_on and cfg.model.keypoint_on
+    assert cfg.data.root == str(shapes_dir.resolve())  # the data the run used, not the default
 
     lines = (run / "metrics.csv").read_text().splitlines()
     header = lines[0].split(",")
