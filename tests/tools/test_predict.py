@@ -1,0 +1,151 @@
+"""tools/predict.py on a checkpoint of a tiny train_det run: drawn images, predictions.json that
+agrees with the run's results.json, the score threshold, default val images, bad paths."""
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+# the default config shrunk for tests (as in test_train_det.py); 2 iterations, one image per
+# test batch so the run's results.json is computed exactly as predict computes (no batch padding)
+TINY = ["--no-progress", "--device", "cpu",
+        "model.backbone.fpn_channels=32", "model.box_head.fc_dim=64",
+        "model.mask_head.conv_dim=16", "model.mask_head.num_convs=1",
+        "model.keypoint_head.conv_dim=16", "model.keypoint_head.num_convs=1",
+        "model.rpn.batch_size_per_image=32", "model.rpn.pre_nms_topk_train=100",
+        "model.rpn.post_nms_topk_train=50", "model.rpn.pre_nms_topk_test=50", "model.rpn.post_nms_topk_test=20",
+        "model.roi_heads.batch_size_per_image=16", "model.roi_heads.detections_per_img=10",
+        "data.min_size=[64]", "data.test_min_size=64", "data.max_size=96", "data.num_workers=0",
+        "solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.eval_period=0", "solver.checkpoint_period=0",
+        "test.val_loss_batches=0", "test.num_vis=1", "test.ims_per_batch=1"]
+CLASSES = ["circle", "square", "triangle", "star"]
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run ~40x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt(shapes_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict") / "run"
+    torch.manual_seed(0)
+    assert load_tool("train_det").main(["--data", str(shapes_dir), "--output", str(out), "--max-iters", "2",
+                                        *TINY]) == 0
+    return out / "model_final.pth"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return load_tool("predict")
+
+
+def predict(tool, ckpt, out, *extra) -> int:
+    return tool.main(["--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu", *extra])
+
+
+def test_folder_predictions_match_the_runs_results(tool, ckpt, shapes_dir, tmp_path):
+    out = tmp_path / "vis"
+    assert predict(tool, ckpt, out, "--input", str(shapes_dir / "val"), "--score-thresh", "0") == 0
+    listing = json.loads((out / "predictions.json").read_text())
+    names = [f"{i:06d}.jpg" for i in range(1, 7)]
+    assert [item["drawn"] for item in listing] == names
+    assert sorted(p.name for p in out.glob("*.jpg")) == names
+
+    # with threshold 0 every detection is listed: the run's final evaluation saw the same ones
+    results = json.loads((ckpt.parent / "results.json").read_text())
+    cat_ids = [1, 3, 5, 7]
+    for image_id, item in enumerate(listing, start=1):
+        expected = [r for r in results if r["image_id"] == image_id]
+        assert len(item["instances"]) == len(expected) > 0
+        for inst, r in zip(item["instances"], expected):
+            x, y, w, h = r["bbox"]
+            assert inst["box"] == pytest.approx([x, y, x + w, y + h], abs=0.01)
+            assert inst["score"] == pytest.approx(r["score"], abs=1e-4)
+            assert inst["class"] == CLASSES[inst["label"]] and cat_ids[inst["label"]] == r["category_id"]
+        image = cv2.imread(str(shapes_dir / "val" / names[image_id - 1]))
+        assert (item["height"], item["width"]) == image.shape[:2]
+        assert cv2.imread(str(out / names[image_id - 1])).shape == image.shape
+
+
+def test_score_threshold_decides_what_is_drawn(tool, ckpt, shapes_dir, tmp_path):
+    source = shapes_dir / "val" / "000002.jpg"
+    original = cv2.imread(str(source)).astype(np.int16)
+    assert predict(tool, ckpt, tmp_path / "none", "--input", str(source), "--score-thresh", "1") == 0
+    assert predict(tool, ckpt, tmp_path / "all", "--input", str(source), "--score-thresh", "0") == 0
+    none = json.loads((tmp_path / "none" / "predictions.json").read_text())
+    everything = json.loads((tmp_path / "all" / "predictions.json").read_text())
+    assert len(none) == len(everything) == 1 and none[0]["instances"] == [] and everything[0]["instances"]
+    # nothing drawn: the image comes back as it was (up to JPEG re-encoding); drawn: clearly changed
+    blank = cv2.imread(str(tmp_path / "none" / "000002.jpg")).astype(np.int16)
+    drawn = cv2.imread(str(tmp_path / "all" / "000002.jpg")).astype(np.int16)
+    reencoding = np.abs(blank - original).mean()
+    assert reencoding < 4.0
+    assert np.abs(drawn - blank).mean() > 3 * reencoding
+
+
+def test_without_input_draws_the_configs_val_images(tool, ckpt, tmp_path, capsys):
+    assert predict(tool, ckpt, tmp_path / "vis", "--score-thresh", "0.3") == 0
+    assert len(list((tmp_path / "vis").glob("*.jpg"))) == 6  # the run recorded --data in its config
+    listing = json.loads((tmp_path / "vis" / "predictions.json").read_text())
+    assert all(inst["score"] >= 0.3 and inst["class"] in CLASSES for item in listing for inst in item["instances"])
+    drawn = sum(len(item["instances"]) for item in listing)
+    assert f"drew {drawn} predictions (score >= 0.3) on 6 images in {tmp_path / 'vis'}" in capsys.readouterr().out
+
+
+def test_unreadable_image_in_a_folder_is_skipped_with_one_warning(tool, ckpt, shapes_dir, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((shapes_dir / "val" / "000001.jpg").read_bytes())  # a JPEG named .png: fine
+    (folder / "b.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    assert predict(tool, ckpt, tmp_path / "vis", "--input", str(folder)) == 0
+    err = capsys.readouterr().err
+    assert err == (f"predict: warning: skipped 1 of 2 images that could not be read; first: image file "
+                   f"{folder / 'b.jpg'} (image id b.jpg) could not be read as an image\n")
+    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["a.jpg", "predictions.json"]
+
+
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("predict: error: "), err
+    return err.strip()[len("predict: error: "):]
+
+
+def test_bad_paths_are_one_line_exit_2(tool, ckpt, tmp_path, capsys):
+    assert predict(tool, ckpt, tmp_path / "o", "--input", str(tmp_path / "missing.jpg")) == 2
+    assert one_error(capsys) == f"input {tmp_path / 'missing.jpg'} does not exist"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert predict(tool, ckpt, tmp_path / "o", "--input", str(empty)) == 2
+    assert one_error(capsys).startswith(f"input folder {empty} holds no images")
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    assert predict(tool, ckpt, tmp_path / "o", "--input", str(broken)) == 2
+    assert one_error(capsys) == f"image file {broken} (image id broken.jpg) could not be read as an image"
+
+    assert predict(tool, tmp_path / "none.pth", tmp_path / "o", "--input", str(broken)) == 2
+    assert one_error(capsys) == f"checkpoint {tmp_path / 'none.pth'} does not exist"
+
+    assert predict(tool, ckpt, tmp_path / "o", "--score-thresh", "1.5") == 2
+    assert one_error(capsys) == "--score-thresh must be in [0, 1], got 1.5"
+
+    assert predict(tool, ckpt, tmp_path / "o", "model.mask_on=false") == 2
+    assert "does not fit GeneralizedRCNN (another architecture?)" in one_error(capsys)
