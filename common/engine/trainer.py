@@ -77,8 +77,8 @@ class Trainer:
         better unless the name contains "loss".
     early_stop_patience: stop after this many evaluations in a row without improvement (0 = off).
     metadata: what a checkpoint needs to be used on its own, e.g. ``{"dataset": meta.to_dict()}``
-        (class names, keypoints); saved as ``"metadata"`` in every checkpoint. Plain dicts, lists,
-        strings and numbers only, so ``weights_only=True`` loading still works.
+        (class names, keypoints); saved as ``"metadata"`` in every checkpoint (no such key without
+        it). Plain dicts, lists, strings and numbers only, so ``weights_only=True`` loading works.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
@@ -166,13 +166,13 @@ class Trainer:
             "best_iteration": self.best_iteration,
             "evals_without_improvement": self.evals_without_improvement,
             "config_yaml": self.config_yaml,
-            "metadata": self.metadata,
+            **({"metadata": self.metadata} if self.metadata else {}),
         }
 
     def _weights_state(self) -> dict:
         return {"model": self.model.state_dict(), "iteration": self.iter,
                 "metrics": dict(self.last_metrics), "config_yaml": self.config_yaml,
-                "metadata": self.metadata}
+                **({"metadata": self.metadata} if self.metadata else {})}
 
     def _save_periodic(self) -> None:
         name = f"model_{self.iter:07d}.pth"
