@@ -144,14 +144,19 @@ def build_detector(state: dict, cfg, meta, checkpoint: str | Path, device="cpu")
 
 
 def pick_device(name: str | None):
+    """``--device`` as a torch.device (default: cuda when available); a typo or a missing GPU is a
+    one-line ValueError."""
     import torch
 
-    if name:
-        try:
-            return torch.device(name)
-        except RuntimeError as e:
-            raise ValueError(f"--device {name!r} is not a device ({e})") from None
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r} but CUDA is not available here; use --device cpu")
+    return device
 
 
 def val_split(args: argparse.Namespace, data_cfg) -> tuple[Path, Path]:

@@ -142,6 +142,9 @@ def test_bad_paths_and_modes(tool, run, shapes_dir, tmp_path, capsys):
     assert tool.main(["--gt", str(shapes_dir / "val.json")]) == 2
     assert "missing --results" in one_error(capsys)
 
+    assert tool.main(["--checkpoint", str(ckpt), "--device", "gpu0"]) == 2
+    assert one_error(capsys) == "--device 'gpu0' is not a device; use cpu, cuda or cuda:N"
+
     assert tool.main(["--checkpoint", str(ckpt), "model.nope=1"]) == 2
     assert "unknown config key 'model.nope'" in one_error(capsys)
 

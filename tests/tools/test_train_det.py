@@ -201,6 +201,12 @@ def test_bad_input_is_one_line_exit_2(tool, run, shapes_dir, tmp_path, capsys):
     assert train(tool, shapes_dir, tmp_path / "c", 2, "--config", str(tmp_path / "nope.yaml")) == 2
     assert f"config file not found: {tmp_path / 'nope.yaml'}" in capsys.readouterr().err
 
+    assert train(tool, shapes_dir, tmp_path / "d", 2, "--device", "gpu0") == 2
+    assert capsys.readouterr().err == "error: --device 'gpu0' is not a device; use cpu, cuda or cuda:N\n"
+    if not torch.cuda.is_available():
+        assert train(tool, shapes_dir, tmp_path / "e", 2, "--device", "cuda") == 2
+        assert "--device 'cuda' but CUDA is not available here" in capsys.readouterr().err
+
 
 def strip_dataset(src: Path, dst: Path) -> Path:
     """A copy of the shapes dataset without masks and keypoints (boxes and classes only)."""
