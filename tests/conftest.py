@@ -1,8 +1,11 @@
 """Shared fixtures: a tiny synthetic COCO-format dataset made once per test session."""
-import pytest
-import torch
+import os
 
-torch.set_num_threads(2)
+# idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads
+# steal the core the main thread needs (must be set before torch starts OpenMP)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.solver.weights == "/w.pth"
     assert cfg.mults == {"a": 0.1}
     assert cfg.solver.betas == (0.5, 1.0)
+    assert load_config(Outer, None, ["solver.lr=1e-3"]).solver.lr == 0.001  # YAML 1.1 reads 1e-3 as text
     with pytest.raises(ConfigError, match="must have 2 items"):
         load_config(Outer, None, ["solver.betas=[1, 2, 3]"])
 
