@@ -45,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402

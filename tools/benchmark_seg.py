@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT, ROOT / "tools"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
+import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402

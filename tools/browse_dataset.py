@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not a package
+import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tools/ is not a package
+import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
 
 from common.config import ConfigError  # noqa: E402
 from common.engine.checkpoint import CheckpointError  # noqa: E402
