@@ -1,5 +1,4 @@
 """tools/benchmark.py: the torchvision adapter, the comparison table, a split CPU run, one-line errors."""
-import importlib.util
 import json
 import math
 import re
@@ -8,16 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+import tool_helpers
+
+ROOT = tool_helpers.ROOT
 TOOL = ROOT / "tools" / "benchmark.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return tool_helpers.load_tool("benchmark")
 
 
 def error_line(capsys) -> str:

@@ -1,5 +1,4 @@
 """tools/browse_dataset.py: one drawing per image, ground truth visibly drawn, one-line errors."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,15 +10,14 @@ import common.shapes
 from common.visual import color_for
 from detection.data import CocoDetection
 
-ROOT = Path(__file__).resolve().parents[2]
+import tool_helpers
+
+ROOT = tool_helpers.ROOT
 TOOL = ROOT / "tools" / "browse_dataset.py"
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("browse_dataset_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return tool_helpers.load_tool("browse_dataset")
 
 
 def read_rgb(path):

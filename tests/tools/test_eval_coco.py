@@ -1,5 +1,4 @@
 """tools/eval_coco.py: metrics.json from a results file, one-line errors with exit status 2."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,15 +9,14 @@ import pycocotools.mask as mask_util
 import pytest
 from pycocotools.coco import COCO
 
-ROOT = Path(__file__).resolve().parents[2]
+import tool_helpers
+
+ROOT = tool_helpers.ROOT
 TOOL = ROOT / "tools" / "eval_coco.py"
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("eval_coco_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return tool_helpers.load_tool("eval_coco")
 
 
 def write_perfect_results(gt_json: Path, out: Path, shift: float = 0.0) -> Path:

@@ -1,6 +1,5 @@
 """tools/predict.py on a checkpoint of a tiny train_det run: drawn images, predictions.json that
 agrees with the run's results.json, the score threshold, default val images, bad paths."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,36 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-# the default config shrunk for tests (as in test_train_det.py); 2 iterations, one image per
-# test batch so the run's results.json is computed exactly as predict computes (no batch padding)
-TINY = ["--no-progress", "--device", "cpu",
-        "model.backbone.fpn_channels=32", "model.box_head.fc_dim=64",
-        "model.mask_head.conv_dim=16", "model.mask_head.num_convs=1",
-        "model.keypoint_head.conv_dim=16", "model.keypoint_head.num_convs=1",
-        "model.rpn.batch_size_per_image=32", "model.rpn.pre_nms_topk_train=100",
-        "model.rpn.post_nms_topk_train=50", "model.rpn.pre_nms_topk_test=50", "model.rpn.post_nms_topk_test=20",
-        "model.roi_heads.batch_size_per_image=16", "model.roi_heads.detections_per_img=10",
-        "data.min_size=[64]", "data.test_min_size=64", "data.max_size=96", "data.num_workers=0",
-        "solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.eval_period=0", "solver.checkpoint_period=0",
-        "test.val_loss_batches=0", "test.num_vis=1", "test.ims_per_batch=1"]
+from tool_helpers import ROOT, TINY_DET, load_tool
+
+# one image per test batch so the run's results.json is computed exactly as predict computes
+# (no batch padding)
+TINY = TINY_DET + ["test.ims_per_batch=1"]
 CLASSES = ["circle", "square", "triangle", "star"]
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run ~40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

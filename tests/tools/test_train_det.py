@@ -4,7 +4,6 @@ the NaN guard, bad input, datasets without masks/keypoints, and DDP on CPU (gloo
 One 4-iteration run is shared by the module; the model is shrunk by overrides (ResNet-18 at
 64 px, thin heads, few proposals) so each training run takes a few seconds on one CPU thread.
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -15,41 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tool_helpers import ROOT, TINY_DET, load_tool
+
 TOOL = ROOT / "tools" / "train_det.py"
-# the default config (Mask + Keypoint R-CNN, R18-FPN), shrunk for tests
-TINY = ["--no-progress", "--device", "cpu",
-        "model.backbone.fpn_channels=32", "model.box_head.fc_dim=64",
-        "model.mask_head.conv_dim=16", "model.mask_head.num_convs=1",
-        "model.keypoint_head.conv_dim=16", "model.keypoint_head.num_convs=1",
-        "model.rpn.batch_size_per_image=32", "model.rpn.pre_nms_topk_train=100",
-        "model.rpn.post_nms_topk_train=50", "model.rpn.pre_nms_topk_test=50", "model.rpn.post_nms_topk_test=20",
-        "model.roi_heads.batch_size_per_image=16", "model.roi_heads.detections_per_img=10",
-        "data.min_size=[64]", "data.test_min_size=64", "data.max_size=96", "data.num_workers=0",
-        "solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.log_period=1",
-        "solver.eval_period=2", "solver.checkpoint_period=2",
-        "test.eval_images=2", "test.val_loss_batches=1", "test.num_vis=2", "test.ims_per_batch=2"]
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("train_det_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run ~40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# the tiny recipe with periodic evaluation, validation loss and checkpoints every 2 iterations
+TINY = TINY_DET + ["solver.log_period=1", "solver.eval_period=2", "solver.checkpoint_period=2",
+                   "test.eval_images=2", "test.val_loss_batches=1", "test.num_vis=2", "test.ims_per_batch=2"]
 
 
 @pytest.fixture(scope="module")
 def tool():
-    return load_tool()
+    return load_tool("train_det")
 
 
 def train(tool, data, out, iters, *extra) -> int:
