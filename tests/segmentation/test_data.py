@@ -154,3 +154,26 @@ def test_image_list_padding_and_repeat_indices(shapes_dir):
     assert build_train_indices(DataConfig(), ds) == list(range(12))
     idx = build_train_indices(DataConfig(repeat_threshold=1.0), ds)
     assert len(idx) >= 12 and set(idx) == set(range(12))
+
+
+def test_train_batches_line_up_with_their_label_maps(shapes_dir):
+    # paint each image from its own label map, then run the real training pipeline (scale, crop,
+    # flip, padding, collate): decoding the batch's colours must give back the batch's labels
+    from segmentation.data import build_train_loader
+
+    palette = np.array([[0, 0, 0], [250, 0, 0], [0, 250, 0], [0, 0, 250], [250, 250, 0]], np.uint8)
+    ds = load_semantic_dir(shapes_dir, "train", build_transforms(True, crop_size=64, scale_range=(0.75, 1.25),
+                                                                 color_jitter=0))
+    ds.read_image = lambda i: palette[np.minimum(ds.read_label(i), 4)]
+    batches = build_train_loader(ds, batch_size=4, size_divisibility=16, pad_value=(0.0, 0.0, 0.0))
+    for _ in range(3):
+        images, targets = next(batches)
+        for img, t in zip(images.tensor, targets):
+            rgb = (img.permute(1, 2, 0) * 255).round().numpy()                 # (H, W, 3)
+            decoded = np.argmin(((rgb[:, :, None] - palette[None, None]) ** 2).sum(-1), -1)
+            lab = t["sem_seg"].numpy()
+            # pixels next to a label edge may differ (bilinear image vs nearest mask resampling)
+            kernel = np.ones((3, 3), np.uint8)
+            inside = cv2.dilate(lab.astype(np.uint8), kernel) == cv2.erode(lab.astype(np.uint8), kernel)
+            valid = inside & (lab != 255)
+            assert valid.mean() > 0.5 and (decoded[valid] != lab[valid]).mean() < 0.005
