@@ -1,7 +1,9 @@
 """Config -> objects for segmentation. The only module of the package that reads a config.
 
     train_ds, val_ds = build_datasets(cfg.data)
-    model = build_model(cfg.model, train_ds.num_classes, class_weight=build_class_weight(cfg.model, train_ds))
+    stats = class_pixel_stats_of(train_ds)              # one pass over the training label maps
+    model = build_model(cfg.model, train_ds.num_classes, class_weight=build_class_weight(cfg.model, stats),
+                        class_prior=build_class_prior(cfg.model, stats))
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from segmentation.config import DataConfig, ModelConfig
 from segmentation.data import (SemSegDataset, build_transforms, load_coco_semantic, load_semantic_dir,
                                load_voc)
 from segmentation.fcn import FCN, ConvClassifier, ConvHead
-from segmentation.losses import class_pixel_stats, class_weights, repeat_factors, repeat_indices
+from segmentation.losses import (class_pixel_stats, class_prior_bias, class_weights, repeat_factors,
+                                 repeat_indices)
 from segmentation.segmentor import SemanticSegmentor
 from segmentation.unet import ResNetUNet, UNet
 
@@ -22,8 +25,12 @@ FCN_SKIPS = {"32s": (), "16s": ("c4",), "8s": ("c4", "c3")}
 
 
 def build_model(cfg: ModelConfig, num_classes: int, *, class_weight: torch.Tensor | None = None,
-                ignore_index: int = 255) -> SemanticSegmentor:
-    """A :class:`SemanticSegmentor` around an FCN-32s/16s/8s, a U-Net or a ResNet U-Net."""
+                class_prior: torch.Tensor | None = None, ignore_index: int = 255) -> SemanticSegmentor:
+    """A :class:`SemanticSegmentor` around an FCN-32s/16s/8s, a U-Net or a ResNet U-Net.
+
+    class_prior: (K,) bias for the final classifier (``losses.class_prior_bias``), or None to
+    keep its initialisation.
+    """
     from common.backbones import build_backbone
 
     b = cfg.backbone
@@ -49,9 +56,12 @@ def build_model(cfg: ModelConfig, num_classes: int, *, class_weight: torch.Tenso
         net = ResNetUNet(backbone, num_classes, tuple(cfg.decoder_channels))
     else:  # the config loader already restricts the values
         raise ValueError(f"model.arch = {cfg.arch!r} must be fcn, unet or unet_resnet")
+    if class_prior is not None:
+        init_classifier_bias(net, class_prior)
     return SemanticSegmentor(net, num_classes, loss=cfg.loss, class_weight=class_weight,
                              focal_gamma=cfg.focal_gamma, dice_weight=cfg.dice_weight,
-                             ignore_index=ignore_index)
+                             ignore_index=ignore_index, input_scale=cfg.input_scale,
+                             mirror_padding=cfg.mirror_padding)
 
 
 def resolve_root(cfg: DataConfig) -> Path:
@@ -83,13 +93,37 @@ def build_datasets(cfg: DataConfig, root: Path | None = None) -> tuple[SemSegDat
     return build_dataset(cfg, cfg.train_split, True, root), build_dataset(cfg, cfg.val_split, False, root)
 
 
-def build_class_weight(cfg: ModelConfig, train_ds: SemSegDataset) -> torch.Tensor | None:
-    """Loss weights from the training label maps (``model.class_weighting``), or None."""
+def init_classifier_bias(net: torch.nn.Module, bias: torch.Tensor) -> None:
+    """Set the bias of the network's last scoring conv (U-Nets: ``score``, FCN: ``score_fr``;
+    FCN's skip scorers start at zero, so its logits start at ``bias`` too)."""
+    conv = getattr(net, "score", None) or getattr(net, "score_fr", None)
+    if conv is None or conv.bias is None or conv.bias.shape != bias.shape:
+        raise ValueError(f"{type(net).__name__} has no scoring conv with a bias of shape {tuple(bias.shape)} "
+                         "to start at the class prior; set model.prior_init=false")
+    with torch.no_grad():
+        conv.bias.copy_(bias)
+
+
+def class_pixel_stats_of(train_ds: SemSegDataset) -> tuple[np.ndarray, np.ndarray]:
+    """``losses.class_pixel_stats`` over every training label map (read once, before transforms)."""
+    return class_pixel_stats((train_ds.read_label(i) for i in range(len(train_ds))),
+                             train_ds.num_classes, train_ds.ignore_index)
+
+
+def needs_class_stats(cfg: ModelConfig) -> bool:
+    return cfg.class_weighting != "none" or cfg.prior_init
+
+
+def build_class_weight(cfg: ModelConfig, stats) -> torch.Tensor | None:
+    """Loss weights from :func:`class_pixel_stats_of` (``model.class_weighting``), or None."""
     if cfg.class_weighting == "none":
         return None
-    stats = class_pixel_stats((train_ds.read_label(i) for i in range(len(train_ds))),
-                              train_ds.num_classes, train_ds.ignore_index)
     return class_weights(*stats, method=cfg.class_weighting)
+
+
+def build_class_prior(cfg: ModelConfig, stats) -> torch.Tensor | None:
+    """The classifier's starting bias ln(class share) (``model.prior_init``), or None."""
+    return class_prior_bias(stats[0]) if cfg.prior_init else None
 
 
 def build_train_indices(cfg: DataConfig, train_ds: SemSegDataset, seed: int = 0) -> list[int]:

@@ -1,4 +1,5 @@
-"""Segmentation configs: dataclass defaults (the small CPU U-Net on the shapes dataset) that a
+"""Segmentation configs: dataclass defaults (a small U-Net on the shapes dataset; the default
+CPU recipe, ``configs/segmentation/unet_shapes_cpu.yaml``, spells out its own settings) that a
 YAML in ``configs/segmentation/`` changes only where it differs; ``key=value`` overrides via
 ``common.config.load_config(SegConfig, path, overrides)``. Only ``build.py`` reads them.
 """
@@ -29,8 +30,11 @@ class ModelConfig:
     unet_width: int = 16  # U-Net channels at full resolution (paper: 64)
     unet_depth: int = 4  # U-Net poolings (paper: 4)
     decoder_channels: tuple[int, ...] = (128, 64, 32, 32, 16)  # unet_resnet decoder widths, stride 16 -> 1
+    input_scale: float = 1.0  # the network runs on images resized by this; logits resized back
+    mirror_padding: bool = True  # fill each image's batch padding with its mirror image (segmentor.py)
     loss: Literal["ce", "focal", "dice", "ce+dice"] = "ce"  # pixel loss (segmentation/losses.py)
-    class_weighting: Literal["none", "median_freq", "log"] = "log"  # CE/focal weights from train frequencies
+    class_weighting: Literal["none", "median_freq", "log"] = "none"  # CE/focal weights from train frequencies
+    prior_init: bool = True  # classifier bias starts at ln(class pixel share) of the training set
     focal_gamma: float = 2.0  # focal loss exponent
     dice_weight: float = 1.0  # weight of the Dice term in "ce+dice"
 
@@ -57,6 +61,6 @@ class SegConfig:
     solver: SolverConfig = field(default_factory=lambda: SolverConfig(
         optimizer="adamw", base_lr=5e-3, weight_decay=1e-4, max_iters=600, warmup_iters=30,
         schedule="cosine", steps=(), ims_per_batch=8, checkpoint_period=300, eval_period=300,
-        log_period=20, best_metric="mIoU"))  # ~0.8 s/iteration on 2 CPU cores: 600 iterations ~ 8 min
+        log_period=20, best_metric="mIoU"))  # unet_shapes_cpu.yaml sets its own schedule
     output_dir: str = "runs/seg"  # where checkpoints, logs and metrics go
     device: str = "auto"  # auto | cpu | cuda | cuda:N

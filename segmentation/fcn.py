@@ -14,8 +14,9 @@ The classifier head is the backbone's classifier "convolutionalised":
   ImageNet fc6/fc7 come from ``common.backbones.load_vgg16_classifier(as_conv=True)``.
 - ResNet (:class:`ConvHead`): a 3x3 conv-BN-ReLU + dropout (ResNet's classifier is one linear
   layer after global pooling, nothing worth convolutionalising).
-New score layers start at zero, as in the paper, so training starts from "background
-everywhere" plus whatever the bilinear upsamplers pass through.
+New score layers start at zero, as in the paper (uniform logits); with ``model.prior_init`` the
+build sets ``score_fr``'s bias to the log class prior, so training starts from "background
+everywhere" at the loss of the class balance.
 """
 from __future__ import annotations
 

@@ -17,6 +17,12 @@ Class weights from training-set pixel frequencies (:func:`class_weights`):
   valid pixels. Bounded to [~1, ~50], gentler than median frequency.
 Classes never seen get weight 0 (they cannot be learned from this training set anyway).
 
+Prior bias (:func:`class_prior_bias`, the prior initialisation of Lin et al. 2017): the final
+classifier's bias starts at b_c = ln p_c, so the untrained network already predicts the class
+balance (softmax(b) = p) and its loss starts at the entropy of the labels instead of ~ln K.
+Adam moves each parameter by about ``lr`` per step, so without it a from-scratch U-Net spends
+its first few hundred iterations just shifting its logits to the background-heavy prior.
+
 Image resampling (:func:`repeat_factors`) is the LVIS repeat-factor rule applied to classes
 present in an image: r_c = max(1, sqrt(t / f_c)) with f_c the fraction of training images that
 contain class c, and an image's factor is the max over its classes.
@@ -140,6 +146,19 @@ def class_weights(pixels: np.ndarray, image_pixels: np.ndarray, method: str = "m
     else:
         raise ValueError(f"class_weights: unknown method {method!r} (use 'median_freq' or 'log')")
     return torch.as_tensor(w, dtype=torch.float32)
+
+
+def class_prior_bias(pixels: np.ndarray, min_share: float = 1e-4) -> Tensor:
+    """(K,) float32 classifier bias ln(p_c), p_c = share of class c among the valid pixels.
+
+    pixels: (K,) counts from :func:`class_pixel_stats`. Shares below ``min_share`` (unseen
+    classes too) are raised to it, so no bias is -inf.
+    """
+    pixels = np.asarray(pixels, np.float64)
+    if pixels.sum() <= 0:
+        raise ValueError("class_prior_bias: no labelled pixel in the training set")
+    share = np.maximum(pixels / pixels.sum(), min_share)
+    return torch.as_tensor(np.log(share), dtype=torch.float32)
 
 
 def repeat_factors(classes_per_image: list[set[int]], threshold: float, ignore_classes=(0,)) -> list[float]:

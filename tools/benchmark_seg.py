@@ -53,9 +53,11 @@ class TorchvisionFCNHead(nn.Module):
         return F.interpolate(score, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_row(name: str, cfg, num_classes: int, ignore_index: int):
+def build_row(name: str, cfg, num_classes: int, ignore_index: int, class_stats=None):
+    """One row's model; ``class_stats`` (``segmentation.build.class_pixel_stats_of``) feeds the
+    class weights and prior bias that ``cfg.model`` asks for, as tools/train_seg.py does."""
     from common.backbones import build_backbone
-    from segmentation.build import build_model
+    from segmentation.build import build_class_prior, build_class_weight, build_model
     from segmentation.segmentor import SemanticSegmentor
 
     r18 = dataclasses.replace(cfg.model.backbone, name="resnet18", weights=None, norm="BN", freeze_at=0)
@@ -69,7 +71,9 @@ def build_row(name: str, cfg, num_classes: int, ignore_index: int):
         model_cfg = cfg.model
     else:
         raise ValueError(f"unknown row {name!r}; choose from {', '.join(ROWS)}")
-    return build_model(model_cfg, num_classes, ignore_index=ignore_index)
+    return build_model(model_cfg, num_classes, ignore_index=ignore_index,
+                       class_weight=build_class_weight(model_cfg, class_stats) if class_stats else None,
+                       class_prior=build_class_prior(model_cfg, class_stats) if class_stats else None)
 
 
 def main(argv=None) -> int:
@@ -86,7 +90,7 @@ def main(argv=None) -> int:
 
     import train_seg
     from common.engine import seed_everything
-    from segmentation.build import build_datasets, resolve_root
+    from segmentation.build import build_datasets, class_pixel_stats_of, needs_class_stats, resolve_root
 
     try:
         cfg = train_seg.load_cfg(argparse.Namespace(overrides=args.overrides, data=args.data, output=None,
@@ -104,11 +108,12 @@ def main(argv=None) -> int:
     cfg.solver.eval_period = 0
     cfg.solver.best_metric = None
     train_ds, val_ds = build_datasets(cfg.data, resolve_root(cfg.data))
+    stats = class_pixel_stats_of(train_ds) if needs_class_stats(cfg.model) else None
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in rows:
             seed_everything(cfg.solver.seed)
-            model = build_row(name, cfg, train_ds.num_classes, train_ds.ignore_index)
+            model = build_row(name, cfg, train_ds.num_classes, train_ds.ignore_index, stats)
             run_cfg = dataclasses.replace(cfg, output_dir=str(Path(tmp) / name))
             summary = train_seg.fit(run_cfg, model, train_ds, val_ds, torch.device(args.device),
                                     progress=False, tensorboard=False)

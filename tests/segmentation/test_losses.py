@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from segmentation.losses import (class_pixel_stats, class_weights, cross_entropy, dice_loss, focal_loss,
+from segmentation.losses import (class_pixel_stats, class_prior_bias, class_weights, cross_entropy, dice_loss, focal_loss,
                                  repeat_factors, repeat_indices, segmentation_loss)
 
 
@@ -77,6 +77,14 @@ def test_class_weights_median_frequency_and_log():
     assert np.allclose(w[:3].numpy(), 1 / np.log(1.02 + np.array([5, 1, 1]) / 7)) and w[3] == 0
     with pytest.raises(ValueError, match="unknown method 'inverse'"):
         class_weights(pixels, image_pixels, "inverse")
+
+
+def test_class_prior_bias_is_log_share():
+    b = class_prior_bias(np.array([6, 3, 1, 0]), min_share=1e-3)
+    assert np.allclose(b[:3].numpy(), np.log([0.6, 0.3, 0.1])) and b[3].item() == pytest.approx(math.log(1e-3))
+    assert torch.allclose(b[:3].softmax(0), torch.tensor([0.6, 0.3, 0.1]), atol=2e-3)  # softmax(bias) = prior
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        class_prior_bias(np.zeros(3))
 
 
 def test_repeat_factors_and_indices():

@@ -107,3 +107,67 @@ def test_target_size_mismatch_is_named():
     targets[0]["sem_seg"] = targets[0]["sem_seg"][:, :50]
     with pytest.raises(ValueError, match=r"image_id 42\): sem_seg has shape \(64, 50\) but the image is \(64, 96\)"):
         model(images, targets)
+
+
+def test_prior_init_starts_the_loss_at_the_label_entropy():
+    # 90% background: a network whose classifier bias is ln(class share) starts near the entropy
+    # of the labels (0.39 nats here); without it a U-Net starts above ln K and spends its first
+    # few hundred Adam steps just learning the class balance
+    from segmentation.build import init_classifier_bias
+    from segmentation.losses import class_prior_bias
+
+    torch.manual_seed(0)
+    share = torch.tensor([0.9, 0.05, 0.03, 0.02])
+    prior = class_prior_bias((share * 1000).numpy())
+    lab = torch.zeros(2, 64, 64, dtype=torch.int64)
+    lab.view(2, -1)[:, 3686:3891] = 1
+    lab.view(2, -1)[:, 3891:4014] = 2
+    lab.view(2, -1)[:, 4014:] = 3
+    entropy = float(-(share * share.log()).sum())
+    images = ImageList.from_tensors([torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in range(2)], 16)
+    targets = [{"sem_seg": t} for t in lab]
+    plain = build_model(ModelConfig(arch="unet", unet_width=8, unet_depth=3), K)
+    with_prior = build_model(ModelConfig(arch="unet", unet_width=8, unet_depth=3), K, class_prior=prior)
+    assert torch.equal(with_prior.net.score.bias.detach(), prior)
+    with torch.no_grad():
+        loss_prior = float(with_prior(images, targets)[1]["loss_seg"])
+        loss_plain = float(plain(images, targets)[1]["loss_seg"])
+    assert abs(loss_prior - entropy) < 0.15 and loss_plain > loss_prior + 0.5
+    fcn = build_model(MODELS["fcn32s_r18"], K, class_prior=prior)        # zero scorers: logits = prior
+    fcn.eval()
+    with torch.no_grad():
+        logits = fcn.net(torch.zeros(1, 3, 64, 64))
+    assert torch.allclose(logits[0, :, 16:48, 16:48].mean((1, 2)), prior, atol=1e-4)
+    with pytest.raises(ValueError, match="no scoring conv with a bias of shape \\(3,\\)"):
+        init_classifier_bias(plain.net, prior[:3])
+
+
+def test_input_scale_runs_the_net_smaller_and_answers_at_full_size():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="unet", unet_width=8, unet_depth=3, input_scale=0.5), K)
+    assert model.size_divisibility == 16                                  # 2^3 / 0.5
+    seen = []
+    model.net.register_forward_hook(lambda m, inp, out: seen.append((tuple(inp[0].shape), tuple(out.shape))))
+    images, targets = _batch(model, sizes=((64, 96), (72, 64)))           # padded to 80 x 96
+    model.eval()
+    with torch.no_grad():
+        preds, losses = model(images, targets)
+    assert seen == [((2, 3, 40, 48), (2, K, 40, 48))]
+    assert [tuple(p["sem_seg"].shape) for p in preds] == [(64, 96), (72, 64)] and torch.isfinite(losses["loss_seg"])
+    with pytest.raises(ValueError, match=r"input_scale = 0.3 must be in \(0, 1\] and turn the network's size "
+                                         r"divisibility 8 into a whole number"):
+        build_model(ModelConfig(arch="unet", unet_width=8, unet_depth=3, input_scale=0.3), K)
+
+
+def test_mirror_pad_reflects_each_image_into_its_padding():
+    from segmentation.segmentor import mirror_pad
+
+    a = torch.arange(9.0).view(1, 3, 3)                                    # (C=1, h=3, w=3)
+    b = torch.full((1, 1, 1), 7.0)                                         # (C=1, h=1, w=1): too small to reflect
+    batch = ImageList.from_tensors([a, b], size_divisibility=4, pad_value=-1.0)  # (2, 1, 4, 4)
+    out = mirror_pad(batch.tensor, batch.image_sizes)
+    assert out[0, 0].tolist() == [[0, 1, 2, 1], [3, 4, 5, 4], [6, 7, 8, 7], [3, 4, 5, 4]]
+    assert out[1, 0].tolist() == [[7] * 4] * 4                              # replicated
+    assert batch.tensor[0, 0, 3, 3] == -1                                  # the input is not changed
+    full = torch.rand(1, 3, 4, 4)
+    assert mirror_pad(full, [(4, 4)]) is full
