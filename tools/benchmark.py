@@ -23,6 +23,11 @@ schedule (``common.engine.build_optimizer``/``build_scheduler`` of the default C
                head width (TwoMLPHead), mask head convs (MaskRCNNHeads), RoIAlign sampling ratio.
                What stays different is fixed by torchvision: its RPN also runs on the max-pooled
                level (given 2x the largest anchor).
+  --torchvision-heads stock
+               torchvision's MaskRCNN as its users build it on ResNet-18-FPN instead
+               (``resnet_fpn_backbone``, FPN 256, every RPN/RoI setting at torchvision's defaults):
+               ours against what a torchvision user gets for the same backbone, size, batch and
+               schedule.
 
 Rows: training s/iter (median after --warmup iterations; forward + backward + optimizer step,
 data loading excluded), inference images/s (batch 1 on the first --infer-images val images,
@@ -129,6 +134,22 @@ class TorchvisionDetector(nn.Module):
             losses = self.model(batch, to_torchvision_targets(targets))
             return [], {TV_LOSS_NAMES.get(k, k): v for k, v in losses.items()}
         return [from_torchvision_prediction(p) for p in self.model(batch)], {}
+
+
+def torchvision_r18_fpn_stock(num_classes: int, min_size: int, max_size: int,
+                              pixel_mean, pixel_std) -> TorchvisionDetector:
+    """torchvision's MaskRCNN as a torchvision user builds it on ResNet-18-FPN: its own
+    ``resnet_fpn_backbone`` (from scratch, every layer trainable, plain BN, FPN 256 wide) and every
+    RPN / RoI-head setting left at torchvision's defaults (2000/1000 proposals, 512 sampled RoIs,
+    1024-wide box head, 4x256 mask convs). Only image size, batch and schedule are shared."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
+                                   norm_layer=nn.BatchNorm2d)
+    model = MaskRCNN(backbone, num_classes=num_classes + 1, min_size=min_size, max_size=max_size,
+                     image_mean=list(pixel_mean), image_std=list(pixel_std))
+    return TorchvisionDetector(model)
 
 
 def torchvision_r18_fpn(model_cfg, num_classes: int, min_size: int, max_size: int,
@@ -380,6 +401,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "cores free for the models)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
     p.add_argument("--gpu-r50", action="store_true", help="R50-FPN at 800 px, batch 2, on CUDA")
+    p.add_argument("--torchvision-heads", choices=("ours", "stock"), default="ours",
+                   help="CPU mode: 'ours' copies our recipe's proposal/RoI/head settings into torchvision "
+                        "(only the implementations differ); 'stock' leaves torchvision's defaults (what a "
+                        "torchvision user gets on ResNet-18-FPN; only size, batch and schedule are shared)")
     return p.parse_args(argv)
 
 
@@ -439,6 +464,7 @@ def run(args: argparse.Namespace) -> int:
         "optimizer": cfg.solver.optimizer, "base_lr": cfg.solver.base_lr, "schedule": cfg.solver.schedule,
         "infer_batch": 1, "infer_images": min(args.infer_images, len(val_set)),
         "eval_images": args.eval_images or len(val_set),
+        "torchvision_heads": None if gpu else args.torchvision_heads,
     }
     previous = _read_previous(args.out, settings) if (args.skip_ours or args.skip_torchvision) else {}
 
@@ -452,6 +478,9 @@ def run(args: argparse.Namespace) -> int:
             model = build_model(cfg.model, meta.num_classes)
         elif gpu:
             model = torchvision_r50_fpn(meta.num_classes)
+        elif args.torchvision_heads == "stock":
+            model = torchvision_r18_fpn_stock(meta.num_classes, cfg.data.test_min_size, cfg.data.max_size,
+                                              IMAGENET_MEAN, IMAGENET_STD)
         else:
             model = torchvision_r18_fpn(cfg.model, meta.num_classes, cfg.data.test_min_size, cfg.data.max_size,
                                         IMAGENET_MEAN, IMAGENET_STD)

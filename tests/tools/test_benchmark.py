@@ -84,6 +84,18 @@ def test_torchvision_r18_copies_our_recipe(bench):
     assert bn and all(p.requires_grad for m in bn for p in m.parameters())
     assert all(p.requires_grad for p in tv.parameters())  # trainable_layers=5: nothing frozen
     assert not cfg.model.keypoint_on and cfg.model.mask_on and cfg.solver.warmup_iters == 10
+    assert tv.backbone.out_channels == cfg.model.backbone.fpn_channels  # the FPN as wide as ours
+
+
+def test_stock_torchvision_keeps_its_own_defaults(bench):
+    tv = bench.torchvision_r18_fpn_stock(3, 128, 171, bench.IMAGENET_MEAN, bench.IMAGENET_STD).model
+    assert tv.transform.min_size == (128,) and tv.transform.max_size == 171
+    assert tv.backbone.out_channels == 256
+    assert tv.rpn._post_nms_top_n == {"training": 2000, "testing": 1000}
+    assert tv.roi_heads.fg_bg_sampler.batch_size_per_image == 512
+    assert tv.roi_heads.box_head.fc7.out_features == 1024
+    assert tv.roi_heads.box_predictor.cls_score.out_features == 4
+    assert all(p.requires_grad for p in tv.parameters())
 
 
 def test_gpu_mode_compares_stock_r50_models_from_scratch(bench):
