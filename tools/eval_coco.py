@@ -144,22 +144,6 @@ def build_detector(state: dict, cfg, meta, checkpoint: str | Path, device="cpu")
     return model.to(device).eval(), replace(cfg, model=model_cfg)
 
 
-def pick_device(name: str | None):
-    """``--device`` as a torch.device (default: cuda when available); a typo or a missing GPU is a
-    one-line ValueError."""
-    import torch
-
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} but CUDA is not available here; use --device cpu")
-    return device
-
-
 def val_split(args: argparse.Namespace, data_cfg) -> tuple[Path, Path]:
     """(annotation JSON, image folder) to evaluate on; see the module docstring for the order."""
     if args.gt:
@@ -184,7 +168,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     from detection.data import CocoDetection, build_test_loader, build_transforms
     from detection.inference import evaluate_detector
 
-    device = pick_device(args.device)
+    from common.engine.distributed import parse_device
+
+    device = parse_device(args.device)
     state, cfg, meta = read_checkpoint(args.checkpoint, args.config, args.overrides)
     ann, images = val_split(args, cfg.data)
     val = CocoDetection(ann, images, filter_empty=False, use_masks=cfg.model.mask_on,

@@ -86,11 +86,12 @@ def predict(args: argparse.Namespace) -> int:
 
     from detection.data import DatasetError, build_transforms, meta_from_coco, load_coco_json, read_image
     from detection.visualize import draw_prediction, predict_image
-    from eval_coco import build_detector, pick_device, read_checkpoint
+    from common.engine.distributed import parse_device
+    from eval_coco import build_detector, read_checkpoint
 
     if not 0.0 <= args.score_thresh <= 1.0:
         raise ValueError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
-    device = pick_device(args.device)
+    device = parse_device(args.device)
     state, cfg, meta = read_checkpoint(args.checkpoint, args.config, args.overrides)
     images = list_images(Path(args.input) if args.input else default_images(cfg.data))
     if meta is None:  # an old checkpoint: the classes of the config's val annotations

@@ -50,17 +50,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
-def parse_device(name: str) -> torch.device:
-    """``--device`` as a torch.device; a ValueError (one line) for a typo or a missing GPU."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} but CUDA is not available here; use --device cpu")
-    return device
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from common.config import ConfigError
@@ -103,7 +92,7 @@ def train(args: argparse.Namespace) -> int:
 
     device = dist.init_distributed()
     if args.device:
-        device = parse_device(args.device)
+        device = dist.parse_device(args.device)
     elif device.type == "cpu" and torch.cuda.is_available():
         device = torch.device("cuda")
     rank, world = dist.get_rank(), dist.get_world_size()

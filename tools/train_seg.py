@@ -61,19 +61,9 @@ def load_cfg(args):
     return cfg
 
 
-def pick_device(name: str, default):
-    import torch
-
-    if name == "auto":
-        return default
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available (use --device cpu)")
-    return dev
-
-
 def run(args) -> dict:
     from common.engine import init_distributed, seed_everything
+    from common.engine.distributed import parse_device
     from segmentation.build import (build_class_prior, build_class_weight, build_datasets, build_model,
                                     class_pixel_stats_of, needs_class_stats, resolve_root)
 
@@ -82,7 +72,7 @@ def run(args) -> dict:
     if not args.resume and (out / "last_checkpoint").is_file():
         raise ValueError(f"{out} already holds a training run; pass --resume to continue it or "
                          f"--output to start a new one")
-    device = pick_device(cfg.device, init_distributed())
+    device = parse_device(cfg.device, init_distributed())
     seed_everything(cfg.solver.seed, cfg.solver.deterministic)
     train_ds, val_ds = build_datasets(cfg.data, resolve_root(cfg.data))
     stats = class_pixel_stats_of(train_ds) if needs_class_stats(cfg.model) else None

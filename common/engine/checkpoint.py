@@ -28,27 +28,21 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(path.parent)
+    _write_atomic(path, "wb", lambda f: torch.save(state, f))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Same guarantee as :func:`save_checkpoint` for a small text file (the ``last_checkpoint`` pointer)."""
-    path = Path(path)
+    _write_atomic(Path(path), "w", lambda f: f.write(text))
+
+
+def _write_atomic(path: Path, mode: str, write) -> None:
+    """``write(f)`` into a temp file beside ``path``, fsync, then rename over ``path``: a crash at
+    any point leaves either the old file or the new one, never a partial file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
