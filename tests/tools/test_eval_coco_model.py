@@ -78,7 +78,7 @@ def one_error(capsys) -> str:
     return err.strip()[len("eval_coco: error: "):]
 
 
-def test_checkpoint_of_another_architecture(tool, run, capsys):
+def test_checkpoint_of_another_architecture(tool, run, shapes_dir, capsys):
     ckpt = run / "model_final.pth"
     assert tool.main(["--checkpoint", str(ckpt), "model.mask_on=false"]) == 2
     err = one_error(capsys)
@@ -91,7 +91,7 @@ def test_checkpoint_of_another_architecture(tool, run, capsys):
 
     # a whole other recipe: Faster R-CNN R50-C4 without masks
     assert tool.main(["--checkpoint", str(ckpt), "--config", str(ROOT / "configs/detection/mask_rcnn_R50_C4.yaml"),
-                      "model.backbone.freeze_at=0"]) == 2
+                      "--data", str(shapes_dir), "model.backbone.freeze_at=0"]) == 2
     assert "missing: " in one_error(capsys)
 
 
