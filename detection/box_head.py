@@ -11,15 +11,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from common.backbones import gn_groups
 from detection.box_coder import BoxCoder
 from detection.box_ops import clip_boxes, nonempty
 
 
 def conv_norm_relu(in_ch: int, out_ch: int, norm: str) -> nn.Sequential:
-    """3x3 conv (no bias when normalised) + optional GroupNorm(32) / BatchNorm + ReLU."""
+    """3x3 conv (no bias when normalised) + optional GroupNorm (common.backbones.gn_groups) / BatchNorm + ReLU."""
     layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=norm == "")]
     if norm == "GN":
-        layers.append(nn.GroupNorm(min(32, out_ch), out_ch))
+        layers.append(nn.GroupNorm(gn_groups(out_ch), out_ch))
     elif norm == "BN":
         layers.append(nn.BatchNorm2d(out_ch))
     elif norm != "":
@@ -31,17 +32,19 @@ def conv_norm_relu(in_ch: int, out_ch: int, norm: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def conv_stack(in_ch: int, out_ch: int, num_convs: int, norm: str) -> tuple[nn.Sequential, int]:
+    """``num_convs`` x :func:`conv_norm_relu` (empty for 0) and the channels it outputs."""
+    layers = [conv_norm_relu(in_ch if k == 0 else out_ch, out_ch, norm) for k in range(num_convs)]
+    return nn.Sequential(*layers), (out_ch if num_convs else in_ch)
+
+
 class ConvFCHead(nn.Module):
     """``num_convs`` 3x3 convs then ``num_fcs`` FC layers ("2fc" of FPN: 0 convs, 2 FCs)."""
 
     def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024, num_fcs: int = 2,
                  num_convs: int = 0, conv_dim: int = 256, norm: str = ""):
         super().__init__()
-        convs, ch = [], in_channels
-        for _ in range(num_convs):
-            convs.append(conv_norm_relu(ch, conv_dim, norm))
-            ch = conv_dim
-        self.convs = nn.Sequential(*convs)
+        self.convs, ch = conv_stack(in_channels, conv_dim, num_convs, norm)
         fcs, dim = [], ch * resolution * resolution
         for _ in range(num_fcs):
             fc = nn.Linear(dim, fc_dim)

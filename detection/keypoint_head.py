@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detection.box_head import conv_norm_relu
+from detection.box_head import conv_stack
 
 
 class KeypointRCNNHead(nn.Module):
@@ -19,11 +19,7 @@ class KeypointRCNNHead(nn.Module):
     def __init__(self, in_channels: int, num_keypoints: int, conv_dim: int = 512, num_convs: int = 8,
                  norm: str = ""):
         super().__init__()
-        layers, ch = [], in_channels
-        for _ in range(num_convs):
-            layers.append(conv_norm_relu(ch, conv_dim, norm))
-            ch = conv_dim
-        self.convs = nn.Sequential(*layers)
+        self.convs, ch = conv_stack(in_channels, conv_dim, num_convs, norm)
         self.deconv = nn.ConvTranspose2d(ch, num_keypoints, 4, stride=2, padding=1)
         nn.init.kaiming_normal_(self.deconv.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.deconv.bias)

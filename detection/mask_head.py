@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detection.box_head import conv_norm_relu
+from detection.box_head import conv_stack
 from detection.poolers import roi_align
 
 
@@ -24,11 +24,7 @@ class MaskRCNNHead(nn.Module):
                  norm: str = "", trunk: nn.Module | None = None):
         super().__init__()
         self.trunk = trunk
-        layers, ch = [], in_channels
-        for _ in range(num_convs):
-            layers.append(conv_norm_relu(ch, conv_dim, norm))
-            ch = conv_dim
-        self.convs = nn.Sequential(*layers)
+        self.convs, ch = conv_stack(in_channels, conv_dim, num_convs, norm)
         self.deconv = nn.ConvTranspose2d(ch, conv_dim, 2, stride=2)
         self.predictor = nn.Conv2d(conv_dim, num_classes, 1)
         nn.init.kaiming_normal_(self.deconv.weight, mode="fan_out", nonlinearity="relu")
