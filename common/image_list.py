@@ -4,6 +4,7 @@ Shared by detection and segmentation (which never import each other).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,3 +52,14 @@ class ImageList:
             img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
             out[:, : img.shape[1], : img.shape[2]].copy_(img)
         return ImageList(batch, sizes)
+
+
+def collate(batch: list[tuple[Tensor, dict]], size_divisibility: int = 32,
+            pad_value: float | Sequence[float] = 0.0) -> tuple["ImageList", list[dict]]:
+    """``[(image (3, H, W) uint8, target)] * N`` -> ``(ImageList (N, 3, Hp, Wp) in [0, 1], targets)``.
+
+    ``pad_value`` is on the [0, 1] scale (the backbone's pixel mean, so padding normalises to 0).
+    """
+    images = [image for image, _ in batch]
+    targets = [target for _, target in batch]
+    return ImageList.from_tensors(images, size_divisibility, pad_value), targets

@@ -9,10 +9,11 @@ seen. Skipping is arithmetic (no replay): resuming deep into training is instant
 """
 from __future__ import annotations
 
-from typing import Iterator
+import itertools
+from typing import Iterable, Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 class InfiniteSampler(Sampler[int]):
@@ -51,3 +52,48 @@ class InfiniteSampler(Sampler[int]):
                 epoch += offset // self.size
                 offset %= self.size
                 order = self.epoch_order(epoch)
+
+
+# ---------------------------------------------------------------------------------------------
+# batches with per-sample augmentation seeds (shared by the detection and segmentation loaders)
+
+
+class Batches:
+    """Consecutive ``batch_size`` indices of a stream."""
+
+    def __init__(self, sampler: Iterable[int], batch_size: int):
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        it = iter(self.sampler)
+        while batch := list(itertools.islice(it, self.batch_size)):
+            yield batch
+
+
+class SeededBatches:
+    """Attach an augmentation seed to every index: batch ``t`` -> ``[(index, seed), ...]``."""
+
+    def __init__(self, batches: Iterable[list[int]], seed: int, rank: int, first_iter: int):
+        self.batches, self.seed, self.rank, self.first_iter = batches, seed, rank, first_iter
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for it, batch in enumerate(self.batches, start=self.first_iter):
+            seeds = np.random.SeedSequence([self.seed, self.rank, it]).generate_state(len(batch))
+            yield [(index, int(s)) for index, s in zip(batch, seeds)]
+
+
+class SeededDataset(Dataset):
+    """``dataset[(index, seed)]``: reseed the dataset's transforms, then read the item."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        transforms = getattr(self.dataset, "transforms", None)
+        if hasattr(transforms, "set_random_seed"):
+            transforms.set_random_seed(seed)
+        return self.dataset[index]

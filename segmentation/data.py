@@ -32,7 +32,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from common.image_list import ImageList
+from common.image_list import ImageList, collate  # noqa: F401  (ImageList re-exported)
+from common.samplers import Batches, InfiniteSampler, SeededBatches, SeededDataset
 
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -249,42 +250,13 @@ def build_transforms(train: bool, crop_size: int = 0, scale_range: tuple[float, 
     return A.Compose(ops)
 
 
-def collate(batch: list[tuple[Tensor, dict]], size_divisibility: int = 32,
-            pad_value: tuple[float, ...] = (0.0, 0.0, 0.0)) -> tuple[ImageList, list[dict]]:
-    """List of (image, target) -> (ImageList padded to ``size_divisibility``, targets)."""
-    images, targets = zip(*batch)
-    return ImageList.from_tensors(list(images), size_divisibility, pad_value), list(targets)
-
-
-class _SeededItems(torch.utils.data.Dataset):
-    """``ds[(index, seed)]``: reseed the transforms, then read ``index`` (resumable augmentation)."""
-
-    def __init__(self, dataset: SemSegDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
-        if self.dataset.transforms is not None:
-            self.dataset.transforms.set_random_seed(seed)
-        return self.dataset[index]
-
-
 def _seeded_batches(indices: list[int], batch_size: int, seed: int, start_iter: int, rank: int,
-                    world_size: int):
+                    world_size: int) -> SeededBatches:
     """Batch ``t`` (t >= start_iter) of this rank: ``batch_size`` (index, augmentation seed) pairs."""
-    from common.samplers import InfiniteSampler
-
-    sampler = iter(InfiniteSampler(len(indices), seed=seed, start=start_iter * batch_size, rank=rank,
-                                   world_size=world_size))
-    t = start_iter
-    while True:
-        picks = [indices[next(sampler)] for _ in range(batch_size)]
-        seeds = np.random.SeedSequence([seed, rank, t]).generate_state(batch_size)
-        yield [(i, int(s)) for i, s in zip(picks, seeds)]
-        t += 1
+    sampler = InfiniteSampler(len(indices), seed=seed, start=start_iter * batch_size, rank=rank,
+                              world_size=world_size)
+    picks = ([indices[i] for i in batch] for batch in Batches(sampler, batch_size))
+    return SeededBatches(picks, seed, rank, start_iter)
 
 
 def build_train_loader(dataset: SemSegDataset, *, batch_size: int, size_divisibility: int,
@@ -298,7 +270,7 @@ def build_train_loader(dataset: SemSegDataset, *, batch_size: int, size_divisibi
 
     indices = list(range(len(dataset))) if indices is None else list(indices)
     loader = torch.utils.data.DataLoader(
-        _SeededItems(dataset), batch_sampler=_seeded_batches(indices, batch_size, seed, start_iter, rank, world_size),
+        SeededDataset(dataset), batch_sampler=_seeded_batches(indices, batch_size, seed, start_iter, rank, world_size),
         num_workers=num_workers, collate_fn=partial(collate, size_divisibility=size_divisibility, pad_value=pad_value))
     return iter(loader)
 

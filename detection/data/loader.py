@@ -14,23 +14,11 @@ import itertools
 from functools import partial
 from typing import Iterable, Iterator, Sequence
 
-import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 
-from common.samplers import InfiniteSampler
+from common.image_list import collate  # noqa: F401  (re-exported by detection.data)
+from common.samplers import Batches, InfiniteSampler, SeededBatches, SeededDataset
 from detection.structures import ImageList
-
-
-def collate(batch: list[tuple[torch.Tensor, dict]], size_divisibility: int = 32,
-            pad_value: float | Sequence[float] = 0.0) -> tuple[ImageList, list[dict]]:
-    """``[(image (3, H, W) uint8, target)] * N`` -> ``(ImageList (N, 3, Hp, Wp) in [0, 1], targets)``.
-
-    ``pad_value`` is on the [0, 1] scale (the backbone's pixel mean, so padding normalises to 0).
-    """
-    images = [image for image, _ in batch]
-    targets = [target for _, target in batch]
-    return ImageList.from_tensors(images, size_divisibility, pad_value), targets
 
 
 class AspectRatioGroupedBatches:
@@ -58,47 +46,6 @@ class AspectRatioGroupedBatches:
                 bucket.clear()
 
 
-class _Batches:
-    """Consecutive ``batch_size`` indices of a stream."""
-
-    def __init__(self, sampler: Iterable[int], batch_size: int):
-        self.sampler, self.batch_size = sampler, batch_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        it = iter(self.sampler)
-        while batch := list(itertools.islice(it, self.batch_size)):
-            yield batch
-
-
-class _SeededBatches:
-    """Attach an augmentation seed to every index: batch ``t`` -> ``[(index, seed), ...]``."""
-
-    def __init__(self, batches: Iterable[list[int]], seed: int, rank: int, first_iter: int):
-        self.batches, self.seed, self.rank, self.first_iter = batches, seed, rank, first_iter
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for it, batch in enumerate(self.batches, start=self.first_iter):
-            seeds = np.random.SeedSequence([self.seed, self.rank, it]).generate_state(len(batch))
-            yield [(index, int(s)) for index, s in zip(batch, seeds)]
-
-
-class _SeededDataset(Dataset):
-    """``dataset[(index, seed)]``: reseed the dataset's transforms, then read the item."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
-        transforms = getattr(self.dataset, "transforms", None)
-        if hasattr(transforms, "set_random_seed"):
-            transforms.set_random_seed(seed)
-        return self.dataset[index]
-
-
 def build_train_loader(dataset: Dataset, *, batch_size: int, num_workers: int, size_divisibility: int,
                        pad_value: float | Sequence[float], seed: int = 0, start_iter: int = 0,
                        aspect_ratio_grouping: bool = True, rank: int = 0,
@@ -119,10 +66,10 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, num_workers: int, s
     else:
         sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size,
                                   start=start_iter * batch_size)
-        batches = _Batches(sampler, batch_size)
+        batches = Batches(sampler, batch_size)
     loader = DataLoader(
-        _SeededDataset(dataset),
-        batch_sampler=_SeededBatches(batches, seed, rank, start_iter),
+        SeededDataset(dataset),
+        batch_sampler=SeededBatches(batches, seed, rank, start_iter),
         num_workers=num_workers,
         collate_fn=partial(collate, size_divisibility=size_divisibility, pad_value=pad_value),
     )
