@@ -1,0 +1,43 @@
+"""detection/build.py, data side: where the data is, and train/val consistency; bad input names the value."""
+import json
+import shutil
+
+import pytest
+
+from common.config import load_config
+from detection.build import build_datasets, resolve_data_paths
+from detection.config import DataConfig, DetConfig
+from detection.data import DatasetError
+
+
+def test_synthetic_layout_resolves(shapes_dir):
+    paths = resolve_data_paths(DataConfig(), str(shapes_dir))
+    assert paths.train_json == shapes_dir / "train.json" and paths.val_images == shapes_dir / "val"
+
+
+def test_explicit_paths_need_all_four(shapes_dir):
+    cfg = DataConfig(train_json=str(shapes_dir / "train.json"), train_images=str(shapes_dir / "train"))
+    with pytest.raises(DatasetError, match="missing: data.val_json, data.val_images"):
+        resolve_data_paths(cfg)
+
+
+def test_missing_image_folder_is_named(shapes_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.json", "val.json"):
+        shutil.copy(shapes_dir / name, data / name)
+    (data / "train").mkdir()
+    with pytest.raises(DatasetError, match=rf"image folder not found: {data / 'val'} \(data.val_images\)"):
+        resolve_data_paths(DataConfig(), str(data))
+
+
+def test_train_and_val_must_share_categories(shapes_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    val = json.loads((data / "val.json").read_text())
+    val["categories"] = [c for c in val["categories"] if c["id"] != 7]
+    val["annotations"] = [a for a in val["annotations"] if a["category_id"] != 7]
+    (data / "val.json").write_text(json.dumps(val))
+    cfg = load_config(DetConfig, None, ["model.mask_on=true"])
+    with pytest.raises(DatasetError, match=r"has categories \[1, 3, 5\] but .*train.json has \[1, 3, 5, 7\]"):
+        build_datasets(cfg, resolve_data_paths(cfg.data, str(data)))
