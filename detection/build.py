@@ -10,13 +10,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
+from common.config import ConfigError, apply_override, load_config, merge
+from common.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
 from detection.box_head import ConvFCHead, FastRCNNPredictor, Res5Head
 from detection.config import DataConfig, DetConfig, ModelConfig
-from detection.data import CocoDetection, DatasetError, build_transforms
+from detection.data import CocoDetection, DatasetError, DatasetMeta, build_transforms
 from detection.generalized_rcnn import GeneralizedRCNN
 from detection.keypoint_head import KeypointRCNNHead
 from detection.mask_head import MaskRCNNHead
@@ -268,3 +271,55 @@ def adapt_to_dataset(model_cfg: ModelConfig, train: CocoDetection) -> tuple[Mode
 def iou_types_for(model_cfg: ModelConfig) -> tuple[str, ...]:
     """The COCO evaluation types a model produces."""
     return ("bbox",) + (("segm",) if model_cfg.mask_on else ()) + (("keypoints",) if model_cfg.keypoint_on else ())
+
+
+# ---------------------------------------------------------------------------------------------
+# a trained detector back from its checkpoint (tools/eval_coco.py, tools/predict.py)
+
+
+def read_checkpoint(checkpoint: str | Path, config: str | Path | None = None, overrides=()):
+    """(state dict, DetConfig, DatasetMeta or None) of a checkpoint written by tools/train_det.py.
+
+    The config is ``config`` (a YAML path) or else the one stored in the checkpoint, with the
+    ``key=value`` ``overrides`` on top; its backbone ``weights`` is cleared (the checkpoint holds
+    every weight: nothing is fetched). The DatasetMeta is the checkpoint's ``metadata["dataset"]``
+    (None for a checkpoint without metadata: the caller then takes it from the data).
+    """
+    state = load_checkpoint(checkpoint)
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"checkpoint {checkpoint} has no 'model' weights (it holds: "
+                              f"{', '.join(sorted(state)) or 'nothing'})")
+    if config is not None:
+        cfg = load_config(DetConfig, config, list(overrides))
+    elif state.get("config_yaml"):
+        source = f"the config stored in {checkpoint}"
+        try:
+            data = yaml.safe_load(state["config_yaml"]) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source} is not valid YAML ({e})") from None
+        cfg = merge(DetConfig(), data, source=source)
+        for item in overrides:
+            cfg = apply_override(cfg, item)
+    else:
+        raise CheckpointError(f"checkpoint {checkpoint} stores no config; pass --config")
+    cfg = replace(cfg, model=replace(cfg.model, backbone=replace(cfg.model.backbone, weights=None)))
+    meta_dict = (state.get("metadata") or {}).get("dataset")
+    meta = DatasetMeta.from_dict(meta_dict) if meta_dict else None
+    return state, cfg, meta
+
+
+def build_detector(state: dict, cfg, meta, checkpoint: str | Path, device="cpu"):
+    """(model in eval mode on ``device``, cfg as built): ``cfg.model`` for ``meta``'s classes and
+    keypoints, with the checkpoint's weights (a checkpoint of another architecture is one
+    CheckpointError listing the keys that do not fit)."""
+    model_cfg = cfg.model
+    if model_cfg.keypoint_on and meta.num_keypoints == 0:
+        model_cfg = replace(model_cfg, keypoint_on=False)
+    torch.manual_seed(0)  # the initial weights are all overwritten; seeded so nothing rides on chance
+    try:
+        model = build_model(model_cfg, meta.num_classes, meta.num_keypoints, meta.flip_indices,
+                            keypoint_classes=meta.keypoint_classes or None)
+    except ValueError as e:
+        raise ConfigError(f"cannot build the model for {checkpoint}: {e}") from None
+    load_model_state(model, state["model"], f"checkpoint {checkpoint}")
+    return model.to(device).eval(), replace(cfg, model=model_cfg)

@@ -30,14 +30,12 @@ import argparse
 import json
 import sys
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tools/ is not a package
 import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
 
-from common.config import ConfigError  # noqa: E402
 from common.engine.checkpoint import CheckpointError  # noqa: E402
 from detection.data import DatasetError  # noqa: E402
 from detection.evaluation import IOU_TYPES, evaluate_coco, metrics_to_json  # noqa: E402
@@ -84,66 +82,6 @@ def check_mode(args: argparse.Namespace) -> None:
 # model mode
 
 
-def read_checkpoint(checkpoint: str | Path, config: str | Path | None = None, overrides=()):
-    """(state dict, DetConfig, DatasetMeta or None) of a checkpoint written by tools/train_det.py.
-
-    The config is ``config`` (a YAML path) or else the one stored in the checkpoint, with the
-    ``key=value`` ``overrides`` on top; its backbone ``weights`` is cleared (the checkpoint holds
-    every weight: nothing is fetched). The DatasetMeta is the checkpoint's ``metadata["dataset"]``
-    (None for a checkpoint without metadata: the caller then takes it from the data).
-    """
-    import yaml
-
-    from common.config import apply_override, load_config, merge
-    from common.engine.checkpoint import load_checkpoint
-    from detection.config import DetConfig
-    from detection.data import DatasetMeta
-
-    state = load_checkpoint(checkpoint)
-    if not isinstance(state.get("model"), dict):
-        raise CheckpointError(f"checkpoint {checkpoint} has no 'model' weights (it holds: "
-                              f"{', '.join(sorted(state)) or 'nothing'})")
-    if config is not None:
-        cfg = load_config(DetConfig, config, list(overrides))
-    elif state.get("config_yaml"):
-        source = f"the config stored in {checkpoint}"
-        try:
-            data = yaml.safe_load(state["config_yaml"]) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source} is not valid YAML ({e})") from None
-        cfg = merge(DetConfig(), data, source=source)
-        for item in overrides:
-            cfg = apply_override(cfg, item)
-    else:
-        raise CheckpointError(f"checkpoint {checkpoint} stores no config; pass --config")
-    cfg = replace(cfg, model=replace(cfg.model, backbone=replace(cfg.model.backbone, weights=None)))
-    meta_dict = (state.get("metadata") or {}).get("dataset")
-    meta = DatasetMeta.from_dict(meta_dict) if meta_dict else None
-    return state, cfg, meta
-
-
-def build_detector(state: dict, cfg, meta, checkpoint: str | Path, device="cpu"):
-    """(model in eval mode on ``device``, cfg as built): ``cfg.model`` for ``meta``'s classes and
-    keypoints, with the checkpoint's weights (a checkpoint of another architecture is one
-    CheckpointError listing the keys that do not fit)."""
-    import torch
-
-    from common.engine.checkpoint import load_model_state
-    from detection.build import build_model
-
-    model_cfg = cfg.model
-    if model_cfg.keypoint_on and meta.num_keypoints == 0:
-        model_cfg = replace(model_cfg, keypoint_on=False)
-    torch.manual_seed(0)  # the initial weights are all overwritten; seeded so nothing rides on chance
-    try:
-        model = build_model(model_cfg, meta.num_classes, meta.num_keypoints, meta.flip_indices,
-                            keypoint_classes=meta.keypoint_classes or None)
-    except ValueError as e:
-        raise ConfigError(f"cannot build the model for {checkpoint}: {e}") from None
-    load_model_state(model, state["model"], f"checkpoint {checkpoint}")
-    return model.to(device).eval(), replace(cfg, model=model_cfg)
-
-
 def val_split(args: argparse.Namespace, data_cfg) -> tuple[Path, Path]:
     """(annotation JSON, image folder) to evaluate on; see the module docstring for the order."""
     if args.gt:
@@ -164,11 +102,10 @@ def val_split(args: argparse.Namespace, data_cfg) -> tuple[Path, Path]:
 
 def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """(metrics, COCO results) of ``args.checkpoint`` on the val split (see the module docstring)."""
-    from detection.build import iou_types_for
+    from common.engine.distributed import parse_device
+    from detection.build import build_detector, iou_types_for, read_checkpoint
     from detection.data import CocoDetection, build_test_loader, build_transforms
     from detection.inference import evaluate_detector
-
-    from common.engine.distributed import parse_device
 
     device = parse_device(args.device)
     state, cfg, meta = read_checkpoint(args.checkpoint, args.config, args.overrides)

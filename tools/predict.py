@@ -24,8 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-sys.path[:0] = [str(TOOLS.parent), str(TOOLS)]  # the repo and tools/ (not a package): eval_coco
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not a package
 import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -84,10 +83,10 @@ def predict(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from detection.data import DatasetError, build_transforms, meta_from_coco, load_coco_json, read_image
-    from detection.visualize import draw_prediction, predict_image
     from common.engine.distributed import parse_device
-    from eval_coco import build_detector, read_checkpoint
+    from detection.build import build_detector, read_checkpoint
+    from detection.data import DatasetError, build_transforms, load_coco_json, meta_from_coco, read_image
+    from detection.visualize import draw_prediction, predict_image
 
     if not 0.0 <= args.score_thresh <= 1.0:
         raise ValueError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
