@@ -83,7 +83,8 @@ def predictions_to_coco_results(predictions: Sequence[dict], image_ids: Sequence
                   frame of the image on disk:
                   pred_boxes (R, 4) xyxy, scores (R,), pred_classes (R,) contiguous labels,
                   optional pred_masks (R, H, W) probabilities (binarised at >= 0.5),
-                  optional pred_keypoints (R, P, 3) (x, y, score).
+                  optional pred_keypoints (R, P, 3) (x, y, score), x and y continuous (the
+                  results get COCO's pixel indices, x - 0.5 and y - 0.5; see detection.data.coco).
     image_ids:    the COCO image id of each prediction dict.
     category_ids: label -> COCO category id (``DatasetMeta.category_ids``).
 
@@ -129,6 +130,7 @@ def predictions_to_coco_results(predictions: Sequence[dict], image_ids: Sequence
             if keypoints.ndim != 3 or keypoints.shape[0] != num or keypoints.shape[2] != 3:
                 raise EvaluationError(f"image {image_id}: pred_keypoints has shape "
                                       f"{tuple(keypoints.shape)}, expected ({num}, P, 3)")
+            keypoints[:, :, :2] -= 0.5  # continuous coordinates -> COCO's pixel indices
             keypoints = keypoints.reshape(num, -1)  # (R, P, 3) -> (R, 3P) as x, y, score, ...
 
         for i in range(num):

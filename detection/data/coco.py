@@ -20,8 +20,12 @@ value: a file that is not JSON or not COCO, an annotation pointing at an unknown
 category, a malformed segmentation or keypoint list, a missing/unreadable image, an image whose
 size on disk differs from the JSON.
 
-Keypoints keep COCO's convention (x, y in pixel-index coordinates, v in {0, 1, 2}); masks are
-decoded with pycocotools (``COCO.annToMask`` semantics), so they match pycocotools exactly.
+Coordinates are continuous everywhere (pixel (i, j) covers [j, j+1) x [i, i+1), as boxes and
+polygons are in COCO). COCO keypoints are pixel indices (the pixel at index x has its centre at
+x + 0.5), so labelled keypoints (v > 0) get 0.5 added on reading, as in detectron2, and
+``detection.evaluation`` takes it off again when writing results; v stays in {0, 1, 2} and
+unlabelled keypoints stay (0, 0, 0). Masks are decoded with pycocotools (``COCO.annToMask``
+semantics), so they match pycocotools exactly.
 """
 from __future__ import annotations
 
@@ -333,6 +337,7 @@ class CocoDetection(torch.utils.data.Dataset):
                         f"{self.ann_file}: annotation {ann['id']} has {len(raw)} keypoint values; expected "
                         f"3 x {self.meta.num_keypoints} = {3 * self.meta.num_keypoints}")
                 kps = np.asarray(raw, np.float32).reshape(-1, 3)
+                kps[kps[:, 2] > 0, :2] += 0.5  # pixel index -> continuous coordinates
         return _Instance(ann["id"], box, self._label_of[ann["category_id"]], segm, kps)
 
     def _clean_segmentation(self, ann: dict, h: int, w: int) -> Any:

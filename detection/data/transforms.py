@@ -12,9 +12,10 @@ Steps, in order:
    choice per image at train time, like detectron2's ResizeShortestEdge; at test time the largest),
    capped so the long side is at most ``max_size``; then at train time a random factor from
    ``scale_jitter=(lo, hi)``. Boxes and keypoints are scaled, masks resized nearest-neighbour.
-2. :class:`HorizontalFlipKeypointSwap` (train, ``hflip_prob``): boxes ``x -> W - x``, keypoints
-   ``x -> W - 1 - x`` (COCO keypoints are pixel indices) and then left/right keypoints swapped
-   by ``meta.flip_indices``: albumentations does not know the flip map.
+2. :class:`HorizontalFlipKeypointSwap` (train, ``hflip_prob``): boxes and keypoints
+   ``x -> W - x`` (keypoints are continuous coordinates here, see ``detection.data.coco``;
+   albumentations' own ``W - 1 - x`` is for pixel indices) and then left/right keypoints
+   swapped by ``meta.flip_indices``: albumentations does not know the flip map.
 3. ``ColorJitter`` (train, ``color_jitter`` strength in [0, 1]; 0 = off).
 
 Afterwards instances whose box has a side < ``MIN_BOX_SIDE`` px are dropped together with
@@ -67,7 +68,8 @@ class HorizontalFlipKeypointSwap(A.HorizontalFlip):
         self.flip_indices = np.asarray(flip_indices, dtype=np.int64)
 
     def apply_to_keypoints(self, keypoints: np.ndarray, **params: Any) -> np.ndarray:
-        flipped = super().apply_to_keypoints(keypoints, **params)
+        flipped = super().apply_to_keypoints(keypoints, **params)  # x -> W - 1 - x, angles mirrored
+        flipped[:, 0] = params["shape"][1] - keypoints[:, 0]  # continuous coordinates: x -> W - x
         num_kp = len(self.flip_indices)
         if num_kp == 0 or len(flipped) == 0:
             return flipped

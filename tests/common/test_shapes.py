@@ -120,6 +120,7 @@ def test_star_keypoints_visibility_and_flip(medium_dir):
                 assert x == y == 0
                 continue
             assert 0 <= x < w and 0 <= y < h
+            x, y = x + 0.5, y + 0.5  # COCO pixel index -> the continuous tip
             if v == 2:
                 assert own[int(y), int(x)], f"visible tip ({x}, {y}) is off star {ann['id']}"
                 assert not later[int(y), int(x)]
@@ -199,6 +200,12 @@ def test_ensure_is_idempotent(tmp_path, monkeypatch):
     assert ensure_shapes_dataset(tmp_path / "shapes", **kwargs) == root
     with pytest.warns(UserWarning, match=r"ignoring the requested \{'num_train': 5\}"):
         assert ensure_shapes_dataset(tmp_path / "shapes", **{**kwargs, "num_train": 5}) == root
+    # a dataset from before the keypoint convention changed is kept, with a word on regenerating it
+    marker = root / shapes.COMPLETE_MARKER
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "format"}))
+    with pytest.warns(UserWarning, match=r"older version of the toolkit \(format 1, now 2.*delete the directory"):
+        assert ensure_shapes_dataset(tmp_path / "shapes", **kwargs) == root
+    assert (root / "val.json").is_file()
 
 
 def test_ensure_is_atomic(tmp_path, monkeypatch):

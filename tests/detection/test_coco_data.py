@@ -157,7 +157,7 @@ def test_dataset_items(coco_files):
     _, t = ds[1]
     assert t["gt_classes"].tolist() == [2, 1]
     assert t["gt_masks"][0].sum() == 600  # uncompressed RLE 20 x 30
-    assert t["gt_keypoints"][1].tolist() == [[30, 45, 2], [25, 44, 1], [35, 44, 2]]
+    assert t["gt_keypoints"][1].tolist() == [[30.5, 45.5, 2], [25.5, 44.5, 1], [35.5, 44.5, 2]]  # COCO index + 0.5
     assert t["gt_keypoints"][0].abs().sum() == 0  # square has no keypoints: zeros
 
     _, t = ds[2]  # image without annotations is kept, with empty fields
@@ -218,7 +218,9 @@ def _assert_matches_pycocotools(ds):
             if "gt_masks" in t:
                 assert np.array_equal(t["gt_masks"][j].numpy(), coco.annToMask(a))
             if "gt_keypoints" in t and "keypoints" in a:
-                assert t["gt_keypoints"][j].flatten().tolist() == pytest.approx(a["keypoints"])
+                expected = np.asarray(a["keypoints"], np.float64).reshape(-1, 3)
+                expected[expected[:, 2] > 0, :2] += 0.5  # COCO pixel indices -> continuous
+                np.testing.assert_allclose(t["gt_keypoints"][j].numpy(), expected, rtol=0, atol=1e-4)
     return True
 
 

@@ -125,7 +125,8 @@ def test_predictions_to_coco_results_formats():
     r = res[0]
     assert (r["image_id"], r["category_id"], r["score"]) == (7, 9, pytest.approx(0.9))
     assert r["bbox"] == [1.0, 2.0, 4.0, 6.0]
-    assert r["keypoints"] == pytest.approx([1.0, 2.0, 0.5, 3.0, 4.0, 0.7])
+    # continuous coordinates -> COCO's pixel indices (x - 0.5, y - 0.5); scores untouched
+    assert r["keypoints"] == pytest.approx([0.5, 1.5, 0.5, 2.5, 3.5, 0.7])
     assert isinstance(r["segmentation"]["counts"], str) and r["segmentation"]["size"] == [8, 10]
     decoded = mask_util.decode({"size": [8, 10], "counts": r["segmentation"]["counts"].encode()})
     assert decoded.sum() == 8 and decoded[2:4, 3:7].all()

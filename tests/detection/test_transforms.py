@@ -66,10 +66,10 @@ def test_flip_moves_boxes_masks_and_swaps_left_right_keypoints():
     np.testing.assert_allclose(tt["gt_boxes"], [[70, 20, 90, 50], [10, 5, 40, 25]], atol=1e-4)
     for m, b in zip(tt["gt_masks"], tt["gt_boxes"]):
         np.testing.assert_allclose(tight_box(m), b, atol=1e-4)
-    # keypoints are pixel indices: x -> W - 1 - x; left_eye and right_eye trade places
-    np.testing.assert_allclose(tt["gt_keypoints"][0], [[79, 30, 2], [74, 25, 2], [84, 25, 1]])
+    # keypoints are continuous coordinates like boxes: x -> W - x; left_eye and right_eye trade places
+    np.testing.assert_allclose(tt["gt_keypoints"][0], [[80, 30, 2], [75, 25, 2], [85, 25, 1]])
     # instance 2's left_eye was unlabeled: after the swap right_eye is unlabeled, at (0, 0)
-    np.testing.assert_allclose(tt["gt_keypoints"][1], [[24, 10, 2], [14, 8, 2], [0, 0, 0]])
+    np.testing.assert_allclose(tt["gt_keypoints"][1], [[25, 10, 2], [15, 8, 2], [0, 0, 0]])
     np.testing.assert_array_equal(tt["gt_classes"], [0, 1])
 
 
