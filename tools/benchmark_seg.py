@@ -6,7 +6,13 @@ Rows (all trained from scratch with the common engine, ResNet-18 with BN where t
   tv_fcnhead_R18   torchvision.models.segmentation.fcn_resnet50's FCNHead (3x3 conv-BN-ReLU,
                    dropout, 1x1) on the *same* ResNet-18 c5, upsampled bilinearly as torchvision does
   fcn32s_R18       our FCN-32s (no skips): the coarse baseline for boundary IoU
-  unet             the default CPU U-Net of tools/train_seg.py
+  unet             the default CPU U-Net of tools/train_seg.py, exactly as that tool trains it
+
+Every row shares the config's data, crops, batches, optimizer, schedule, loss and class
+weighting, and starts its classifier bias at the class prior when the config asks for it
+(torchvision's head too, on its last 1x1 conv), so the FCN rows differ only in their heads. The
+three ResNet rows see the crops at full resolution (``model.input_scale`` is for the U-Net: a
+stride-32 network on half-size 128 px crops would have a 2 x 2 top feature map).
 
     python tools/benchmark_seg.py                       # the full schedule of the default config
     python tools/benchmark_seg.py --max-iters 20 --rows fcn8s_R18,tv_fcnhead_R18   # a quick check
@@ -44,6 +50,7 @@ class TorchvisionFCNHead(nn.Module):
 
         self.backbone = backbone
         self.head = FCNHead(backbone.out_channels["c5"], num_classes)
+        self.score = self.head[-1]  # its 1x1 classifier: where a class-prior bias goes
         self.pixel_mean, self.pixel_std = backbone.pixel_mean, backbone.pixel_std
         self.size_divisibility = backbone.size_divisibility
 
@@ -57,23 +64,30 @@ def build_row(name: str, cfg, num_classes: int, ignore_index: int, class_stats=N
     """One row's model; ``class_stats`` (``segmentation.build.class_pixel_stats_of``) feeds the
     class weights and prior bias that ``cfg.model`` asks for, as tools/train_seg.py does."""
     from common.backbones import build_backbone
-    from segmentation.build import build_class_prior, build_class_weight, build_model
+    from segmentation.build import build_class_prior, build_class_weight, build_model, init_classifier_bias
     from segmentation.segmentor import SemanticSegmentor
 
     r18 = dataclasses.replace(cfg.model.backbone, name="resnet18", weights=None, norm="BN", freeze_at=0)
-    if name == "tv_fcnhead_R18":
-        backbone = build_backbone("resnet18", weights=None, norm="BN", out_features=("c5",))
-        return SemanticSegmentor(TorchvisionFCNHead(backbone, num_classes), num_classes,
-                                 loss=cfg.model.loss, ignore_index=ignore_index)
-    if name in ("fcn8s_R18", "fcn32s_R18"):
-        model_cfg = dataclasses.replace(cfg.model, arch="fcn", fcn_variant=name[3:].split("_")[0], backbone=r18)
-    elif name == "unet":
+    if name == "unet":
         model_cfg = cfg.model
+    elif name in ROWS:
+        model_cfg = dataclasses.replace(cfg.model, arch="fcn", fcn_variant=name[3:].split("_")[0],
+                                        backbone=r18, input_scale=1.0)
     else:
         raise ValueError(f"unknown row {name!r}; choose from {', '.join(ROWS)}")
-    return build_model(model_cfg, num_classes, ignore_index=ignore_index,
-                       class_weight=build_class_weight(model_cfg, class_stats) if class_stats else None,
-                       class_prior=build_class_prior(model_cfg, class_stats) if class_stats else None)
+    class_weight = build_class_weight(model_cfg, class_stats) if class_stats else None
+    class_prior = build_class_prior(model_cfg, class_stats) if class_stats else None
+    if name != "tv_fcnhead_R18":
+        return build_model(model_cfg, num_classes, ignore_index=ignore_index,
+                           class_weight=class_weight, class_prior=class_prior)
+    net = TorchvisionFCNHead(build_backbone("resnet18", weights=None, norm="BN", out_features=("c5",)),
+                             num_classes)
+    if class_prior is not None:
+        init_classifier_bias(net, class_prior)
+    m = model_cfg
+    return SemanticSegmentor(net, num_classes, loss=m.loss, class_weight=class_weight, focal_gamma=m.focal_gamma,
+                             dice_weight=m.dice_weight, ignore_index=ignore_index, input_scale=1.0,
+                             mirror_padding=m.mirror_padding)
 
 
 def main(argv=None) -> int:

@@ -86,3 +86,35 @@ def test_eval_bad_checkpoint_names_it(shapes_dir, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith(f"eval_seg.py: error: checkpoint {bad} ") and err.count("\n") == 1
+
+
+def test_benchmark_seg_rows_share_the_recipe(shapes_dir, capsys):
+    bench = _tool("benchmark_seg")
+    tiny = ["model.unet_width=4", "model.unet_depth=2", "data.crop_size=64", "solver.ims_per_batch=2",
+            "solver.warmup_iters=1", "data.num_vis=0"]
+    rc = bench.main(["--data", str(shapes_dir), "--max-iters", "1", "--threads", "1", *tiny])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "1 iterations x 2 images" in table
+    for row in bench.ROWS:
+        assert row in table
+
+    # torchvision's head starts at the class prior like ours; the ResNet rows run at full resolution
+    import argparse
+
+    from segmentation.build import build_class_prior, build_datasets, class_pixel_stats_of
+
+    cfg = _tool("train_seg").load_cfg(argparse.Namespace(overrides=tiny, data=str(shapes_dir), output=None,
+                                                         max_iters=1, device="cpu",
+                                                         config=ROOT / "configs/segmentation/unet_shapes_cpu.yaml"))
+    train_ds, _ = build_datasets(cfg.data)
+    stats = class_pixel_stats_of(train_ds)
+    prior = build_class_prior(cfg.model, stats)
+    assert prior is not None and cfg.model.input_scale == 0.5
+    tv = bench.build_row("tv_fcnhead_R18", cfg, train_ds.num_classes, train_ds.ignore_index, stats)
+    torch.testing.assert_close(tv.net.score.bias.detach(), prior.float())
+    for row in ("fcn8s_R18", "tv_fcnhead_R18", "fcn32s_R18"):
+        assert bench.build_row(row, cfg, train_ds.num_classes, 255, stats).input_scale == 1.0
+    assert bench.build_row("unet", cfg, train_ds.num_classes, 255, stats).input_scale == 0.5
+    with pytest.raises(ValueError, match="unknown row 'fcn4s'"):
+        bench.build_row("fcn4s", cfg, train_ds.num_classes, 255, stats)
