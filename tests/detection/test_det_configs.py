@@ -58,7 +58,7 @@ def test_yaml_builds(path):
 def test_shapes_recipe_is_lean():
     cfg = load_model_cfg(CONFIG_DIR / "shapes_R18_FPN.yaml")
     assert cfg.mask_on and cfg.keypoint_on and cfg.backbone.name == "resnet18"
-    assert cfg.roi_heads.batch_size_per_image == 256
+    assert cfg.roi_heads.batch_size_per_image == 64
     assert (cfg.rpn.post_nms_topk_train, cfg.rpn.post_nms_topk_test) == (300, 100)
     assert cfg.box_head.fc_dim <= 512 and cfg.mask_head.num_convs <= 4 and cfg.keypoint_head.num_convs <= 4
 

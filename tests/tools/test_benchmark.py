@@ -75,7 +75,7 @@ def test_torchvision_r18_copies_our_recipe(bench):
     assert tv.transform.min_size == (128,) and tv.transform.max_size == 171
     assert tv.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
     assert tv.rpn._pre_nms_top_n == {"training": 600, "testing": 300}
-    assert tv.roi_heads.fg_bg_sampler.batch_size_per_image == 256
+    assert tv.roi_heads.fg_bg_sampler.batch_size_per_image == 64
     assert tv.roi_heads.detections_per_img == 50
     assert tv.roi_heads.box_predictor.cls_score.out_features == 4  # 3 classes + background
     assert tv.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
