@@ -56,6 +56,15 @@ def build_model(cfg: ModelConfig, num_classes: int, *, class_weight: torch.Tenso
         net = ResNetUNet(backbone, num_classes, tuple(cfg.decoder_channels))
     else:  # the config loader already restricts the values
         raise ValueError(f"model.arch = {cfg.arch!r} must be fcn, unet or unet_resnet")
+    return wrap_net(net, cfg, num_classes, class_weight=class_weight, class_prior=class_prior,
+                    ignore_index=ignore_index)
+
+
+def wrap_net(net: torch.nn.Module, cfg: ModelConfig, num_classes: int, *,
+             class_weight: torch.Tensor | None = None, class_prior: torch.Tensor | None = None,
+             ignore_index: int = 255) -> SemanticSegmentor:
+    """``net`` (normalised images -> logits) with its classifier bias at ``class_prior`` (if given)
+    inside a :class:`SemanticSegmentor` with ``cfg``'s loss, input scale and padding."""
     if class_prior is not None:
         init_classifier_bias(net, class_prior)
     return SemanticSegmentor(net, num_classes, loss=cfg.loss, class_weight=class_weight,

@@ -64,30 +64,26 @@ def build_row(name: str, cfg, num_classes: int, ignore_index: int, class_stats=N
     """One row's model; ``class_stats`` (``segmentation.build.class_pixel_stats_of``) feeds the
     class weights and prior bias that ``cfg.model`` asks for, as tools/train_seg.py does."""
     from common.backbones import build_backbone
-    from segmentation.build import build_class_prior, build_class_weight, build_model, init_classifier_bias
-    from segmentation.segmentor import SemanticSegmentor
+    from segmentation.build import build_class_prior, build_class_weight, build_model, wrap_net
 
     r18 = dataclasses.replace(cfg.model.backbone, name="resnet18", weights=None, norm="BN", freeze_at=0)
     if name == "unet":
         model_cfg = cfg.model
-    elif name in ROWS:
+    elif name == "tv_fcnhead_R18":  # its loss settings only: the net is built below
+        model_cfg = dataclasses.replace(cfg.model, input_scale=1.0)
+    elif name in ("fcn8s_R18", "fcn32s_R18"):
         model_cfg = dataclasses.replace(cfg.model, arch="fcn", fcn_variant=name[3:].split("_")[0],
                                         backbone=r18, input_scale=1.0)
     else:
         raise ValueError(f"unknown row {name!r}; choose from {', '.join(ROWS)}")
-    class_weight = build_class_weight(model_cfg, class_stats) if class_stats else None
-    class_prior = build_class_prior(model_cfg, class_stats) if class_stats else None
+    loss_args = {"ignore_index": ignore_index,
+                 "class_weight": build_class_weight(model_cfg, class_stats) if class_stats else None,
+                 "class_prior": build_class_prior(model_cfg, class_stats) if class_stats else None}
     if name != "tv_fcnhead_R18":
-        return build_model(model_cfg, num_classes, ignore_index=ignore_index,
-                           class_weight=class_weight, class_prior=class_prior)
+        return build_model(model_cfg, num_classes, **loss_args)
     net = TorchvisionFCNHead(build_backbone("resnet18", weights=None, norm="BN", out_features=("c5",)),
                              num_classes)
-    if class_prior is not None:
-        init_classifier_bias(net, class_prior)
-    m = model_cfg
-    return SemanticSegmentor(net, num_classes, loss=m.loss, class_weight=class_weight, focal_gamma=m.focal_gamma,
-                             dice_weight=m.dice_weight, ignore_index=ignore_index, input_scale=1.0,
-                             mirror_padding=m.mirror_padding)
+    return wrap_net(net, model_cfg, num_classes, **loss_args)
 
 
 def main(argv=None) -> int:
