@@ -31,19 +31,33 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """Build ``cls()`` then apply the YAML at ``path`` (if any) and the ``key=value`` overrides."""
     cfg = cls()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
-        cfg = merge(cfg, data, source=str(path))
+        for data, source in _read_yaml(Path(path)):
+            cfg = merge(cfg, data, source=source)
     for item in overrides or []:
         cfg = apply_override(cfg, item)
     return cfg
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[dict, str]]:
+    """The mappings to merge for the YAML at ``path``, with their sources: those of the file named
+    by its ``_base_`` key (relative to it) first, recursively, then its own."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (the _base_ of {chain[-1]})" if chain else ""))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    base = data.pop("_base_", None)
+    if base is None:
+        return [(data, str(path))]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: _base_ must be the path of another YAML, got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in {p.resolve() for p in chain + (path,)}:
+        raise ConfigError(f"{path}: _base_ {base!r} leads back to a file already in the chain")
+    return _read_yaml(base_path, chain + (path,)) + [(data, str(path))]
 
 
 def apply_override(cfg: T, item: str) -> T:

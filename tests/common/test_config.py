@@ -52,6 +52,30 @@ def test_unknown_key_in_yaml_names_key_and_file(tmp_path):
         load_config(Outer, p)
 
 
+def test_base_yaml_is_merged_first_and_relative_to_the_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("solver:\n  lr: 1\n  name: adamw\nsize: 128\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("_base_: ../base.yaml\nsolver:\n  lr: 2\n")
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("_base_: mid.yaml\nsize: 96\n")
+    cfg = load_config(Outer, child, ["solver.steps=[3]"])
+    assert (cfg.solver.lr, cfg.solver.name, cfg.size, cfg.solver.steps) == (2.0, "adamw", 96, (3,))
+
+    (tmp_path / "typo.yaml").write_text("_base_: base.yaml\nsolver:\n  lrr: 1\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown config key 'solver.lrr'"):
+        load_config(Outer, tmp_path / "typo.yaml")
+    (tmp_path / "orphan.yaml").write_text("_base_: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"config file not found: .*gone.yaml \(the _base_ of .*orphan.yaml\)"):
+        load_config(Outer, tmp_path / "orphan.yaml")
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"b.yaml: _base_ 'a.yaml' leads back"):
+        load_config(Outer, tmp_path / "a.yaml")
+    (tmp_path / "num.yaml").write_text("_base_: 3\n")
+    with pytest.raises(ConfigError, match=r"_base_ must be the path of another YAML, got 3"):
+        load_config(Outer, tmp_path / "num.yaml")
+
+
 def test_unknown_override_and_bad_types():
     with pytest.raises(ConfigError, match="unknown config key 'sise'"):
         load_config(Outer, None, ["sise=3"])
