@@ -186,7 +186,8 @@ def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num
                     FastRCNNPredictor(box_head.out_dim, num_classes),
                     box_coder=BoxCoder(tuple(bh.bbox_reg_weights)), iou_thresholds=rh.iou_thresholds,
                     batch_size_per_image=rh.batch_size_per_image, positive_fraction=rh.positive_fraction,
-                    add_gt_as_proposals=rh.add_gt_as_proposals, smooth_l1_beta=bh.smooth_l1_beta,
+                    add_gt_as_proposals=rh.add_gt_as_proposals,
+                    mask_rois_per_image=rh.mask_rois_per_image, smooth_l1_beta=bh.smooth_l1_beta,
                     score_thresh=rh.score_thresh, nms_thresh=rh.nms_thresh,
                     detections_per_img=rh.detections_per_img, **kwargs)
 

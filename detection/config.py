@@ -51,6 +51,9 @@ class ROIHeadsConfig:
     batch_size_per_image: int = 512  # RoIs sampled per image for the losses
     positive_fraction: float = 0.25  # at most this fraction of sampled RoIs are foreground
     add_gt_as_proposals: bool = True  # gt boxes join the proposals at training time
+    mask_rois_per_image: int = 0  # cap on the foreground RoIs per image the mask and keypoint heads
+    # train on, a random subset of the sampled ones (0 = all): many sampled RoIs for the cheap box head
+    # without paying for them in the costly mask/keypoint convs
     score_thresh: float = 0.05  # detections below this class score are dropped
     nms_thresh: float = 0.5  # per-class NMS IoU threshold
     detections_per_img: int = 100  # detections kept per image

@@ -55,7 +55,7 @@ class RoIHeads(nn.Module):
     def __init__(self, num_classes: int, in_features: list[str], box_pooler: RoIPooler, box_head: nn.Module,
                  box_predictor: FastRCNNPredictor, *, box_coder: BoxCoder = BoxCoder((10.0, 10.0, 5.0, 5.0)),
                  iou_thresholds: tuple[float, float] = (0.5, 0.5), batch_size_per_image: int = 512,
-                 positive_fraction: float = 0.25, add_gt_as_proposals: bool = True,
+                 positive_fraction: float = 0.25, add_gt_as_proposals: bool = True, mask_rois_per_image: int = 0,
                  smooth_l1_beta: float = 1.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
                  detections_per_img: int = 100,
                  mask_pooler: RoIPooler | None = None, mask_head: nn.Module | None = None,
@@ -71,6 +71,7 @@ class RoIHeads(nn.Module):
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
         self.add_gt_as_proposals = add_gt_as_proposals
+        self.mask_rois_per_image = mask_rois_per_image
         self.smooth_l1_beta = smooth_l1_beta
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.mask_pooler, self.mask_head = mask_pooler, mask_head
@@ -119,8 +120,11 @@ class RoIHeads(nn.Module):
             target_deltas.append(d)
         losses = fast_rcnn_losses(class_logits, box_deltas, torch.cat([s["gt_classes"] for s in sampled]),
                                   torch.cat(target_deltas), self.smooth_l1_beta)
-        # the mask and keypoint branches learn from foreground RoIs only
+        # the mask and keypoint branches learn from foreground RoIs only, at most mask_rois_per_image
+        # of them (the sampler puts positives first, in random order: the first ones are a random subset)
         fg = [s["gt_classes"] < k for s in sampled]
+        if self.mask_rois_per_image > 0:
+            fg = [f & (torch.arange(len(f), device=f.device) < self.mask_rois_per_image) for f in fg]
         if self.mask_on:
             pos_boxes = [s["proposal_boxes"][f] for s, f in zip(sampled, fg)]
             logits = self.mask_head(self.mask_pooler(feats, pos_boxes))  # (F, K, S, S)

@@ -112,3 +112,22 @@ def test_keypoints_only_for_keypoint_classes():
     assert (p["pred_keypoints"][other] == 0).all()
     if (~other).any():
         assert (p["pred_keypoints"][~other][..., 2] > 0).all()
+
+
+def test_mask_rois_per_image_caps_the_mask_and_keypoint_rois_only():
+    feats = {"p2": torch.randn(2, 8, 16, 16), "p3": torch.randn(2, 8, 8, 8)}
+    props = [torch.tensor([[6.0, 8, 28, 42], [7, 9, 29, 41], [8, 10, 31, 40], [30, 30, 60, 60]]),
+             torch.tensor([[0.0, 0, 20, 20]])]
+    seen = {}
+
+    def count(name):
+        return lambda module, inputs: seen.__setitem__(name, len(inputs[0]))
+
+    for cap, mask_rois in ((0, 4), (2, 2)):  # 3 proposals + the gt box are foreground in image 1
+        heads = make_heads()
+        heads.mask_rois_per_image = cap
+        for name in ("box_head", "mask_head", "keypoint_head"):
+            getattr(heads, name).register_forward_pre_hook(count(name))
+        _, losses = heads(feats, props, [(64, 64), (64, 64)], make_targets())
+        assert seen == {"box_head": 5 + 1, "mask_head": mask_rois, "keypoint_head": mask_rois}
+        assert torch.isfinite(sum(losses.values()))
