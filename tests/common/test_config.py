@@ -61,19 +61,19 @@ def test_base_yaml_is_merged_first_and_relative_to_the_file(tmp_path):
     cfg = load_config(Outer, child, ["solver.steps=[3]"])
     assert (cfg.solver.lr, cfg.solver.name, cfg.size, cfg.solver.steps) == (2.0, "adamw", 96, (3,))
 
-    (tmp_path / "typo.yaml").write_text("_base_: base.yaml\nsolver:\n  lrr: 1\n")
-    with pytest.raises(ConfigError, match=r"typo.yaml: unknown config key 'solver.lrr'"):
-        load_config(Outer, tmp_path / "typo.yaml")
-    (tmp_path / "orphan.yaml").write_text("_base_: gone.yaml\n")
-    with pytest.raises(ConfigError, match=r"config file not found: .*gone.yaml \(the _base_ of .*orphan.yaml\)"):
-        load_config(Outer, tmp_path / "orphan.yaml")
-    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
-    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
-    with pytest.raises(ConfigError, match=r"b.yaml: _base_ 'a.yaml' leads back"):
-        load_config(Outer, tmp_path / "a.yaml")
-    (tmp_path / "num.yaml").write_text("_base_: 3\n")
-    with pytest.raises(ConfigError, match=r"_base_ must be the path of another YAML, got 3"):
-        load_config(Outer, tmp_path / "num.yaml")
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"c.yaml": "_base_: b.yaml\nsolver:\n  lrr: 1\n", "b.yaml": "size: 1\n"}, r"c.yaml: unknown config key 'solver.lrr'"),
+    ({"c.yaml": "_base_: gone.yaml\n"}, r"config file not found: .*gone.yaml \(the _base_ of .*c.yaml\)"),
+    ({"c.yaml": "_base_: b.yaml\n", "b.yaml": "_base_: c.yaml\n"}, r"b.yaml: _base_ 'c.yaml' leads back"),
+    ({"c.yaml": "_base_: 3\n"}, r"c.yaml: _base_ must be the path of another YAML, got 3"),
+])
+def test_bad_base_yaml_names_the_file(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(Outer, tmp_path / "c.yaml")
 
 
 def test_unknown_override_and_bad_types():
