@@ -3,8 +3,9 @@
 
     python tools/benchmark.py --out bench.json                 # CPU: ResNet-18-FPN, 192 px, 300 iters
     python tools/benchmark.py --iters 3                        # a quick check that everything runs
-    python tools/benchmark.py --skip-torchvision --out b.json  # split a long run in two; the second
-    python tools/benchmark.py --skip-ours --out b.json         #   run fills the other column of b.json
+    python tools/benchmark.py --seeds 0 1 2 --out b.json       # three seeds; the table holds their means
+    python tools/benchmark.py --skip-torchvision --out b.json  # split a long run: every run with the
+    python tools/benchmark.py --skip-ours --seeds 1 --out b.json  #  same settings adds its seeds to b.json
     python tools/benchmark.py --gpu-r50 --out gpu.json         # R50-FPN, 800 px, batch 2, on CUDA
 
 CPU mode (default). Both models are trained from scratch, one after the other in this process,
@@ -22,12 +23,19 @@ schedule (``common.engine.build_optimizer``/``build_scheduler`` of the default C
                pre/post-NMS top-k and sample size, RoI sample size, detections per image, box
                head width (TwoMLPHead), mask head convs (MaskRCNNHeads), RoIAlign sampling ratio.
                What stays different is fixed by torchvision: its RPN also runs on the max-pooled
-               level (given 2x the largest anchor).
+               level (given 2x the largest anchor), and its mask head trains on every sampled
+               foreground RoI (it has no ``roi_heads.mask_rois_per_image`` cap).
   --torchvision-heads stock
                torchvision's MaskRCNN as its users build it on ResNet-18-FPN instead
                (``resnet_fpn_backbone``, FPN 256, every RPN/RoI setting at torchvision's defaults):
                ours against what a torchvision user gets for the same backbone, size, batch and
                schedule.
+
+Seeds: a 200-iteration run is early in training, where AP moves by several points with the seed
+(initialisation, batch order, augmentation); ``--seeds`` repeats the whole comparison per seed and
+the table holds the means over the seeds both models ran (AP differences are paired by seed), with
+each seed's AP listed under it. ``--out`` keeps every (seed, model) column of earlier runs with the
+same settings, so one long benchmark can be split across processes (a lock serialises their writes).
 
 Rows: training s/iter (median after --warmup iterations; forward + backward + optimizer step,
 data loading excluded), inference images/s (batch 1 on the first --infer-images val images,
@@ -53,6 +61,7 @@ if str(ROOT) not in sys.path:
 import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -67,7 +76,7 @@ from torch import nn  # noqa: E402
 from common.backbones.backbone import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from detection.structures import ImageList  # noqa: E402
 
-CPU_RECIPE = ROOT / "configs" / "detection" / "shapes_R18_FPN.yaml"
+CPU_RECIPE = ROOT / "configs" / "detection" / "shapes_R18_FPN_wide.yaml"
 GPU_RECIPE = ROOT / "configs" / "detection" / "mask_rcnn_R50_FPN.yaml"
 SIDES = ("torchvision", "ours")
 # how our loaders pad a batch for ResNet backbones (their size_divisibility and pixel_mean)
@@ -345,6 +354,24 @@ def measure(model: nn.Module, cfg, train_set, val_set, device: torch.device, arg
 # the table
 
 
+def compare_runs(runs: dict[str, dict], rows) -> tuple[dict, list[str]]:
+    """The table of means over seeds: over the seeds both models ran (paired) when there are any,
+    else over each model's own. ``runs`` = {seed: {model: column}}. Returns (table, seeds used)."""
+    paired = [seed for seed, cols in runs.items() if all(cols.get(side) for side in SIDES)]
+    seeds = paired or list(runs)
+    columns: dict[str, dict | None] = {}
+    for side in SIDES:
+        cols = [runs[seed][side] for seed in seeds if runs[seed].get(side)]
+        columns[side] = {key: _mean([c.get(key) for c in cols]) for key, _, _ in rows} if cols else None
+    return compare(columns, rows), seeds
+
+
+def _mean(values: list) -> float | None:
+    """Mean of the values that are there (None: missing); NaN stays NaN."""
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
 def compare(columns: dict[str, dict | None], rows) -> dict:
     """{row key: {"torchvision", "ours", "ratio" | "difference"}}; None where a side is missing."""
     table = {}
@@ -363,9 +390,6 @@ def compare(columns: dict[str, dict | None], rows) -> dict:
 
 def format_table(table: dict, rows) -> str:
     """One Markdown table: rows of ``rows``, columns torchvision | ours | ours vs torchvision."""
-    def num(v):
-        return "-" if v is None else f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
-
     lines = ["| | torchvision | ours | ours vs torchvision |", "|---|---:|---:|---:|"]
     for key, label, how in rows:
         r = table[key]
@@ -373,8 +397,12 @@ def format_table(table: dict, rows) -> str:
             last = "-" if r["difference"] is None else f"{r['difference']:+.1f} pts"
         else:
             last = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        lines.append(f"| {label} | {num(r['torchvision'])} | {num(r['ours'])} | {last} |")
+        lines.append(f"| {label} | {_num(r['torchvision'])} | {_num(r['ours'])} | {last} |")
     return "\n".join(lines)
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,11 +418,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="dataset folder in the synthetic layout (default: the "
                    "built-in shapes dataset, generated on first use)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu; cuda with --gpu-r50)")
-    p.add_argument("--out", default=None, help="write the table as JSON here; with --skip-* the other "
-                   "column is kept from this file when its settings match")
+    p.add_argument("--out", default=None, help="write the table as JSON here; the columns (per seed and "
+                   "model) of earlier runs in this file with the same settings are kept")
     p.add_argument("--skip-torchvision", action="store_true", help="measure ours only")
     p.add_argument("--skip-ours", action="store_true", help="measure torchvision only")
-    p.add_argument("--seed", type=int, default=0, help="model, data and augmentation seed")
+    p.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0],
+                   help="model, data and augmentation seeds; the comparison runs once per seed")
     p.add_argument("--infer-images", type=int, default=50, help="val images timed for inference")
     p.add_argument("--eval-images", type=int, default=0, help="val images for AP (0: all)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (0 keeps the "
@@ -413,6 +442,8 @@ def check_args(args: argparse.Namespace) -> None:
                       ("workers", 0), ("threads", 0), ("size", 32)):
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds repeats a seed: {args.seeds}")
     if args.skip_torchvision and args.skip_ours:
         raise ValueError("--skip-torchvision and --skip-ours together leave nothing to measure")
     if args.device not in (None, "cpu", "cuda") and not str(args.device).startswith("cuda:"):
@@ -447,9 +478,9 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     if gpu:
-        cfg = gpu_config(args.iters, args.seed, args.workers)
+        cfg = gpu_config(args.iters, args.seeds[0], args.workers)
     else:
-        cfg = cpu_config(args.size, args.iters, args.seed, args.workers)
+        cfg = cpu_config(args.size, args.iters, args.seeds[0], args.workers)
     train_set, val_set = build_datasets(cfg, resolve_data_paths(cfg.data, args.data))
     if not train_set.has_masks:
         raise ValueError(f"{train_set.ann_file} has no instance masks; this benchmark compares Mask R-CNNs")
@@ -460,61 +491,93 @@ def run(args: argparse.Namespace) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "data": str(train_set.ann_file.parent),
         "size": cfg.data.test_min_size, "max_size": cfg.data.max_size, "batch": cfg.solver.ims_per_batch,
-        "iters": args.iters, "warmup": min(args.warmup, args.iters - 1), "seed": args.seed,
+        "iters": args.iters, "warmup": min(args.warmup, args.iters - 1),
         "optimizer": cfg.solver.optimizer, "base_lr": cfg.solver.base_lr, "schedule": cfg.solver.schedule,
         "infer_batch": 1, "infer_images": min(args.infer_images, len(val_set)),
         "eval_images": args.eval_images or len(val_set),
         "torchvision_heads": None if gpu else args.torchvision_heads,
     }
-    previous = _read_previous(args.out, settings) if (args.skip_ours or args.skip_torchvision) else {}
+    if args.out:
+        _read_previous(args.out, settings)  # a corrupt --out fails now, not after the training
+    runs: dict[str, dict[str, dict | None]] = {}
+    for seed in args.seeds:
+        runs[str(seed)] = columns = {}
+        for side in SIDES:
+            if getattr(args, f"skip_{side}"):
+                continue
+            seed_everything(seed)
+            cfg = replace(cfg, solver=replace(cfg.solver, seed=seed))
+            if side == "ours":
+                model = build_model(cfg.model, meta.num_classes)
+            elif gpu:
+                model = torchvision_r50_fpn(meta.num_classes)
+            elif args.torchvision_heads == "stock":
+                model = torchvision_r18_fpn_stock(meta.num_classes, cfg.data.test_min_size, cfg.data.max_size,
+                                                  IMAGENET_MEAN, IMAGENET_STD)
+            else:
+                model = torchvision_r18_fpn(cfg.model, meta.num_classes, cfg.data.test_min_size,
+                                            cfg.data.max_size, IMAGENET_MEAN, IMAGENET_STD)
+            print(f"{side}, seed {seed}: training {args.iters} iterations ...", file=sys.stderr, flush=True)
+            columns[side] = measure(model, cfg, train_set, val_set, device, args, gpu)
+            del model
+    for seed, cols in runs.items():
+        if len({c["data_digest"] for c in cols.values()}) > 1:
+            print(f"warning: seed {seed}: the two models saw different batches (data_digest differs)", file=sys.stderr)
+    if args.out:  # merge with the file's earlier seeds and write it, under a lock (parallel runs)
+        with _locked(args.out):
+            runs = _merged(_read_previous(args.out, settings, quiet=True), runs)
+            table, seeds = compare_runs(runs, rows)
+            result = {"settings": settings, "seeds": seeds, "table": table, "runs": runs}
+            Path(args.out).write_text(json.dumps(_strict(result), indent=2))
+    else:
+        table, seeds = compare_runs(runs, rows)
 
-    columns: dict[str, dict | None] = {}
-    for side in SIDES:
-        if getattr(args, f"skip_{side}"):
-            columns[side] = previous.get(side)
-            continue
-        seed_everything(args.seed)
-        if side == "ours":
-            model = build_model(cfg.model, meta.num_classes)
-        elif gpu:
-            model = torchvision_r50_fpn(meta.num_classes)
-        elif args.torchvision_heads == "stock":
-            model = torchvision_r18_fpn_stock(meta.num_classes, cfg.data.test_min_size, cfg.data.max_size,
-                                              IMAGENET_MEAN, IMAGENET_STD)
-        else:
-            model = torchvision_r18_fpn(cfg.model, meta.num_classes, cfg.data.test_min_size, cfg.data.max_size,
-                                        IMAGENET_MEAN, IMAGENET_STD)
-        print(f"{side}: training {args.iters} iterations ...", file=sys.stderr, flush=True)
-        columns[side] = measure(model, cfg, train_set, val_set, device, args, gpu)
-        del model
-    digests = {c["data_digest"] for c in columns.values() if c}
-    if len(digests) > 1:
-        print("warning: the two models saw different batches (data_digest differs)", file=sys.stderr)
-
-    table = compare(columns, rows)
     print(f"{settings['mode']}: {args.iters} iterations x {settings['batch']} images at {settings['size']} px, "
           f"s/iter = median after {settings['warmup']} warmup iterations, on {settings['device_name']} "
-          f"({settings['threads']} threads); ratio > 1: ours faster / smaller")
+          f"({settings['threads']} threads); ratio > 1: ours faster / smaller; means over seed(s) "
+          f"{', '.join(seeds) or '-'}")
     print(format_table(table, rows))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        result = {"settings": settings, "table": table, **columns}
-        Path(args.out).write_text(json.dumps(_strict(result), indent=2))
+    points = [(key, label) for key, label, how in rows if how == "points"]
+    for seed in seeds if points else ():
+        cols = runs[seed]
+        print(f"  seed {seed} (torchvision / ours): " + ", ".join(
+            f"{label} {' / '.join(_num((cols.get(side) or {}).get(key)) for side in SIDES)}" for key, label in points))
     return 0
 
 
-def _read_previous(path: str | None, settings: dict) -> dict:
-    """The columns of an earlier run in ``path`` when it was made with the same settings."""
-    if not path or not Path(path).is_file():
+@contextlib.contextmanager
+def _locked(path: str):
+    """An exclusive lock on ``path``.lock for the block (fcntl; the file is left behind, empty)."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _merged(old: dict, new: dict) -> dict:
+    """{seed: {model: column}}: ``new`` over ``old`` (a new column replaces the same seed and model)."""
+    runs = {seed: dict(cols) for seed, cols in old.items()}
+    for seed, cols in new.items():
+        runs.setdefault(seed, {}).update(cols)
+    return dict(sorted(runs.items(), key=lambda item: int(item[0])))
+
+
+def _read_previous(path: str, settings: dict, quiet: bool = False) -> dict:
+    """{seed: {model: column}} of an earlier run in ``path`` when it was made with the same settings."""
+    if not Path(path).is_file():
         return {}
     try:
         old = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"--out {path} exists but is not JSON ({e}); choose another file") from None
-    if not isinstance(old, dict) or old.get("settings") != settings:
-        print(f"note: {path} holds a run with other settings; the skipped column stays empty", file=sys.stderr)
+    if not isinstance(old, dict) or old.get("settings") != settings or not isinstance(old.get("runs"), dict):
+        if not quiet:
+            print(f"note: {path} holds a run with other settings; it will be replaced", file=sys.stderr)
         return {}
-    return {side: old.get(side) for side in SIDES}
+    return {str(seed): {side: cols.get(side) for side in SIDES if cols.get(side)}
+            for seed, cols in old["runs"].items() if isinstance(cols, dict)}
 
 
 def _strict(obj):

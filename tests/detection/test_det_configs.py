@@ -8,7 +8,7 @@ import yaml
 
 from common.config import ConfigError, load_config, merge
 from detection.build import build_model
-from detection.config import ModelConfig
+from detection.config import DetConfig, ModelConfig
 from detection.structures import ImageList
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
@@ -16,7 +16,13 @@ YAMLS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
 def load_model_cfg(path: Path) -> ModelConfig:
-    return merge(ModelConfig(), yaml.safe_load(path.read_text())["model"], source=str(path))
+    return load_config(DetConfig, path).model
+
+
+def base_model_cfg(path: Path) -> ModelConfig:
+    """What the YAML's model section is applied to: its ``_base_``'s model, or the defaults."""
+    base = yaml.safe_load(path.read_text()).get("_base_")
+    return load_model_cfg(path.parent / base) if base else ModelConfig()
 
 
 def _non_defaults(data: dict, default, prefix=""):
@@ -35,14 +41,14 @@ def test_expected_recipes_exist():
     names = {p.name for p in YAMLS}
     assert {"faster_rcnn_R50_FPN.yaml", "mask_rcnn_R50_FPN.yaml", "mask_rcnn_R50_C4.yaml",
             "keypoint_rcnn_R50_FPN.yaml", "faster_rcnn_VGG16.yaml", "mask_rcnn_R18_FPN.yaml",
-            "shapes_R18_FPN.yaml"} <= names
+            "shapes_R18_FPN.yaml", "shapes_R18_FPN_wide.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
 def test_yaml_builds(path):
     cfg = load_model_cfg(path)
     data = yaml.safe_load(path.read_text())["model"]
-    assert _non_defaults(data, ModelConfig()) == [], "a YAML holds only what differs from the defaults"
+    assert _non_defaults(data, base_model_cfg(path)) == [], "a YAML holds only what differs from its base"
     cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, weights=None))  # offline
     num_kp = 5 if cfg.keypoint_on else 0
     model = build_model(cfg, num_classes=3, num_keypoints=num_kp)
@@ -61,6 +67,15 @@ def test_shapes_recipe_is_lean():
     assert cfg.roi_heads.batch_size_per_image == 64
     assert (cfg.rpn.post_nms_topk_train, cfg.rpn.post_nms_topk_test) == (300, 100)
     assert cfg.box_head.fc_dim <= 512 and cfg.mask_head.num_convs <= 4 and cfg.keypoint_head.num_convs <= 4
+
+
+def test_wide_shapes_recipe_only_widens_the_box_branch():
+    lean, wide = load_model_cfg(CONFIG_DIR / "shapes_R18_FPN.yaml"), load_model_cfg(CONFIG_DIR / "shapes_R18_FPN_wide.yaml")
+    assert (wide.roi_heads.batch_size_per_image, wide.roi_heads.mask_rois_per_image, wide.box_head.fc_dim) == (256, 16, 1024)
+    # the mask and keypoint heads see as many RoIs as in the lean recipe (64 x 0.25 = 16 per image at most)
+    assert lean.roi_heads.batch_size_per_image * lean.roi_heads.positive_fraction == wide.roi_heads.mask_rois_per_image
+    restored = dataclasses.replace(wide, roi_heads=lean.roi_heads, box_head=lean.box_head)
+    assert restored == lean
 
 
 def test_unknown_key_and_bad_build_arguments(tmp_path):

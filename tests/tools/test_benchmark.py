@@ -75,7 +75,7 @@ def test_torchvision_r18_copies_our_recipe(bench):
     assert tv.transform.min_size == (128,) and tv.transform.max_size == 171
     assert tv.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
     assert tv.rpn._pre_nms_top_n == {"training": 600, "testing": 300}
-    assert tv.roi_heads.fg_bg_sampler.batch_size_per_image == 64
+    assert tv.roi_heads.fg_bg_sampler.batch_size_per_image == 256
     assert tv.roi_heads.detections_per_img == 50
     assert tv.roi_heads.box_predictor.cls_score.out_features == 4  # 3 classes + background
     assert tv.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
@@ -144,15 +144,34 @@ def test_compare_ratios_mean_ours_better_and_ap_is_a_difference(bench):
 # ------------------------------------------------------------------ the tool, end to end
 
 
+def test_runs_average_over_the_seeds_both_models_ran(bench):
+    def col(t, ap):
+        return {"train_s_per_iter": t, "infer_img_per_s": 1.0, "box_AP": ap, "mask_AP": ap}
+
+    runs = {"0": {"torchvision": col(4.0, 10.0), "ours": col(1.0, 14.0)},
+            "1": {"torchvision": col(6.0, 20.0), "ours": col(2.0, 20.0)},
+            "2": {"ours": col(9.0, 0.0)}}  # torchvision has not run seed 2: left out of the means
+    table, seeds = bench.compare_runs(runs, bench.CPU_ROWS)
+    assert seeds == ["0", "1"]
+    assert table["train_s_per_iter"] == {"torchvision": 5.0, "ours": 1.5, "ratio": pytest.approx(5 / 1.5)}
+    assert table["box_AP"]["difference"] == pytest.approx(2.0)
+    table, seeds = bench.compare_runs({"3": {"ours": col(1.0, 5.0)}}, bench.CPU_ROWS)
+    assert seeds == ["3"] and table["box_AP"] == {"torchvision": None, "ours": 5.0, "difference": None}
+    assert bench._merged({"1": {"ours": col(1, 1)}, "10": {"ours": col(1, 1)}},
+                         {"2": {"ours": col(2, 2)}, "1": {"torchvision": col(3, 3)}}) == {
+        "1": {"ours": col(1, 1), "torchvision": col(3, 3)}, "2": {"ours": col(2, 2)}, "10": {"ours": col(1, 1)}}
+
+
 @pytest.mark.slow  # trains and evaluates two ResNet-18 Mask R-CNNs: 35 s on the shared 2-core machine
 def test_split_cpu_run_fills_one_table(bench, shapes_dir, tmp_path, capsys):
-    """--skip-ours then --skip-torchvision into one --out: the second run keeps the first's column."""
+    """--skip-ours then --skip-torchvision into one --out: the second run keeps the first's column;
+    a third run with another seed adds it, and the table averages the two seeds."""
     out = tmp_path / "bench.json"
     common = ["--data", str(shapes_dir), "--iters", "2", "--size", "64", "--infer-images", "2",
               "--eval-images", "3", "--out", str(out)]
     assert bench.main(common + ["--skip-ours"]) == 0
     first = json.loads(out.read_text())
-    assert first["ours"] is None and first["table"]["train_s_per_iter"]["ratio"] is None
+    assert set(first["runs"]["0"]) == {"torchvision"} and first["table"]["train_s_per_iter"]["ratio"] is None
     assert bench.main(common + ["--skip-torchvision"]) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
@@ -160,8 +179,8 @@ def test_split_cpu_run_fills_one_table(bench, shapes_dir, tmp_path, capsys):
     s = result["settings"]
     assert (s["mode"], s["size"], s["max_size"], s["batch"], s["iters"], s["warmup"]) == ("cpu-r18", 64, 86, 4, 2, 1)
     assert (s["infer_batch"], s["infer_images"], s["eval_images"]) == (1, 2, 3)
-    tv, ours = result["torchvision"], result["ours"]
-    assert tv == first["torchvision"]
+    tv, ours = result["runs"]["0"]["torchvision"], result["runs"]["0"]["ours"]
+    assert tv == first["runs"]["0"]["torchvision"] and result["seeds"] == ["0"]
     assert tv["data_digest"] == ours["data_digest"]  # the same batches, in the same order
     for col in (tv, ours):
         assert len(col["iter_times"]) == 2 and col["train_s_per_iter"] == pytest.approx(col["iter_times"][1], abs=1e-3)
@@ -172,24 +191,21 @@ def test_split_cpu_run_fills_one_table(bench, shapes_dir, tmp_path, capsys):
     assert table["train_s_per_iter"]["ratio"] == pytest.approx(tv["train_s_per_iter"] / ours["train_s_per_iter"])
     assert table["infer_img_per_s"]["ratio"] == pytest.approx(ours["infer_img_per_s"] / tv["infer_img_per_s"])
     assert table["box_AP"]["difference"] == pytest.approx(ours["box_AP"] - tv["box_AP"])
-    for label in ("| train s/iter |", "| inference img/s (batch 1) |", "| box AP |", "| mask AP |"):
+    for label in ("| train s/iter |", "| inference img/s (batch 1) |", "| box AP |", "| mask AP |", "seed 0 ("):
         assert label in printed
     assert "| - |" not in printed.split("cpu-r18:")[-1]  # the second table has both columns
 
-
-def test_a_run_with_other_settings_is_not_merged(bench, tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    out.write_text(json.dumps({"settings": {"size": 64}, "ours": {"train_s_per_iter": 1.0}}))
-    assert bench._read_previous(str(out), {"size": 64}) == {"torchvision": None, "ours": {"train_s_per_iter": 1.0}}
-    assert bench._read_previous(str(out), {"size": 96}) == {}
-    assert "holds a run with other settings" in capsys.readouterr().err
-    assert bench._read_previous(str(tmp_path / "none.json"), {"size": 64}) == {}
+    assert bench.main(common + ["--skip-torchvision", "--seed", "1"]) == 0  # ours only: seed 1 unpaired
+    third = json.loads(out.read_text())
+    assert set(third["runs"]) == {"0", "1"} and third["seeds"] == ["0"] and third["runs"]["0"] == result["runs"]["0"]
+    assert third["runs"]["1"]["ours"]["data_digest"] != ours["data_digest"]  # another seed, other batches
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--iters", "0"], r"--iters must be at least 1, got 0"),
     (["--size", "16"], r"--size must be at least 32, got 16"),
     (["--skip-ours", "--skip-torchvision"], r"together leave nothing to measure"),
+    (["--seeds", "1", "2", "1"], r"--seeds repeats a seed: \[1, 2, 1\]"),
     (["--device", "tpu"], r"--device must be cpu or cuda, got 'tpu'"),
 ])
 def test_bad_arguments_fail_with_one_line(bench, capsys, argv, message):
