@@ -16,8 +16,8 @@ schedule (``common.engine.build_optimizer``/``build_scheduler`` of our CPU recip
 ``common.engine.Trainer.run_step``:
 
   ours         the wide CPU recipe (the default's, shapes_R18_FPN.yaml, with 256 sampled RoIs per
-               image and a 1024-wide box head: it learns faster per iteration, and its step is
-               too slow for the 15-minute default) with keypoints off (so both do boxes + masks),
+               image and a 1024-wide box head: it learns faster per iteration; its full run
+               takes nearly all of the default's 15-minute budget) with keypoints off (so both do boxes + masks),
                at --size px;
   torchvision  ``torchvision.models.detection.MaskRCNN`` on torchvision's ``resnet18(weights=None,
                norm_layer=BatchNorm2d)`` in its ``BackboneWithFPN`` (every layer trainable, the
