@@ -155,6 +155,8 @@ def vgg16_fc_head(cfg: ModelConfig, channels: int) -> nn.Module:
 def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num_keypoints: int,
                     res5: nn.Module | None, keypoint_classes: list[int] | None = None) -> RoIHeads:
     rh, bh = cfg.roi_heads, cfg.box_head
+    if rh.mask_rois_per_image < 0:
+        raise ValueError(f"model.roi_heads.mask_rois_per_image must be >= 0 (0: no cap), got {rh.mask_rois_per_image}")
     channels, strides = _check_features(backbone, tuple(rh.in_features), "roi_heads.in_features")
     scales = [1.0 / s for s in strides]
     box_pooler = RoIPooler(bh.pooler_resolution, scales, bh.pooler_sampling_ratio, bh.pooler_kind, bh.pooler_aligned)

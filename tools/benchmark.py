@@ -505,11 +505,11 @@ def run(args: argparse.Namespace) -> int:
     runs: dict[str, dict[str, dict | None]] = {}
     for seed in args.seeds:
         runs[str(seed)] = columns = {}
+        cfg = replace(cfg, solver=replace(cfg.solver, seed=seed))  # the loaders' seed
         for side in SIDES:
             if getattr(args, f"skip_{side}"):
                 continue
             seed_everything(seed)
-            cfg = replace(cfg, solver=replace(cfg.solver, seed=seed))
             if side == "ours":
                 model = build_model(cfg.model, meta.num_classes)
             elif gpu:
