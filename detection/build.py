@@ -40,6 +40,10 @@ def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0
     cfg = model_cfg
     if num_classes < 1:
         raise ValueError(f"build_model: num_classes must be >= 1, got {num_classes}")
+    for key, weight in (("rpn", cfg.rpn.loss_weight), ("mask_head", cfg.mask_head.loss_weight),
+                        ("keypoint_head", cfg.keypoint_head.loss_weight)):
+        if not weight >= 0:  # NaN too
+            raise ValueError(f"model.{key}.loss_weight must be >= 0, got {weight}")
     if cfg.keypoint_on and num_keypoints < 1:
         raise ValueError("build_model: model.keypoint_on is true but the dataset has no keypoints "
                          f"(num_keypoints={num_keypoints})")
@@ -172,6 +176,7 @@ def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num
         m = cfg.mask_head
         kwargs["mask_pooler"] = RoIPooler(m.pooler_resolution, scales, m.pooler_sampling_ratio, "align", True)
         mask_classes = 1 if m.class_agnostic else num_classes
+        kwargs["mask_loss_weight"] = m.loss_weight
         if res5 is not None:  # C4: the mask branch shares res5 and adds only the deconv
             kwargs["mask_head"] = MaskRCNNHead(box_head.out_dim, mask_classes, m.conv_dim, m.num_convs, m.norm,
                                                trunk=res5)

@@ -84,6 +84,7 @@ class MaskHeadConfig:
     conv_dim: int = 256  # their channels (and the deconv's)
     norm: Literal["", "GN", "BN"] = ""  # norm after each conv
     class_agnostic: bool = False  # one mask for all classes instead of one per class
+    loss_weight: float = 1.0  # multiplies loss_mask
 
 
 @dataclass

@@ -59,6 +59,7 @@ class RoIHeads(nn.Module):
                  smooth_l1_beta: float = 1.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
                  detections_per_img: int = 100,
                  mask_pooler: RoIPooler | None = None, mask_head: nn.Module | None = None,
+                 mask_loss_weight: float = 1.0,
                  keypoint_pooler: RoIPooler | None = None, keypoint_head: nn.Module | None = None,
                  keypoint_subpixel: bool = True, keypoint_loss_weight: float = 1.0,
                  keypoint_classes: list[int] | None = None):
@@ -75,6 +76,7 @@ class RoIHeads(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.mask_pooler, self.mask_head = mask_pooler, mask_head
+        self.mask_loss_weight = mask_loss_weight
         self.keypoint_pooler, self.keypoint_head = keypoint_pooler, keypoint_head
         self.keypoint_subpixel = keypoint_subpixel
         self.keypoint_loss_weight = keypoint_loss_weight
@@ -131,7 +133,8 @@ class RoIHeads(nn.Module):
             size = logits.shape[-1]
             tgt = torch.cat([mask_targets(t["gt_masks"], s["matched_idxs"][f], s["proposal_boxes"][f], size)
                              for s, f, t in zip(sampled, fg, targets)])
-            losses["loss_mask"] = mask_loss(logits, torch.cat([s["gt_classes"][f] for s, f in zip(sampled, fg)]), tgt)
+            losses["loss_mask"] = self.mask_loss_weight * mask_loss(
+                logits, torch.cat([s["gt_classes"][f] for s, f in zip(sampled, fg)]), tgt)
         if self.keypoint_on:
             kp_boxes, kp_idx, kp_gt = [], [], []
             for s, f, t in zip(sampled, fg, targets):

@@ -71,6 +71,21 @@ def test_train_and_eval_with_half_empty_targets():
     assert losses == {} and len(preds) == 2
 
 
+def test_mask_and_keypoint_loss_weights_scale_only_their_terms():
+    feats = {"p2": torch.randn(1, 8, 16, 16), "p3": torch.randn(1, 8, 8, 8)}
+    props = [torch.tensor([[6.0, 8, 28, 42], [30, 30, 60, 60]])]
+    losses = []
+    for weight in (1.0, 2.5):
+        heads = make_heads()  # the same seeded weights and sampling each time
+        heads.mask_loss_weight = heads.keypoint_loss_weight = weight
+        torch.manual_seed(1)
+        losses.append(heads(feats, props, [(64, 64)], make_targets()[:1])[1])
+    for name in ("loss_mask", "loss_keypoint"):
+        assert torch.allclose(losses[1][name], 2.5 * losses[0][name])
+    for name in ("loss_cls", "loss_box"):
+        assert torch.equal(losses[1][name], losses[0][name])
+
+
 def test_no_positives_still_reaches_every_parameter():
     heads = make_heads()
     feats = {"p2": torch.randn(1, 8, 16, 16), "p3": torch.randn(1, 8, 8, 8)}
