@@ -12,19 +12,21 @@ CPU mode (default). Both models are trained from scratch, one after the other in
 with the same seed, on the same sequence of batches (one seeded loader per model, so the same
 images and augmentations; ``data_digest`` in the JSON proves it), with the same optimizer and LR
 schedule (``common.engine.build_optimizer``/``build_scheduler`` of our CPU recipe,
-``configs/detection/shapes_R18_FPN_wide.yaml``) and the same gradient clipping, both stepped by
-``common.engine.Trainer.run_step``:
+``configs/detection/shapes_R18_FPN_wide.yaml``; its per-module LR multiplier, 3x for the mask
+branch, goes to the same parts of torchvision's model: its mask head and mask predictor, see
+``TV_MODULES``) and the same gradient clipping, both stepped by ``common.engine.Trainer.run_step``:
 
   ours         the wide CPU recipe (the default's, shapes_R18_FPN.yaml, with 256 sampled RoIs per
-               image and a 1024-wide box head: it learns faster per iteration; its full run
-               takes nearly all of the default's 15-minute budget) with keypoints off (so both do boxes + masks),
-               at --size px;
+               image, a 1024-wide box head and the mask branch at 3x the base LR: it learns faster
+               per iteration; its full run takes nearly all of the default's 15-minute budget) with
+               keypoints off (so both do boxes + masks), at --size px;
   torchvision  ``torchvision.models.detection.MaskRCNN`` on torchvision's ``resnet18(weights=None,
                norm_layer=BatchNorm2d)`` in its ``BackboneWithFPN`` (every layer trainable, the
                FPN as wide as ours), min_size = --size,
                with every setting its constructor exposes set as in our recipe: anchor sizes, RPN
                pre/post-NMS top-k and sample size, RoI sample size, detections per image, box
-               head width (TwoMLPHead), mask head convs (MaskRCNNHeads), RoIAlign sampling ratio.
+               head width (TwoMLPHead), mask head convs (MaskRCNNHeads), RoIAlign sampling ratio,
+               and our loss weights (applied to its losses by ``TorchvisionDetector``).
                What stays different is fixed by torchvision: its RPN also runs on the max-pooled
                level (given 2x the largest anchor), and its mask head trains on every sampled
                foreground RoI (it has no ``roi_heads.mask_rois_per_image`` cap).
@@ -133,9 +135,10 @@ class TorchvisionDetector(nn.Module):
     no-op when the image already has its min_size) and pads, as it does for any user.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, loss_weights: dict[str, float] | None = None):
         super().__init__()
         self.model = model
+        self.loss_weights = dict(loss_weights or {})  # our loss name -> multiplier (missing: 1)
 
     def forward(self, images: ImageList, targets: list[dict] | None = None) -> tuple[list[dict], dict]:
         # (N, 3, Hp, Wp) padded batch -> N unpadded (3, h, w) images, torchvision's input
@@ -144,7 +147,8 @@ class TorchvisionDetector(nn.Module):
             if targets is None:
                 raise ValueError("TorchvisionDetector in train mode needs targets")
             losses = self.model(batch, to_torchvision_targets(targets))
-            return [], {TV_LOSS_NAMES.get(k, k): v for k, v in losses.items()}
+            losses = {TV_LOSS_NAMES.get(k, k): v for k, v in losses.items()}
+            return [], {k: v * self.loss_weights.get(k, 1.0) for k, v in losses.items()}
         return [from_torchvision_prediction(p) for p in self.model(batch)], {}
 
 
@@ -213,6 +217,32 @@ def torchvision_r18_fpn(model_cfg, num_classes: int, min_size: int, max_size: in
         mask_predictor=MaskRCNNPredictor(mh.conv_dim, mh.conv_dim, num_classes + 1),
     )
     return TorchvisionDetector(model)
+
+
+# our module-name prefixes (solver.lr_mults keys) -> the same parts of a TorchvisionDetector;
+# our mask head holds its 1x1 predictor, torchvision keeps it beside the head
+TV_MODULES = {"roi_heads": ("model.roi_heads",),
+              "roi_heads.box_head": ("model.roi_heads.box_head",),
+              "roi_heads.box_predictor": ("model.roi_heads.box_predictor",),
+              "roi_heads.mask_head": ("model.roi_heads.mask_head", "model.roi_heads.mask_predictor")}
+
+
+def torchvision_lr_mults(lr_mults: dict[str, float]) -> dict[str, float]:
+    """Our recipe's per-module LR multipliers under torchvision's module names, so that both
+    models train with the same LR schedule part by part (a key without a counterpart: ValueError)."""
+    out = {}
+    for prefix, mult in lr_mults.items():
+        if prefix not in TV_MODULES:
+            raise ValueError(f"solver.lr_mults key {prefix!r} has no torchvision counterpart here "
+                             f"(known: {', '.join(sorted(TV_MODULES))})")
+        out.update(dict.fromkeys(TV_MODULES[prefix], mult))
+    return out
+
+
+def loss_weights(model_cfg) -> dict[str, float]:
+    """Our recipe's loss weights by loss name, for the torchvision side that copies our settings."""
+    r = model_cfg.rpn.loss_weight
+    return {"loss_rpn_cls": r, "loss_rpn_box": r, "loss_mask": model_cfg.mask_head.loss_weight}
 
 
 def torchvision_r50_fpn(num_classes: int) -> TorchvisionDetector:
@@ -496,6 +526,7 @@ def run(args: argparse.Namespace) -> int:
         "size": cfg.data.test_min_size, "max_size": cfg.data.max_size, "batch": cfg.solver.ims_per_batch,
         "iters": args.iters, "warmup": min(args.warmup, args.iters - 1),
         "optimizer": cfg.solver.optimizer, "base_lr": cfg.solver.base_lr, "schedule": cfg.solver.schedule,
+        "lr_mults": dict(cfg.solver.lr_mults),
         "infer_batch": 1, "infer_images": min(args.infer_images, len(val_set)),
         "eval_images": args.eval_images or len(val_set),
         "torchvision_heads": None if gpu else args.torchvision_heads,
@@ -520,8 +551,13 @@ def run(args: argparse.Namespace) -> int:
             else:
                 model = torchvision_r18_fpn(cfg.model, meta.num_classes, cfg.data.test_min_size,
                                             cfg.data.max_size, IMAGENET_MEAN, IMAGENET_STD)
+            side_cfg = cfg
+            if side == "torchvision":  # LR multipliers on the same parts (+ our loss weights if copied)
+                if not gpu and args.torchvision_heads == "ours":
+                    model.loss_weights = loss_weights(cfg.model)
+                side_cfg = replace(cfg, solver=replace(cfg.solver, lr_mults=torchvision_lr_mults(cfg.solver.lr_mults)))
             print(f"{side}, seed {seed}: training {args.iters} iterations ...", file=sys.stderr, flush=True)
-            columns[side] = measure(model, cfg, train_set, val_set, device, args, gpu)
+            columns[side] = measure(model, side_cfg, train_set, val_set, device, args, gpu)
             del model
     for seed, cols in runs.items():
         if len({c["data_digest"] for c in cols.values()}) > 1:

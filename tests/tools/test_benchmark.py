@@ -65,6 +65,8 @@ def test_wrapped_torchvision_model_crops_padding_and_renames_losses(bench):
     preds, losses = model.train()(images, targets)
     assert preds == [] and losses == {"loss_rpn_cls": 1.0, "loss_cls": 2.0}
     assert seen["shapes"] == [(3, 40, 64), (3, 64, 50)] and seen["labels"] == [[2], [2]]
+    model.loss_weights = {"loss_cls": 0.5}  # our recipe's loss weights, by our loss names
+    assert model.train()(images, targets)[1] == {"loss_rpn_cls": 1.0, "loss_cls": 1.0}
     preds, losses = model.eval()(images)
     assert losses == {} and len(preds) == 2 and preds[0]["pred_classes"].shape == (0,)
 
@@ -96,6 +98,32 @@ def test_stock_torchvision_keeps_its_own_defaults(bench):
     assert tv.roi_heads.box_head.fc7.out_features == 1024
     assert tv.roi_heads.box_predictor.cls_score.out_features == 4
     assert all(p.requires_grad for p in tv.parameters())
+
+
+def test_lr_multipliers_reach_the_same_parts_of_both_models(bench):
+    from dataclasses import replace
+
+    from common.engine import build_optimizer
+    from detection.build import build_model
+
+    cfg = bench.cpu_config(128, 10, 0, 0)
+    assert cfg.solver.lr_mults == {"roi_heads.mask_head": 3.0}  # the recipe's mask-branch multiplier
+    tv = bench.torchvision_r18_fpn_stock(3, 128, 171, bench.IMAGENET_MEAN, bench.IMAGENET_STD)
+    tv_solver = replace(cfg.solver, lr_mults=bench.torchvision_lr_mults(cfg.solver.lr_mults))
+
+    def boosted(model, solver):  # names of the parameters the optimizer gives 3x the base LR
+        groups = build_optimizer(model, solver).param_groups
+        ids = {id(p) for g in groups if g["lr"] == pytest.approx(3 * solver.base_lr) for p in g["params"]}
+        return {n for n, p in model.named_parameters() if id(p) in ids}
+
+    model = build_model(cfg.model, 3)
+    assert boosted(model, cfg.solver) == {n for n, _ in model.named_parameters() if n.startswith("roi_heads.mask_head.")}
+    theirs = boosted(tv, tv_solver)
+    assert theirs and all(n.startswith(("model.roi_heads.mask_head.", "model.roi_heads.mask_predictor.")) for n in theirs)
+    assert {n for n in theirs if "mask_fcn_logits" in n} == {"model.roi_heads.mask_predictor.mask_fcn_logits.weight",
+                                                               "model.roi_heads.mask_predictor.mask_fcn_logits.bias"}
+    with pytest.raises(ValueError, match="'backbone.body' has no torchvision counterpart"):
+        bench.torchvision_lr_mults({"backbone.body": 0.1})
 
 
 def test_gpu_mode_compares_stock_r50_models_from_scratch(bench):
