@@ -14,8 +14,13 @@ On a dedicated machine the policy makes little difference.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout, like the other tools
+    sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
