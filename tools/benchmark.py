@@ -216,7 +216,7 @@ def torchvision_r18_fpn(model_cfg, num_classes: int, min_size: int, max_size: in
         mask_head=MaskRCNNHeads(channels, [mh.conv_dim] * mh.num_convs, 1),
         mask_predictor=MaskRCNNPredictor(mh.conv_dim, mh.conv_dim, num_classes + 1),
     )
-    return TorchvisionDetector(model)
+    return TorchvisionDetector(model, loss_weights(c))
 
 
 # our module-name prefixes (solver.lr_mults keys) -> the same parts of a TorchvisionDetector;
@@ -552,9 +552,7 @@ def run(args: argparse.Namespace) -> int:
                 model = torchvision_r18_fpn(cfg.model, meta.num_classes, cfg.data.test_min_size,
                                             cfg.data.max_size, IMAGENET_MEAN, IMAGENET_STD)
             side_cfg = cfg
-            if side == "torchvision":  # LR multipliers on the same parts (+ our loss weights if copied)
-                if not gpu and args.torchvision_heads == "ours":
-                    model.loss_weights = loss_weights(cfg.model)
+            if side == "torchvision":  # our LR multipliers on the same parts of its model
                 side_cfg = replace(cfg, solver=replace(cfg.solver, lr_mults=torchvision_lr_mults(cfg.solver.lr_mults)))
             print(f"{side}, seed {seed}: training {args.iters} iterations ...", file=sys.stderr, flush=True)
             columns[side] = measure(model, side_cfg, train_set, val_set, device, args, gpu)

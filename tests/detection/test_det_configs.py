@@ -97,6 +97,9 @@ def test_unknown_key_and_bad_build_arguments(tmp_path):
     wrong = dataclasses.replace(cfg, mask_head=dataclasses.replace(cfg.mask_head, loss_weight=-1.0))
     with pytest.raises(ValueError, match=r"model.mask_head.loss_weight must be >= 0, got -1.0"):
         build_model(wrong, num_classes=3, num_keypoints=5)
+    wrong = dataclasses.replace(cfg, rpn=dataclasses.replace(cfg.rpn, loss_weight=float("nan")))
+    with pytest.raises(ValueError, match=r"model.rpn.loss_weight must be >= 0, got nan"):
+        build_model(wrong, num_classes=3, num_keypoints=5)
     wrong = dataclasses.replace(cfg, roi_heads=dataclasses.replace(cfg.roi_heads, mask_rois_per_image=-1))
     with pytest.raises(ValueError, match=r"model.roi_heads.mask_rois_per_image must be >= 0 \(0: no cap\), got -1"):
         build_model(wrong, num_classes=3, num_keypoints=5)

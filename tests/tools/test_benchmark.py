@@ -65,15 +65,17 @@ def test_wrapped_torchvision_model_crops_padding_and_renames_losses(bench):
     preds, losses = model.train()(images, targets)
     assert preds == [] and losses == {"loss_rpn_cls": 1.0, "loss_cls": 2.0}
     assert seen["shapes"] == [(3, 40, 64), (3, 64, 50)] and seen["labels"] == [[2], [2]]
-    model.loss_weights = {"loss_cls": 0.5}  # our recipe's loss weights, by our loss names
-    assert model.train()(images, targets)[1] == {"loss_rpn_cls": 1.0, "loss_cls": 1.0}
+    weighted = bench.TorchvisionDetector(Fake(), {"loss_cls": 0.5})  # loss weights, by our loss names
+    assert weighted.train()(images, targets)[1] == {"loss_rpn_cls": 1.0, "loss_cls": 1.0}
     preds, losses = model.eval()(images)
     assert losses == {} and len(preds) == 2 and preds[0]["pred_classes"].shape == (0,)
 
 
 def test_torchvision_r18_copies_our_recipe(bench):
     cfg = bench.cpu_config(128, 10, 0, 0)
-    tv = bench.torchvision_r18_fpn(cfg.model, 3, 128, 171, bench.IMAGENET_MEAN, bench.IMAGENET_STD).model
+    wrapped = bench.torchvision_r18_fpn(cfg.model, 3, 128, 171, bench.IMAGENET_MEAN, bench.IMAGENET_STD)
+    assert wrapped.loss_weights == {"loss_rpn_cls": 1.0, "loss_rpn_box": 1.0, "loss_mask": 1.0}
+    tv = wrapped.model
     assert tv.transform.min_size == (128,) and tv.transform.max_size == 171
     assert tv.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
     assert tv.rpn._pre_nms_top_n == {"training": 600, "testing": 300}
