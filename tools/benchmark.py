@@ -7,6 +7,7 @@
     python tools/benchmark.py --skip-torchvision --out b.json  # split a long run: every run with the
     python tools/benchmark.py --skip-ours --seeds 1 --out b.json  #  same settings adds its seeds to b.json
     python tools/benchmark.py --gpu-r50 --out gpu.json         # R50-FPN, 800 px, batch 2, on CUDA
+    python tools/benchmark.py --out b0.json 'solver.lr_mults={}'  # recipe overrides (solver ones are shared)
 
 CPU mode (default). Both models are trained from scratch, one after the other in this process,
 with the same seed, on the same sequence of batches (one seeded loader per model, so the same
@@ -70,6 +71,7 @@ import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -257,27 +259,29 @@ def torchvision_r50_fpn(num_classes: int) -> TorchvisionDetector:
 # configs
 
 
-def cpu_config(size: int, iters: int, seed: int, workers: int):
-    """Our CPU recipe (``CPU_RECIPE``) at ``size`` px (long side capped at 4/3 of it), keypoints off."""
+def cpu_config(size: int, iters: int, seed: int, workers: int, overrides: list[str] = ()):
+    """Our CPU recipe (``CPU_RECIPE``) at ``size`` px (long side capped at 4/3 of it), keypoints off,
+    then the user's ``key=value`` overrides."""
     from common.config import load_config
     from detection.config import DetConfig
 
     cfg = load_config(DetConfig, CPU_RECIPE, [
         "model.keypoint_on=false", f"data.min_size=[{size}]", f"data.test_min_size={size}",
         f"data.max_size={math.ceil(size * 4 / 3)}", f"data.num_workers={workers}",
-        f"solver.max_iters={iters}", f"solver.seed={seed}"])
+        f"solver.max_iters={iters}", f"solver.seed={seed}", *overrides])
     return replace(cfg, solver=replace(cfg.solver, warmup_iters=min(cfg.solver.warmup_iters, iters)))
 
 
-def gpu_config(iters: int, seed: int, workers: int):
-    """The R50-FPN Mask R-CNN recipe, from scratch with trainable BN like torchvision's, batch 2."""
+def gpu_config(iters: int, seed: int, workers: int, overrides: list[str] = ()):
+    """The R50-FPN Mask R-CNN recipe, from scratch with trainable BN like torchvision's, batch 2,
+    then the user's ``key=value`` overrides."""
     from common.config import load_config
     from detection.config import DetConfig
 
     cfg = load_config(DetConfig, GPU_RECIPE, [
         "model.backbone.weights=null", "model.backbone.norm=BN", "model.backbone.freeze_at=0",
         "solver.ims_per_batch=2", f"data.num_workers={workers}", f"solver.max_iters={iters}",
-        f"solver.seed={seed}"])
+        f"solver.seed={seed}", *overrides])
     return replace(cfg, solver=replace(cfg.solver, warmup_iters=min(cfg.solver.warmup_iters, iters)))
 
 
@@ -467,6 +471,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="CPU mode: 'ours' copies our recipe's proposal/RoI/head settings into torchvision "
                         "(only the implementations differ); 'stock' leaves torchvision's defaults (what a "
                         "torchvision user gets on ResNet-18-FPN; only size, batch and schedule are shared)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides of our recipe, e.g. 'solver.lr_mults={}'; solver keys (LR, multipliers, "
+                        "clipping) are shared, so they reach torchvision too")
     return p.parse_args(argv)
 
 
@@ -511,9 +518,9 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     if gpu:
-        cfg = gpu_config(args.iters, args.seeds[0], args.workers)
+        cfg = gpu_config(args.iters, args.seeds[0], args.workers, args.overrides)
     else:
-        cfg = cpu_config(args.size, args.iters, args.seeds[0], args.workers)
+        cfg = cpu_config(args.size, args.iters, args.seeds[0], args.workers, args.overrides)
     train_set, val_set = build_datasets(cfg, resolve_data_paths(cfg.data, args.data))
     if not train_set.has_masks:
         raise ValueError(f"{train_set.ann_file} has no instance masks; this benchmark compares Mask R-CNNs")
@@ -531,6 +538,8 @@ def run(args: argparse.Namespace) -> int:
         "eval_images": args.eval_images or len(val_set),
         "torchvision_heads": None if gpu else args.torchvision_heads,
     }
+    if args.overrides:  # only when given, so files written before this key still merge
+        settings["overrides"] = list(args.overrides)
     if args.out:
         _read_previous(args.out, settings)  # a corrupt --out fails now, not after the training
     runs: dict[str, dict[str, dict | None]] = {}
@@ -561,11 +570,16 @@ def run(args: argparse.Namespace) -> int:
         if len({c["data_digest"] for c in cols.values()}) > 1:
             print(f"warning: seed {seed}: the two models saw different batches (data_digest differs)", file=sys.stderr)
     if args.out:  # merge with the file's earlier seeds and write it, under a lock (parallel runs)
-        with _locked(args.out):
-            runs = _merged(_read_previous(args.out, settings, quiet=True), runs)
+        out = args.out
+        with _locked(out):
+            try:
+                runs = _merged(_read_previous(out, settings), runs)
+            except ValueError as e:  # another run wrote something else there meanwhile: keep both
+                out = f"{Path(out).with_suffix('')}.{os.getpid()}.json"
+                print(f"warning: {e}; writing this run to {out}", file=sys.stderr)
             table, seeds = compare_runs(runs, rows)
             result = {"settings": settings, "seeds": seeds, "table": table, "runs": runs}
-            Path(args.out).write_text(json.dumps(_strict(result), indent=2))
+            Path(out).write_text(json.dumps(_strict(result), indent=2))
     else:
         table, seeds = compare_runs(runs, rows)
 
@@ -601,18 +615,22 @@ def _merged(old: dict, new: dict) -> dict:
     return dict(sorted(runs.items(), key=lambda item: int(item[0])))
 
 
-def _read_previous(path: str, settings: dict, quiet: bool = False) -> dict:
-    """{seed: {model: column}} of an earlier run in ``path`` when it was made with the same settings."""
+def _read_previous(path: str, settings: dict) -> dict:
+    """{seed: {model: column}} of an earlier run in ``path``; a file made with other settings (or
+    not a benchmark result) is a ValueError, never overwritten."""
     if not Path(path).is_file():
         return {}
     try:
         old = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"--out {path} exists but is not JSON ({e}); choose another file") from None
-    if not isinstance(old, dict) or old.get("settings") != settings or not isinstance(old.get("runs"), dict):
-        if not quiet:
-            print(f"note: {path} holds a run with other settings; it will be replaced", file=sys.stderr)
-        return {}
+    if not isinstance(old, dict) or not isinstance(old.get("runs"), dict):
+        raise ValueError(f"--out {path} is not a benchmark result; choose another file")
+    if old.get("settings") != settings:  # never overwrite measurements made another way
+        before = old.get("settings") if isinstance(old.get("settings"), dict) else {}
+        diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        changes = "; ".join(f"{k}: {before.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
+        raise ValueError(f"--out {path} holds a run with other settings ({changes}); choose another file")
     return {str(seed): {side: cols.get(side) for side in SIDES if cols.get(side)}
             for seed, cols in old["runs"].items() if isinstance(cols, dict)}
 

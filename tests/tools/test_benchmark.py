@@ -275,3 +275,29 @@ def test_corrupt_out_file_is_one_line(bench, shapes_dir, tmp_path, capsys):
     assert bench.main(["--data", str(shapes_dir), "--iters", "1", "--size", "64", "--skip-ours",
                        "--out", str(out)]) == 2
     assert "exists but is not JSON" in error_line(capsys)
+
+
+def test_recipe_overrides_apply_last(bench):
+    cfg = bench.cpu_config(128, 10, 0, 0, ["solver.lr_mults={}", "model.mask_head.class_agnostic=true"])
+    assert cfg.solver.lr_mults == {} and cfg.model.mask_head.class_agnostic
+    assert bench.cpu_config(128, 10, 0, 0).solver.lr_mults == {"roi_heads.mask_head": 3.0}
+
+
+def test_bad_override_is_one_line(bench, shapes_dir, capsys):
+    assert bench.main(["--data", str(shapes_dir), "--iters", "1", "solver.no_such_key=1"]) == 2
+    assert "no_such_key" in error_line(capsys)
+
+
+def test_out_file_of_other_settings_is_kept_and_refused(bench, shapes_dir, tmp_path, capsys):
+    """A run with an override never merges into, or overwrites, a file measured without it."""
+    out = tmp_path / "bench.json"
+    common = ["--data", str(shapes_dir), "--iters", "1", "--size", "64", "--infer-images", "1",
+              "--eval-images", "1", "--skip-ours", "--out", str(out)]
+    assert bench.main(common) == 0
+    before = out.read_text()
+    capsys.readouterr()
+    assert bench.main(common + ["solver.lr_mults={}"]) == 2
+    line = error_line(capsys)
+    assert f"--out {out} holds a run with other settings (lr_mults: {{'roi_heads.mask_head': 3.0}} there, {{}} now; " \
+           "overrides: None there, ['solver.lr_mults={}'] now); choose another file" in line
+    assert out.read_text() == before
