@@ -13,14 +13,14 @@ CPU mode (default). Both models are trained from scratch, one after the other in
 with the same seed, on the same sequence of batches (one seeded loader per model, so the same
 images and augmentations; ``data_digest`` in the JSON proves it), with the same optimizer and LR
 schedule (``common.engine.build_optimizer``/``build_scheduler`` of our CPU recipe,
-``configs/detection/shapes_R18_FPN_wide.yaml``; its per-module LR multiplier, 3x for the mask
-branch, goes to the same parts of torchvision's model: its mask head and mask predictor, see
-``TV_MODULES``) and the same gradient clipping, both stepped by ``common.engine.Trainer.run_step``:
+``configs/detection/shapes_R18_FPN_wide.yaml``; per-module LR multipliers, when an override sets
+``solver.lr_mults``, go to the same parts of torchvision's model, see ``TV_MODULES``) and the same
+gradient clipping, both stepped by ``common.engine.Trainer.run_step``:
 
   ours         the wide CPU recipe (the default's, shapes_R18_FPN.yaml, with 256 sampled RoIs per
-               image, a 1024-wide box head and the mask branch at 3x the base LR: it learns faster
-               per iteration; its full run takes nearly all of the default's 15-minute budget) with
-               keypoints off (so both do boxes + masks), at --size px;
+               image, a 1024-wide box head and torchvision's mask branch: 4 convs of 256 channels
+               on every foreground RoI; it learns faster per iteration than the default, at over
+               twice its step time) with keypoints off (so both do boxes + masks), at --size px;
   torchvision  ``torchvision.models.detection.MaskRCNN`` on torchvision's ``resnet18(weights=None,
                norm_layer=BatchNorm2d)`` in its ``BackboneWithFPN`` (every layer trainable, the
                FPN as wide as ours), min_size = --size,
@@ -30,7 +30,8 @@ branch, goes to the same parts of torchvision's model: its mask head and mask pr
                and our loss weights (applied to its losses by ``TorchvisionDetector``).
                What stays different is fixed by torchvision: its RPN also runs on the max-pooled
                level (given 2x the largest anchor), and its mask head trains on every sampled
-               foreground RoI (it has no ``roi_heads.mask_rois_per_image`` cap).
+               foreground RoI (it has no ``roi_heads.mask_rois_per_image`` cap; the wide recipe
+               sets none either).
   --torchvision-heads stock
                torchvision's MaskRCNN as its users build it on ResNet-18-FPN instead
                (``resnet_fpn_backbone``, FPN 256, every RPN/RoI setting at torchvision's defaults):
@@ -41,7 +42,10 @@ Seeds: a 200-iteration run is early in training, where AP moves by several point
 (initialisation, batch order, augmentation); ``--seeds`` repeats the whole comparison per seed and
 the table holds the means over the seeds both models ran (AP differences are paired by seed), with
 each seed's AP listed under it. ``--out`` keeps every (seed, model) column of earlier runs with the
-same settings, so one long benchmark can be split across processes (a lock serialises their writes).
+same settings, so one long benchmark can be split across processes (a lock serialises their writes);
+a file made with other settings (another recipe override, size, schedule...) is refused, never replaced.
+Trailing ``key=value`` overrides change our recipe; the solver's (LR, ``solver.lr_mults``, clipping)
+are shared, so they reach torchvision too: ``'solver.lr_mults={}'`` runs both without multipliers.
 
 Rows: training s/iter (median after --warmup iterations; forward + backward + optimizer step,
 data loading excluded), inference images/s (batch 1 on the first --infer-images val images,

@@ -69,12 +69,11 @@ def test_shapes_recipe_is_lean():
     assert cfg.box_head.fc_dim <= 512 and cfg.mask_head.num_convs <= 4 and cfg.keypoint_head.num_convs <= 4
 
 
-def test_wide_shapes_recipe_only_widens_the_box_branch():
+def test_wide_shapes_recipe_widens_the_box_and_mask_branches_only():
     lean, wide = load_model_cfg(CONFIG_DIR / "shapes_R18_FPN.yaml"), load_model_cfg(CONFIG_DIR / "shapes_R18_FPN_wide.yaml")
-    assert (wide.roi_heads.batch_size_per_image, wide.roi_heads.mask_rois_per_image, wide.box_head.fc_dim) == (256, 16, 1024)
-    # the mask and keypoint heads see as many RoIs as in the lean recipe (64 x 0.25 = 16 per image at most)
-    assert lean.roi_heads.batch_size_per_image * lean.roi_heads.positive_fraction == wide.roi_heads.mask_rois_per_image
-    restored = dataclasses.replace(wide, roi_heads=lean.roi_heads, box_head=lean.box_head)
+    assert (wide.roi_heads.batch_size_per_image, wide.roi_heads.mask_rois_per_image, wide.box_head.fc_dim) == (256, 0, 1024)
+    assert (wide.mask_head.num_convs, wide.mask_head.conv_dim) == (4, 256)  # torchvision's MaskRCNNHeads
+    restored = dataclasses.replace(wide, roi_heads=lean.roi_heads, box_head=lean.box_head, mask_head=lean.mask_head)
     assert restored == lean
 
 

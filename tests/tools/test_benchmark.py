@@ -84,6 +84,8 @@ def test_torchvision_r18_copies_our_recipe(bench):
     assert tv.roi_heads.box_predictor.cls_score.out_features == 4  # 3 classes + background
     assert tv.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
     assert tv.roi_heads.box_head.fc7.out_features == cfg.model.box_head.fc_dim
+    convs = [m for m in tv.roi_heads.mask_head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [cfg.model.mask_head.conv_dim] * cfg.model.mask_head.num_convs == [256] * 4
     bn = [m for m in tv.backbone.body.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bn and all(p.requires_grad for m in bn for p in m.parameters())
     assert all(p.requires_grad for p in tv.parameters())  # trainable_layers=5: nothing frozen
@@ -108,8 +110,8 @@ def test_lr_multipliers_reach_the_same_parts_of_both_models(bench):
     from common.engine import build_optimizer
     from detection.build import build_model
 
-    cfg = bench.cpu_config(128, 10, 0, 0)
-    assert cfg.solver.lr_mults == {"roi_heads.mask_head": 3.0}  # the recipe's mask-branch multiplier
+    cfg = bench.cpu_config(128, 10, 0, 0, ["solver.lr_mults={roi_heads.mask_head: 3.0}"])
+    assert cfg.solver.lr_mults == {"roi_heads.mask_head": 3.0}
     tv = bench.torchvision_r18_fpn_stock(3, 128, 171, bench.IMAGENET_MEAN, bench.IMAGENET_STD)
     tv_solver = replace(cfg.solver, lr_mults=bench.torchvision_lr_mults(cfg.solver.lr_mults))
 
@@ -278,9 +280,9 @@ def test_corrupt_out_file_is_one_line(bench, shapes_dir, tmp_path, capsys):
 
 
 def test_recipe_overrides_apply_last(bench):
-    cfg = bench.cpu_config(128, 10, 0, 0, ["solver.lr_mults={}", "model.mask_head.class_agnostic=true"])
-    assert cfg.solver.lr_mults == {} and cfg.model.mask_head.class_agnostic
-    assert bench.cpu_config(128, 10, 0, 0).solver.lr_mults == {"roi_heads.mask_head": 3.0}
+    cfg = bench.cpu_config(128, 10, 0, 0, ["solver.lr_mults={backbone: 0.5}", "model.mask_head.class_agnostic=true"])
+    assert cfg.solver.lr_mults == {"backbone": 0.5} and cfg.model.mask_head.class_agnostic
+    assert bench.cpu_config(128, 10, 0, 0).solver.lr_mults == {}  # the recipe has none
 
 
 def test_bad_override_is_one_line(bench, shapes_dir, capsys):
@@ -296,8 +298,8 @@ def test_out_file_of_other_settings_is_kept_and_refused(bench, shapes_dir, tmp_p
     assert bench.main(common) == 0
     before = out.read_text()
     capsys.readouterr()
-    assert bench.main(common + ["solver.lr_mults={}"]) == 2
+    assert bench.main(common + ["solver.lr_mults={roi_heads.mask_head: 3.0}"]) == 2
     line = error_line(capsys)
-    assert f"--out {out} holds a run with other settings (lr_mults: {{'roi_heads.mask_head': 3.0}} there, {{}} now; " \
-           "overrides: None there, ['solver.lr_mults={}'] now); choose another file" in line
+    assert f"--out {out} holds a run with other settings (lr_mults: {{}} there, {{'roi_heads.mask_head': 3.0}} now; " \
+           "overrides: None there, ['solver.lr_mults={roi_heads.mask_head: 3.0}'] now); choose another file" in line
     assert out.read_text() == before
