@@ -19,8 +19,8 @@ gradient clipping, both stepped by ``common.engine.Trainer.run_step``:
 
   ours         the wide CPU recipe (the default's, shapes_R18_FPN.yaml, with 256 sampled RoIs per
                image, a 1024-wide box head and torchvision's mask branch: 4 convs of 256 channels
-               on every foreground RoI; it learns faster per iteration than the default, at over
-               twice its step time) with keypoints off (so both do boxes + masks), at --size px;
+               on every foreground RoI; it learns faster per iteration than the default, at a
+               higher cost per step) with keypoints off (so both do boxes + masks), at --size px;
   torchvision  ``torchvision.models.detection.MaskRCNN`` on torchvision's ``resnet18(weights=None,
                norm_layer=BatchNorm2d)`` in its ``BackboneWithFPN`` (every layer trainable, the
                FPN as wide as ours), min_size = --size,

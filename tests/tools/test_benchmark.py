@@ -303,3 +303,26 @@ def test_out_file_of_other_settings_is_kept_and_refused(bench, shapes_dir, tmp_p
     assert f"--out {out} holds a run with other settings (lr_mults: {{}} there, {{'roi_heads.mask_head': 3.0}} now; " \
            "overrides: None there, ['solver.lr_mults={roi_heads.mask_head: 3.0}'] now); choose another file" in line
     assert out.read_text() == before
+
+
+def test_run_is_written_beside_an_out_file_changed_meanwhile(bench, shapes_dir, tmp_path, capsys, monkeypatch):
+    """If another run writes other settings into --out while this one trains, both are kept."""
+    import os
+
+    out = tmp_path / "bench.json"
+    reads = []
+    real = bench._read_previous
+
+    def read_previous(path, settings):
+        reads.append(path)
+        if len(reads) == 2:  # the final merge: the file now holds someone else's run
+            out.write_text(json.dumps({"settings": {"mode": "other"}, "runs": {}}))
+        return real(path, settings)
+
+    monkeypatch.setattr(bench, "_read_previous", read_previous)
+    assert bench.main(["--data", str(shapes_dir), "--iters", "1", "--size", "64", "--infer-images", "1",
+                       "--eval-images", "1", "--skip-ours", "--out", str(out)]) == 0
+    beside = tmp_path / f"bench.{os.getpid()}.json"
+    assert json.loads(out.read_text())["settings"] == {"mode": "other"}
+    assert set(json.loads(beside.read_text())["runs"]["0"]) == {"torchvision"}
+    assert f"writing this run to {beside}" in capsys.readouterr().err
