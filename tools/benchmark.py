@@ -29,9 +29,9 @@ gradient clipping, both stepped by ``common.engine.Trainer.run_step``:
                head width (TwoMLPHead), mask head convs (MaskRCNNHeads), RoIAlign sampling ratio,
                and our loss weights (applied to its losses by ``TorchvisionDetector``).
                What stays different is fixed by torchvision: its RPN also runs on the max-pooled
-               level (given 2x the largest anchor), and its mask head trains on every sampled
-               foreground RoI (it has no ``roi_heads.mask_rois_per_image`` cap; the wide recipe
-               sets none either).
+               level (given 2x the largest anchor). Its mask head trains on every sampled
+               foreground RoI (it has no ``roi_heads.mask_rois_per_image`` cap), as the wide
+               recipe's does.
   --torchvision-heads stock
                torchvision's MaskRCNN as its users build it on ResNet-18-FPN instead
                (``resnet_fpn_backbone``, FPN 256, every RPN/RoI setting at torchvision's defaults):
@@ -79,6 +79,7 @@ import os  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 import torch  # noqa: E402
@@ -263,7 +264,7 @@ def torchvision_r50_fpn(num_classes: int) -> TorchvisionDetector:
 # configs
 
 
-def cpu_config(size: int, iters: int, seed: int, workers: int, overrides: list[str] = ()):
+def cpu_config(size: int, iters: int, seed: int, workers: int, overrides: Sequence[str] = ()):
     """Our CPU recipe (``CPU_RECIPE``) at ``size`` px (long side capped at 4/3 of it), keypoints off,
     then the user's ``key=value`` overrides."""
     from common.config import load_config
@@ -276,7 +277,7 @@ def cpu_config(size: int, iters: int, seed: int, workers: int, overrides: list[s
     return replace(cfg, solver=replace(cfg.solver, warmup_iters=min(cfg.solver.warmup_iters, iters)))
 
 
-def gpu_config(iters: int, seed: int, workers: int, overrides: list[str] = ()):
+def gpu_config(iters: int, seed: int, workers: int, overrides: Sequence[str] = ()):
     """The R50-FPN Mask R-CNN recipe, from scratch with trainable BN like torchvision's, batch 2,
     then the user's ``key=value`` overrides."""
     from common.config import load_config
