@@ -75,3 +75,26 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"anchor generator has {len(self.cell_anchors)} levels but got "
                              f"{len(features)} feature maps")
         return [self.grid_anchors(l, f.shape[-2], f.shape[-1], f.device) for l, f in enumerate(features)]
+
+
+def anchors_for_boxes(sides: Tensor, ratios_hw: Tensor, strides: list[int]) -> tuple[tuple[tuple[float, ...], ...],
+                                                                                    tuple[float, ...]]:
+    """One anchor size per level and a shared set of aspect ratios that cover a dataset's boxes.
+
+    sides (M,) sqrt(w * h) of the training boxes in the pixels the model sees, ratios_hw (M,)
+    their h / w; strides: the L levels' strides, finest first. Sizes double from level to level
+    (the FPN convention) from the power of two nearest the 5th percentile side, moved up if the
+    coarsest level would otherwise end more than sqrt(2) below the 99th percentile, and never
+    below the finest stride. Ratios: (0.5, 1, 2), widened to the 10th / 90th percentile h / w
+    when the boxes are more elongated than that.
+    """
+    if len(sides) == 0:
+        raise ValueError("anchors_for_boxes: no training boxes")
+    levels = len(strides)
+    lo, hi = torch.quantile(sides.float(), torch.tensor([0.05, 0.99])).tolist()
+    exp = round(math.log2(max(lo, 1.0)))
+    exp = max(exp, math.ceil(math.log2(max(hi / math.sqrt(2), 1.0))) - (levels - 1), math.ceil(math.log2(strides[0])))
+    sizes = tuple((float(2 ** (exp + l)),) for l in range(levels))
+    r10, r90 = torch.quantile(ratios_hw.float(), torch.tensor([0.10, 0.90])).tolist()
+    ratios = (round(min(0.5, r10), 2), 1.0, round(max(2.0, r90), 2))
+    return sizes, ratios

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.samplers import repeat_factors, repeat_indices
 from segmentation.config import DataConfig, ModelConfig
 from segmentation.data import (SemSegDataset, build_transforms, load_coco_semantic, load_semantic_dir,
                                load_voc)
 from segmentation.fcn import FCN, ConvClassifier, ConvHead
-from segmentation.losses import (class_pixel_stats, class_prior_bias, class_weights, repeat_factors,
-                                 repeat_indices)
+from segmentation.losses import class_pixel_stats, class_prior_bias, class_weights
 from segmentation.segmentor import SemanticSegmentor
 from segmentation.unet import ResNetUNet, UNet
 

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from .keypoint_flip import derive_flip_map
+
 MIN_BOX_SIDE = 1.0  # px: a box narrower or shorter than this (after clipping) is degenerate
 
 
@@ -99,7 +101,8 @@ def meta_from_coco(coco: dict | COCO, source_name: str = "<COCO dict>") -> Datas
 
     Keypoint names come from the categories that have ``"keypoints"`` (they must all share the
     same names). The flip map is the category's ``"flip_map"`` (pairs of names) if present,
-    else the pairs ``left_X`` / ``right_X``. The skeleton is converted from COCO's 1-based
+    else the pairs found from the names (``detection.data.keypoint_flip``: ``left_X`` /
+    ``right_X``, ``X_l`` / ``X_r``, ``LeftX`` / ``RightX``, ``left`` / ``right``). The skeleton is converted from COCO's 1-based
     indices to 0-based.
     """
     data = coco.dataset if isinstance(coco, COCO) else coco
@@ -123,9 +126,8 @@ def meta_from_coco(coco: dict | COCO, source_name: str = "<COCO dict>") -> Datas
                 if a not in names or b not in names:
                     raise DatasetError(f"{source_name}: flip_map pair ({a!r}, {b!r}) of category "
                                        f"{kp_cats[0]['id']} names an unknown keypoint (known: {names})")
-        else:
-            flip_map = [(n, "right_" + n[5:]) for n in names
-                        if n.startswith("left_") and "right_" + n[5:] in names]
+        else:  # COCO files carry no flip map: pairs from the names (left_X / right_X, ...)
+            flip_map = derive_flip_map(names)
         for edge in kp_cats[0].get("skeleton", []):
             a, b = int(edge[0]) - 1, int(edge[1]) - 1
             if not (0 <= a < len(names) and 0 <= b < len(names)):
@@ -394,6 +396,25 @@ class CocoDetection(torch.utils.data.Dataset):
     def aspect_ratios(self) -> list[float]:
         """Width / height of each item, from the JSON (no image is opened)."""
         return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.ids]
+
+    def classes_per_image(self) -> list[set[int]]:
+        """The labels present in each item (from the JSON; no image is opened)."""
+        return [{inst.label for inst in instances} for instances in self._instances]
+
+    def class_counts(self) -> list[int]:
+        """Training instances (non-crowd) per label."""
+        counts = [0] * self.meta.num_classes
+        for instances in self._instances:
+            for inst in instances:
+                counts[inst.label] += 1
+        return counts
+
+    def instance_boxes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every training instance as (boxes (M, 4) float32 xyxy pixels of the image on disk,
+        image indices (M,) int64), from the JSON (no image is opened)."""
+        boxes = [inst.box for instances in self._instances for inst in instances]
+        index = [i for i, instances in enumerate(self._instances) for _ in instances]
+        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(index, np.int64)
 
     def load_numpy(self, index: int) -> tuple[np.ndarray, dict]:
         """The image (H, W, 3) uint8 RGB and its target as numpy arrays, before transforms."""
