@@ -125,6 +125,7 @@ class DataConfig:
     scale_jitter: Optional[tuple[float, float]] = None  # extra random rescale (lo, hi) after resizing
     color_jitter: float = 0.0  # brightness/contrast/saturation/hue jitter strength in [0, 1]
     filter_empty: bool = True  # drop training images that have no (non-crowd) instance
+    skip_bad_images: bool = False  # leave out images the start-up dataset check finds bad (listed in RUN/skipped_images.txt) instead of stopping
     num_workers: int = 2  # DataLoader worker processes
     aspect_ratio_grouping: bool = True  # batch landscape with landscape and portrait with portrait
 
