@@ -238,9 +238,6 @@ def resolve_data_paths(data_cfg: DataConfig, data_dir: str | None = None) -> Dat
             raise DatasetError(f"dataset folder {root} is a file, not a folder; a dataset folder holds "
                                "train.json, val.json, train/ and val/ (or give data.train_json, "
                                "data.train_images, data.val_json and data.val_images)")
-        if not root.is_dir():
-            raise DatasetError(f"dataset folder {root} does not exist (it should hold train.json, val.json, "
-                               "train/ and val/)")
         paths = DataPaths(root / "train.json", root / "train", root / "val.json", root / "val")
     for name in ("train_json", "val_json"):
         if not getattr(paths, name).is_file():
