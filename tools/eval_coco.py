@@ -87,6 +87,9 @@ def val_split(args: argparse.Namespace, data_cfg) -> tuple[Path, Path]:
     if args.gt:
         ann, images = Path(args.gt), Path(args.images)
     elif args.data:
+        if Path(args.data).is_file():
+            raise DatasetError(f"--data {args.data} is a file, not a folder; a dataset folder holds val.json "
+                               "and val/ (or give --gt JSON --images DIR)")
         ann, images = Path(args.data) / "val.json", Path(args.data) / "val"
     elif data_cfg.val_json:
         ann, images = Path(data_cfg.val_json), Path(data_cfg.val_images)
