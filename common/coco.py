@@ -172,16 +172,21 @@ def coco_problems(data: Any, source: str) -> list[Problem]:
                 image_id = item.get("image_id") if kind == "annotation" else None
                 problems.append(Problem(source, image_id, f"{source}: {kind} id {item['id']} appears twice"))
             seen.add(item.get("id"))
-    if problems:
-        return problems
     images = {im["id"]: im for im in data["images"]}
+    sized = set()  # images with a usable width and height
     for im in data["images"]:
-        if not (_is_number(im["width"]) and _is_number(im["height"]) and im["width"] >= 1 and im["height"] >= 1):
-            problems.append(Problem(source, im["id"], f"{source}: image {im['id']} ({im['file_name']}) has "
+        if "width" not in im or "height" not in im:
+            continue  # already reported
+        if _is_number(im["width"]) and _is_number(im["height"]) and im["width"] >= 1 and im["height"] >= 1:
+            sized.add(im["id"])
+        else:
+            problems.append(Problem(source, im["id"], f"{source}: image {im['id']} ({im.get('file_name')}) has "
                                                       f"width {im['width']!r} and height {im['height']!r}; "
                                                       f"expected positive numbers"))
     cats = {c["id"]: c for c in data["categories"]}
     for ann in data.get("annotations", []):
+        if not all(k in ann for k in ("id", "image_id", "category_id", "bbox")):
+            continue  # already reported
         image_id = ann["image_id"]
         if image_id not in images:
             problems.append(Problem(source, image_id, f"{source}: annotation {ann['id']} points at unknown "
@@ -196,7 +201,7 @@ def coco_problems(data: Any, source: str) -> list[Problem]:
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
             problems.append(Problem(source, image_id, f"{where} has a bbox that is not 4 finite numbers: {bbox!r}"))
         segm = ann.get("segmentation")
-        if segm:
+        if segm and image_id in sized:
             im = images[image_id]
             wrong = segmentation_problem(segm, im["height"], im["width"])
             if wrong:

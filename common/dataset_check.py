@@ -213,6 +213,12 @@ def _stat(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
+def _usable_entry(im: dict) -> bool:
+    """An image entry with a file name and a size (one without is already a problem of the JSON)."""
+    return "file_name" in im and all(isinstance(im.get(k), (int, float)) and np.isfinite(im[k]) and im[k] >= 1
+                                     for k in ("height", "width"))
+
+
 def _cache_path(cache_dir: Path, ann_file: Path, image_root: Path) -> Path:
     key = hashlib.sha1(f"{ann_file.resolve()}\n{image_root.resolve()}".encode()).hexdigest()[:20]
     return cache_dir / f"{key}.json"
@@ -239,7 +245,7 @@ def check_split(ann_file: str | Path, image_root: str | Path, *, cache_dir: Path
         summary = summarize(data, ann_problems)
         layout_ok = not any(p.image_id is None for p in ann_problems)
         images = [_Image(im["id"], str(im["file_name"]), int(im["height"]), int(im["width"]))
-                  for im in data["images"]] if layout_ok else []
+                  for im in data["images"] if _usable_entry(im)] if layout_ok else []
     problems = list(ann_problems)
     if not image_root.is_dir():
         problems.append(Problem(str(ann_file), None, f"image folder {image_root} of {ann_file} does not exist"))

@@ -115,3 +115,14 @@ def test_a_missing_image_folder_cannot_be_skipped(tmp_path):
     ann, images = make_dataset(tmp_path, 1)
     with pytest.raises(DatasetError, match=r"^1 problem in .*train\.json \(listed above, one per line\); fix them$"):
         check_splits([(ann, tmp_path / "nope")], skip_bad_images=True, log=lambda s: None)
+
+
+def test_an_image_entry_without_a_size_is_one_problem_not_a_crash(tmp_path):
+    ann, images = make_dataset(tmp_path, 2)
+    data = json.loads(ann.read_text())
+    del data["images"][0]["height"]
+    data["images"][1]["width"] = float("nan")
+    ann.write_text(json.dumps(data))
+    check = check_split(ann, images, cache_dir=tmp_path / "cache")
+    assert [p.message.replace(str(ann), "A") for p in check.problems] == [
+        "A: image 1 has no 'height'", "A: image 2 (1.jpg) has width nan and height 40; expected positive numbers"]
