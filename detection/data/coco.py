@@ -17,8 +17,9 @@ All of these are counted in ``.stats`` and reported once as a single :class:`Dat
 
 Broken input is a :class:`DatasetError` naming the file, the image or annotation id and the
 value: a file that is not JSON or not COCO, an annotation pointing at an unknown image or
-category, a malformed segmentation or keypoint list, a missing/unreadable image, an image whose
-size on disk differs from the JSON.
+category, a malformed segmentation or keypoint list (all checked by ``common.coco``, the reader
+segmentation's COCO layout shares), a missing/unreadable image, an image whose size on disk
+differs from the JSON. The tools find all of these before training (``common.dataset_check``).
 
 Coordinates are continuous everywhere (pixel (i, j) covers [j, j+1) x [i, i+1), as boxes and
 polygons are in COCO). COCO keypoints are pixel indices (the pixel at index x has its centre at
