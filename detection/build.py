@@ -15,6 +15,7 @@ import yaml
 from torch import nn
 
 from common.config import ConfigError, apply_override, load_config, merge
+from common.dataset_check import CheckResult, check_splits
 from common.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from detection.box_coder import BoxCoder
 from detection.box_head import ConvFCHead, FastRCNNPredictor, Res5Head, inverse_sqrt_frequency_weights
@@ -242,6 +243,10 @@ def resolve_data_paths(data_cfg: DataConfig, data_dir: str | None = None) -> Dat
 
             print(f"generating the built-in synthetic dataset in {root} (first use)")
             ensure_shapes_dataset(root)
+        if root.is_file():
+            raise DatasetError(f"dataset folder {root} is a file, not a folder; a dataset folder holds "
+                               "train.json, val.json, train/ and val/ (or give data.train_json, "
+                               "data.train_images, data.val_json and data.val_images)")
         paths = DataPaths(root / "train.json", root / "train", root / "val.json", root / "val")
     for name in ("train_json", "val_json"):
         if not getattr(paths, name).is_file():
@@ -253,20 +258,35 @@ def resolve_data_paths(data_cfg: DataConfig, data_dir: str | None = None) -> Dat
     return paths
 
 
-def build_datasets(cfg: DetConfig, paths: DataPaths) -> tuple[CocoDetection, CocoDetection]:
+def check_data(cfg: DetConfig, paths: DataPaths, run_dir: Path | None) -> CheckResult:
+    """The start-up dataset check of both splits (``common.dataset_check``): every image decoded,
+    every annotation checked, before the first iteration. Stops with every problem listed unless
+    ``data.skip_bad_images`` (then the images to leave out, listed in ``run_dir``)."""
+    return check_splits([(paths.train_json, paths.train_images), (paths.val_json, paths.val_images)],
+                        skip_bad_images=cfg.data.skip_bad_images, run_dir=run_dir)
+
+
+def build_datasets(cfg: DetConfig, paths: DataPaths,
+                   checked: CheckResult | None = None) -> tuple[CocoDetection, CocoDetection]:
     """The training set (augmented, empty images dropped per config) and the val set (resize only).
 
-    Masks and keypoints are read only when the model uses them.
+    Masks and keypoints are read only when the model uses them. ``checked``: what
+    :func:`check_data` found, whose bad images are left out.
     """
     d = cfg.data
+    checked = checked or CheckResult()
     use = dict(use_masks=cfg.model.mask_on, use_keypoints=cfg.model.keypoint_on)
-    train = CocoDetection(paths.train_json, paths.train_images, filter_empty=d.filter_empty, **use)
+    train = CocoDetection(paths.train_json, paths.train_images, filter_empty=d.filter_empty,
+                          skip_image_ids=checked.skip_ids(paths.train_json), **use)
+    if len(train) == 0:
+        raise DatasetError(empty_training_set_message(train))
     if d.keypoint_flip_map:
         train.meta = with_flip_map(train.meta, d.keypoint_flip_map, paths.train_json)
     train.transforms = build_transforms(train.meta, train=True, min_size=d.min_size, max_size=d.max_size,
                                         hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter,
                                         color_jitter=d.color_jitter, seed=cfg.solver.seed)
-    val = CocoDetection(paths.val_json, paths.val_images, filter_empty=False, **use)
+    val = CocoDetection(paths.val_json, paths.val_images, filter_empty=False,
+                        skip_image_ids=checked.skip_ids(paths.val_json), **use)
     val.meta = replace(val.meta, keypoint_flip_map=train.meta.keypoint_flip_map)
     val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
     if val.meta.category_ids != train.meta.category_ids:
@@ -283,6 +303,18 @@ def with_flip_map(meta: DatasetMeta, pairs, source) -> DatasetMeta:
             raise DatasetError(f"data.keypoint_flip_map pair ({a!r}, {b!r}) does not name two keypoints of "
                                f"{source} (its keypoints: {meta.keypoint_names})")
     return replace(meta, keypoint_flip_map=pairs)
+
+
+def empty_training_set_message(train: CocoDetection) -> str:
+    """Why a training set has no image left, naming the file and the setting that dropped them."""
+    listed = len(train.coco.dataset["images"])
+    if not listed:
+        return f"{train.ann_file} lists no images (after leaving out skipped ones); nothing to train on"
+    reasons = "; ".join(f"{n} {why}" for why, n in train.dropped_empty.most_common())
+    no_key = " (it has no annotations at all)" if not train.coco.dataset["annotations"] else ""
+    return (f"{train.ann_file}: none of its {listed} images is left for training{no_key}: data.filter_empty=true "
+            f"drops images without a usable instance, and {reasons}; set data.filter_empty=false to train "
+            f"on them as background only")
 
 
 def adapt_to_dataset(cfg: DetConfig, train: CocoDetection) -> tuple[DetConfig, list[str]]:

@@ -136,6 +136,7 @@ class DataConfig:
     filter_empty: bool = True  # drop training images that have no (non-crowd) instance
     repeat_threshold: float = 0.0  # repeat-factor sampling (LVIS): an image whose rarest class is in
     # a fraction f < t of the training images is seen sqrt(t / f) times as often (0 = off)
+    skip_bad_images: bool = False  # leave out images the start-up dataset check finds bad (listed in RUN/skipped_images.txt) instead of stopping
     num_workers: int = 2  # DataLoader worker processes
     aspect_ratio_grouping: bool = True  # batch landscape with landscape and portrait with portrait
 

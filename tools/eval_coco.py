@@ -87,6 +87,9 @@ def val_split(args: argparse.Namespace, data_cfg) -> tuple[Path, Path]:
     if args.gt:
         ann, images = Path(args.gt), Path(args.images)
     elif args.data:
+        if Path(args.data).is_file():
+            raise DatasetError(f"--data {args.data} is a file, not a folder; a dataset folder holds val.json "
+                               "and val/ (or give --gt JSON --images DIR)")
         ann, images = Path(args.data) / "val.json", Path(args.data) / "val"
     elif data_cfg.val_json:
         ann, images = Path(data_cfg.val_json), Path(data_cfg.val_images)
@@ -102,6 +105,7 @@ def val_split(args: argparse.Namespace, data_cfg) -> tuple[Path, Path]:
 
 def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """(metrics, COCO results) of ``args.checkpoint`` on the val split (see the module docstring)."""
+    from common.dataset_check import check_splits
     from common.engine.distributed import parse_device
     from detection.build import build_detector, iou_types_for, read_checkpoint
     from detection.data import CocoDetection, build_test_loader, build_transforms
@@ -110,8 +114,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     device = parse_device(args.device)
     state, cfg, meta = read_checkpoint(args.checkpoint, args.config, args.overrides)
     ann, images = val_split(args, cfg.data)
+    checked = check_splits([(ann, images)], skip_bad_images=cfg.data.skip_bad_images)  # every image, first
     val = CocoDetection(ann, images, filter_empty=False, use_masks=cfg.model.mask_on,
-                        use_keypoints=cfg.model.keypoint_on)
+                        use_keypoints=cfg.model.keypoint_on, skip_image_ids=checked.skip_ids(ann))
     if meta is None:
         print(f"note: {args.checkpoint} has no dataset metadata; classes are read from {ann}")
         meta = val.meta

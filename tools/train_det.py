@@ -71,7 +71,7 @@ def train(args: argparse.Namespace) -> int:
     from common.engine.checkpoint import seed_everything
     from common.engine.curves import plot_curves
     from common.engine.trainer import Trainer
-    from detection.build import (adapt_to_dataset, build_datasets, build_model, iou_types_for,
+    from detection.build import (adapt_to_dataset, build_datasets, build_model, check_data, iou_types_for,
                                  repeat_factor_indices, resolve_data_paths)
     from detection.config import DetConfig
     from detection.data import DatasetError, build_test_loader, build_train_loader
@@ -113,7 +113,7 @@ def train(args: argparse.Namespace) -> int:
     paths, problem = dist.broadcast_object((paths, problem))
     if problem:
         raise DatasetError(problem)
-    train_set, val_set = build_datasets(cfg, paths)
+    train_set, val_set = build_datasets(cfg, paths, check_data(cfg, paths, output))  # both splits, before training
     cfg, notes = adapt_to_dataset(cfg, train_set)
     train_indices, note = repeat_factor_indices(cfg.data, train_set, cfg.solver.seed)
     notes += [note] if note else []

@@ -134,3 +134,30 @@ def test_bad_paths_and_modes(tool, run, shapes_dir, tmp_path, capsys):
     assert tool.main(["--checkpoint", str(ckpt), "--gt", str(other), "--images", str(shapes_dir / "val")]) == 2
     assert one_error(capsys) == (f"{other} has category ids [101, 103, 105, 107] but {ckpt} was trained on "
                                  "[1, 3, 5, 7] (circle, square, triangle, star)")
+
+
+def test_val_split_is_checked_before_the_model_runs(tool, run, shapes_dir, tmp_path, capsys):
+    import shutil
+
+    ckpt = run / "model_final.pth"
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    truncated = sorted((data / "val").iterdir())[4]
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    out = tmp_path / "metrics.json"
+    assert tool.main(["--checkpoint", str(ckpt), "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith(f"problem: image file {truncated} (image id 5) is truncated or corrupt")
+    assert err[1] == (f"eval_coco: error: 1 problem in {data / 'val.json'} (listed above, one per line); fix them or "
+                      "set data.skip_bad_images=true to leave those images out")
+    assert not out.exists()
+    # skipped on request: evaluated on the other 5, the skipped one printed
+    assert tool.main(["--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
+                      "data.skip_bad_images=true"]) == 0
+    printed = capsys.readouterr().out
+    assert f"  skipped: image file {truncated} (image id 5) is truncated or corrupt" in printed
+    assert f"on 5 images of {data / 'val.json'}" in printed
+
+    assert tool.main(["--checkpoint", str(ckpt), "--data", str(data / "val.json")]) == 2
+    assert one_error(capsys) == (f"--data {data / 'val.json'} is a file, not a folder; a dataset folder holds "
+                                 "val.json and val/ (or give --gt JSON --images DIR)")
