@@ -134,3 +134,18 @@ def test_bad_paths_and_modes(tool, run, shapes_dir, tmp_path, capsys):
     assert tool.main(["--checkpoint", str(ckpt), "--gt", str(other), "--images", str(shapes_dir / "val")]) == 2
     assert one_error(capsys) == (f"{other} has category ids [101, 103, 105, 107] but {ckpt} was trained on "
                                  "[1, 3, 5, 7] (circle, square, triangle, star)")
+
+
+def test_diagnostics_beside_metrics_json(tool, run, shapes_dir, tmp_path):
+    out = tmp_path / "eval" / "metrics.json"
+    assert tool.main(["--checkpoint", str(run / "model_final.pth"), "--device", "cpu", "--out", str(out),
+                      "--plot-score-thresh", "0.1"]) == 0
+    plots = out.parent / "plots"
+    assert {p.name for p in plots.iterdir()} == {"pr_bbox.png", "pr_segm.png", "confusion_matrix.json",
+                                                 "confusion_matrix.png", "worst"}
+    cm = json.loads((plots / "confusion_matrix.json").read_text())
+    assert cm["score_thresh"] == 0.1 and cm["classes"][-1] == "background"
+    gt = json.loads((shapes_dir / "val.json").read_text())
+    gt_boxes = sum(1 for a in gt["annotations"] if not a["iscrowd"])
+    assert sum(sum(row) for row in cm["counts"][:-1]) == gt_boxes  # every gt box is in one row cell
+    assert len(list((plots / "worst").glob("*.jpg"))) == 6
