@@ -138,3 +138,29 @@ def test_bad_input_is_one_line(det_ckpt, tmp_path, capsys):
     assert load_tool("export").main(["--checkpoint", str(det_ckpt), "--format", "torchscript",
                                      "--out", str(tmp_path / "m.pt"), "--size", "8"]) == 2
     assert capsys.readouterr().err == "export: error: --size must be at least 32 pixels, got 8\n"
+
+
+def test_c4_mask_rcnn_exports_too(tmp_path):
+    """The C4 layout (single-level pooling, res5 box head shared with the mask head) through ONNX."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from common.config import load_config
+    from common.export import ExportedModel, export
+    from detection.build import build_model
+    from detection.config import DetConfig
+    from detection.export import ExportableDetector
+    from tool_helpers import ROOT
+
+    cfg = load_config(DetConfig, ROOT / "configs/detection/mask_rcnn_R50_C4.yaml",
+                      ["model.backbone.name=resnet18", "model.backbone.weights=null", "model.roi_heads.score_thresh=0.0",
+                       "model.rpn.pre_nms_topk_test=100", "model.rpn.post_nms_topk_test=30"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 3).eval()
+    wrapper = ExportableDetector(model, [1, 2, 3])
+    export(wrapper, torch.rand(3, 64, 64), "onnx", tmp_path / "c4.onnx")
+    image = torch.rand(3, 80, 112)
+    p = eager_predict(model, image.numpy())
+    got = ExportedModel(tmp_path / "c4.onnx")(image.numpy())
+    assert len(got["boxes"]) == len(p["pred_boxes"]) > 0
+    np.testing.assert_allclose(got["boxes"], p["pred_boxes"].numpy(), atol=BOX_TOL, rtol=0)
+    np.testing.assert_allclose(got["masks"], p["pred_masks"].numpy(), atol=VALUE_TOL, rtol=0)
