@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tool_helpers import TINY_DET, load_tool
+from tool_helpers import load_tool, train_tiny_detector
 
 # largest absolute difference allowed between the exported file and PyTorch (measured: about
 # 2e-5 px on boxes, 1e-5 on mask and keypoint values; the ONNX kernels sum in another order)
@@ -15,11 +15,7 @@ SIZES = [(72, 96), (96, 72), (120, 88), (64, 150)]  # none is the traced 64 x 64
 
 @pytest.fixture(scope="module")
 def det_ckpt(shapes_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "det"
-    torch.manual_seed(0)
-    assert load_tool("train_det").main(["--data", str(shapes_dir), "--output", str(out), "--max-iters", "2",
-                                        *TINY_DET]) == 0
-    return out / "model_final.pth"
+    return train_tiny_detector(shapes_dir, tmp_path_factory.mktemp("export") / "det")
 
 
 def val_images(shapes_dir) -> list[np.ndarray]:

@@ -8,21 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from tool_helpers import ROOT, TINY_DET, load_tool
+from tool_helpers import ROOT, load_tool, train_tiny_detector
 
-# one image per test batch so the run's results.json is computed exactly as predict computes
-# (no batch padding)
-TINY = TINY_DET + ["test.ims_per_batch=1"]
 CLASSES = ["circle", "square", "triangle", "star"]
 
 
 @pytest.fixture(scope="module")
 def ckpt(shapes_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("predict") / "run"
-    torch.manual_seed(0)
-    assert load_tool("train_det").main(["--data", str(shapes_dir), "--output", str(out), "--max-iters", "2",
-                                        *TINY]) == 0
-    return out / "model_final.pth"
+    # one image per test batch so the run's results.json is computed exactly as predict computes
+    # (no batch padding)
+    return train_tiny_detector(shapes_dir, tmp_path_factory.mktemp("predict") / "run", "test.ims_per_batch=1")
 
 
 @pytest.fixture(scope="module")
