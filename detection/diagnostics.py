@@ -202,6 +202,11 @@ def write_diagnostics(gt: COCO, results: list[dict], out_dir: str | Path, image_
     cm = confusion_matrix(gt, results, score_thresh, iou_thresh)
     (out_dir / "confusion_matrix.json").write_text(json.dumps(cm, indent=1) + "\n")
     picture = confusion_image(np.asarray(cm["counts"]), cm["classes"])
+    band = np.full((34, picture.shape[1], 3), 255, np.uint8)  # what the rows and columns are
+    for y, text in ((13, "rows: ground truth, columns: detections (% of row)"),
+                    (28, f"score >= {score_thresh}, IoU >= {iou_thresh}, one-to-one")):
+        cv2.putText(band, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    picture = np.concatenate((picture, band), axis=0)
     cv2.imwrite(str(out_dir / "confusion_matrix.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     written += [out_dir / "confusion_matrix.json", out_dir / "confusion_matrix.png"]
     if image_root is not None and num_worst > 0:
