@@ -49,10 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_wrapper(args: argparse.Namespace):
     """(exportable wrapper, default example side, what it is) for ``args.checkpoint``."""
-    from common.engine.checkpoint import load_checkpoint
+    from common.engine.checkpoint import checkpoint_task, load_checkpoint
 
-    state = load_checkpoint(args.checkpoint)
-    if (state.get("metadata") or {}).get("dataset"):
+    if checkpoint_task(load_checkpoint(args.checkpoint), args.checkpoint,
+                           "detection" if args.config else None) == "detection":
         from detection.build import build_detector, read_checkpoint
         from detection.export import ExportableDetector
 

@@ -105,14 +105,6 @@ def instances_json(pred: dict, meta, score_thresh: float) -> list[dict]:
             for box, label, score in zip(pred["pred_boxes"][keep], pred["pred_classes"][keep], pred["scores"][keep])]
 
 
-def is_segmenter(checkpoint: str) -> bool:
-    """A tools/train_seg.py checkpoint: no dataset metadata, a segmentation config."""
-    from common.engine.checkpoint import load_checkpoint
-
-    state = load_checkpoint(checkpoint)
-    return not (state.get("metadata") or {}).get("dataset") and "arch:" in (state.get("config_yaml") or "")
-
-
 def detection_task(args: argparse.Namespace, device):
     """(run, draw, describe, to_results, default input) for a detector: ``run`` maps a list of
     (H, W, 3) RGB images to predictions, ``draw`` one image and its prediction to a drawing."""
@@ -195,7 +187,11 @@ def predict(args: argparse.Namespace) -> int:
 
         tile_windows(1, 1, args.tile, args.overlap)  # checks the pair
     device = parse_device(args.device)
-    task = segmentation_task if is_segmenter(args.checkpoint) else detection_task
+    from common.engine.checkpoint import checkpoint_task, load_checkpoint
+
+    kind = checkpoint_task(load_checkpoint(args.checkpoint), args.checkpoint,
+                           "detection" if args.config else None)
+    task = segmentation_task if kind == "segmentation" else detection_task
     run, draw, describe, to_results, default_input = task(args, device)
     source = Path(args.input) if args.input else default_input()
     out = Path(args.out)
