@@ -198,7 +198,12 @@ def predict(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(unit="img", desc="predict", dynamic_ncols=True, disable=None)  # off when not a terminal
     if source.suffix.lower() in VIDEO_SUFFIXES:
-        frames = predict_video(source, out / f"{source.stem}.mp4", run, draw, args.batch_size, bar)
+        from common.video import map_video
+
+        def draw_batch(frames):
+            return [draw(frame, pred)[:, :frame.shape[1]] for frame, pred in zip(frames, run(frames))]  # legend cut
+
+        frames = map_video(source, out / f"{source.stem}.mp4", draw_batch, args.batch_size, bar)
         bar.close()
         print(f"drew {frames} frames of {source} into {out / (source.stem + '.mp4')}")
         return 0
@@ -238,46 +243,6 @@ def predict(args: argparse.Namespace) -> int:
         found = sum(len(item["instances"]) for item in listing)
         print(f"drew {found} predictions (score >= {args.score_thresh}) on {len(listing)} images in {out}")
     return 0
-
-
-def predict_video(source: Path, target: Path, run, draw, batch_size: int, bar) -> int:
-    """Read ``source`` frame by frame (OpenCV), run and draw batches of frames, write ``target``
-    (mp4v) at the same frame rate and size. Returns the number of frames written."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(source))
-    if not cap.isOpened():
-        raise FileNotFoundError(f"video {source} could not be opened")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    bar.total = total if total > 0 else None
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    if not writer.isOpened():
-        cap.release()
-        raise OSError(f"cannot write video {target} (OpenCV has no mp4v encoder here)")
-    written = 0
-    try:
-        while True:
-            frames = []
-            while len(frames) < batch_size:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            if not frames:
-                break
-            for frame, pred in zip(frames, run(frames)):
-                drawn = draw(frame, pred)
-                writer.write(cv2.cvtColor(drawn[:, :size[0]], cv2.COLOR_RGB2BGR))  # a legend panel is cut
-                written += 1
-            bar.update(len(frames))
-    finally:
-        cap.release()
-        writer.release()
-    if written == 0:
-        raise ValueError(f"video {source} has no frames that could be read")
-    return written
 
 
 def main(argv: list[str] | None = None) -> int:
