@@ -22,9 +22,12 @@ What differs from the eager path (``GeneralizedRCNN.forward``), and why:
   afterwards, so zero detections never give zero-sized convolutions (what breaks torchvision's
   Mask R-CNN export, pytorch/vision#2251): zero detections give outputs with D = 0;
 - masks are pasted in one batched product (no chunk loop, whose trip count would be traced).
-The image is not resized: the model sees it at the size given (resize it beforehand so its
-short side is about ``data.test_min_size``, as the eager tools do). Numbers agree with the eager
-model up to float rounding (tests/detection/test_export.py measures it).
+With ``min_size`` > 0 the wrapper first resizes the image (bilinear) so its short side is
+``min_size`` and its long side at most ``max_size`` (the test-time resize of
+``detection.data.build_transforms``, done in float instead of OpenCV on uint8), and maps boxes,
+keypoints and masks back to the input's pixels; with ``min_size`` = 0 the model sees the image at
+the size given. Numbers agree with the eager model up to float rounding
+(tests/tools/test_export.py measures it).
 """
 from __future__ import annotations
 
@@ -115,8 +118,11 @@ class ExportableDetector(nn.Module):
     """``forward(image (3, H, W)) -> (boxes, scores, classes[, masks][, keypoints])``; see the
     module docstring. ``category_ids[label]`` is the COCO id written to ``classes``."""
 
-    def __init__(self, model: nn.Module, category_ids: list[int]):
+    def __init__(self, model: nn.Module, category_ids: list[int], min_size: int = 0, max_size: int = 0):
         super().__init__()
+        if min_size < 0 or max_size < 0:
+            raise ValueError(f"min_size and max_size must be >= 0, got {min_size} and {max_size}")
+        self.min_size, self.max_size = int(min_size), int(max_size)
         if model.proposal_generator is None:
             raise ValueError("only detectors with an RPN can be exported (Fast R-CNN reads proposals from "
                              "outside the model)")
@@ -129,20 +135,23 @@ class ExportableDetector(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         m = self.model
         backbone, roi = m.backbone, m.roi_heads
-        hw = torch._shape_as_tensor(image)[-2:]                             # (2,) traced (H, W)
+        hw_in = torch._shape_as_tensor(image)[-2:]                          # (2,) traced (H, W)
+        image, hw = self.resize(image, hw_in)                                # the image the model sees
         x = pad_image(image, backbone.size_divisibility, backbone.pixel_mean)  # (1, 3, Hp, Wp)
         features = backbone(backbone.normalize(x))
         proposals = self.proposals(features, hw)                             # (R, 4)
         feats = [features[f] for f in roi.in_features]
         boxes, scores, labels = self.detect(feats, proposals, hw)            # (D, 4), (D,), (D,)
-        out = [boxes, scores, self.category_ids[labels]]
+        scale = (hw_in.float() / hw.float()).flip(0)                         # (2,) x, y: model -> input frame
+        out_boxes = boxes * scale.repeat(2)
+        out = [out_boxes, scores, self.category_ids[labels]]
         # the heads see one extra dummy box so that D = 0 never reaches a convolution
         padded = torch.cat((boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])))  # (D + 1, 4)
         padded_labels = torch.cat((labels, labels.new_zeros(1)))
         d = boxes.shape[0]
         if roi.mask_on:
             probs = class_masks(roi.mask_head(pool(roi.mask_pooler, feats, padded)), padded_labels)  # (D+1, S, S)
-            out.append(paste(probs[:d], boxes, hw))
+            out.append(paste(probs[:d], out_boxes, hw_in))                  # pasted in the input's frame
         if roi.keypoint_on:
             heatmaps = roi.keypoint_head(pool(roi.keypoint_pooler, feats, padded))  # (D + 1, P, S, S)
             kp = heatmaps_to_keypoints(heatmaps, padded, roi.keypoint_subpixel)[:d]  # (D, P, 3)
@@ -150,8 +159,20 @@ class ExportableDetector(nn.Module):
                 wanted = torch.as_tensor(roi.keypoint_classes, device=labels.device)
                 has = (labels[:, None] == wanted).any(dim=1)                 # (D,) (isin does not export)
                 kp = torch.where(has[:, None, None], kp, torch.zeros_like(kp))
-            out.append(kp)
+            out.append(torch.cat((kp[..., :2] * scale, kp[..., 2:]), dim=-1))
         return tuple(out)
+
+    def resize(self, image: Tensor, hw: Tensor) -> tuple[Tensor, Tensor]:
+        """(3, H, W) -> the image at the model's test size and its (2,) (h, w), or the image as is."""
+        if self.min_size == 0:
+            return image, hw
+        size = hw.float()
+        scale = self.min_size / size.min()
+        if self.max_size > 0:
+            scale = torch.min(scale, self.max_size / size.max())
+        new = (size * scale).round().long()                                  # (2,) h, w
+        resized = F.interpolate(image[None], size=(new[0], new[1]), mode="bilinear", align_corners=False)[0]
+        return resized, new
 
     def proposals(self, features: dict[str, Tensor], hw: Tensor) -> Tensor:
         """The RPN's test-time proposals of the one image: (R, 4) xyxy (``rpn.find_top_proposals``)."""

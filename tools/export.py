@@ -5,8 +5,10 @@
     python tools/export.py --checkpoint runs/seg/model_best.pth --format torchscript --out seg.pt \
         [--config C] [--data DIR] [--size 640] [key=value ...]
 
-The file takes one input ``image``: a (3, H, W) float32 RGB tensor in [0, 1] of any size (the
-model sees it at that size: resize large images beforehand). Detectors return ``boxes`` (R, 4)
+The file takes one input ``image``: a (3, H, W) float32 RGB tensor in [0, 1] of any size. A
+detector resizes it inside (short side ``data.test_min_size``, long side at most
+``data.max_size``, bilinear) unless ``--no-resize`` (then the model sees it as given); outputs
+are in pixels of the input either way. Detectors return ``boxes`` (R, 4)
 xyxy pixels of that image, ``scores`` (R), ``classes`` (R, the dataset's COCO category ids) and,
 where the model has them, ``masks`` (R, H, W) probabilities and ``keypoints`` (R, K, 3)
 (x, y, score); segmenters return ``labels`` (H, W) class indices. Zero detections give R = 0.
@@ -43,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="the file to write (.onnx / .pt)")
     p.add_argument("--data", help="segmenters: dataset folder whose val split names the classes")
     p.add_argument("--size", type=int, help="side of the square tracing example (default: the test size)")
+    p.add_argument("--no-resize", action="store_true", help="detectors: the model sees the image at the size "
+                   "given (default: resized inside to data.test_min_size / data.max_size, as tools/predict.py does)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     return p.parse_intermixed_args(argv)
 
@@ -58,7 +62,8 @@ def build_wrapper(args: argparse.Namespace):
 
         state, cfg, meta = read_checkpoint(args.checkpoint, args.config, args.overrides)
         model, cfg = build_detector(state, cfg, meta, args.checkpoint, "cpu")
-        return ExportableDetector(model, meta.category_ids), cfg.data.test_min_size, "detector"
+        sizes = (0, 0) if args.no_resize else (cfg.data.test_min_size, cfg.data.max_size)
+        return ExportableDetector(model, meta.category_ids, *sizes), cfg.data.test_min_size, "detector"
     from segmentation.export import ExportableSegmentor, load_segmentor
 
     model, cfg, val = load_segmentor(args.checkpoint, args.config, args.overrides, args.data)

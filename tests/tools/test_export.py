@@ -79,7 +79,7 @@ def test_exported_detector_matches_pytorch_with_and_without_detections(fmt, det_
 
     out = tmp_path / f"det.{fmt}"
     assert load_tool("export").main(["--checkpoint", str(det_ckpt), "--format", fmt, "--out", str(out),
-                                     *overrides]) == 0
+                                     "--no-resize", *overrides]) == 0
     exported = ExportedModel(out)
     counts = []
     for image in images:
@@ -125,6 +125,38 @@ def test_exported_segmenter_matches_pytorch(fmt, shapes_dir, tmp_path):
         got = exported(image)["labels"]
         assert got.shape == image.shape[1:]
         assert (got == preds[0]["sem_seg"].numpy()).mean() > 0.999
+
+
+def test_exported_detector_resizes_like_predict(det_ckpt, shapes_dir, tmp_path):
+    """By default the file resizes inside (short side data.test_min_size = 64 here): on images twice
+    the val size it gives what the eager wrapper gives, and what tools/predict.py finds."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from common.export import ExportedModel
+    from detection.box_ops import pairwise_iou
+    from detection.data import build_transforms
+    from detection.export import ExportableDetector
+    from detection.predictor import predict_batch
+
+    out = tmp_path / "det.onnx"
+    assert load_tool("export").main(["--checkpoint", str(det_ckpt), "--format", "onnx", "--out", str(out)]) == 0
+    model, meta = eager_detector(det_ckpt)
+    wrapper = ExportableDetector(model, meta.category_ids, min_size=64, max_size=96)
+    transforms = build_transforms(meta, train=False, min_size=64, max_size=96)
+    exported = ExportedModel(out)
+    for image in val_images(shapes_dir):
+        big = np.ascontiguousarray(image.repeat(2, axis=1).repeat(2, axis=2))  # (3, 2H, 2W)
+        got = exported(big)
+        with torch.no_grad():
+            expected = [v.numpy() for v in wrapper(torch.from_numpy(big))]
+        assert got["masks"].shape[1:] == big.shape[1:]
+        for name, value in zip(wrapper.outputs, expected):
+            np.testing.assert_allclose(got[name], value, atol=BOX_TOL, rtol=0)
+        # tools/predict.py resizes with OpenCV on uint8: the best detections are the same ones
+        rgb = (big.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        p = predict_batch(model, [rgb], transforms, "cpu")[0]
+        iou = pairwise_iou(torch.from_numpy(got["boxes"][:3]), p["pred_boxes"])
+        assert (iou.max(dim=1).values > 0.9).all()
 
 
 def test_bad_input_is_one_line(det_ckpt, tmp_path, capsys):
