@@ -78,6 +78,7 @@ def plot_curves(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 COCO_CURVES = ("AP", "AP50", "AP75")
+TASK_ORDER = ("bbox", "segm", "keypoints")  # panels left to right; other tasks follow by name
 
 
 def metric_panels(metrics: dict) -> dict[str, list[str]]:
@@ -90,7 +91,8 @@ def metric_panels(metrics: dict) -> dict[str, list[str]]:
     for task, keys in panels.items():
         if f"{task}/AP" in keys:
             panels[task] = [f"{task}/{name}" for name in COCO_CURVES if f"{task}/{name}" in keys]
-    return panels
+    order = {task: i for i, task in enumerate(TASK_ORDER)}
+    return dict(sorted(panels.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
 
 
 def _finish(ax, ylabel: str, has_data: bool, empty_note: str) -> None:
