@@ -26,6 +26,17 @@ def base_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...]) -> 
     return torch.tensor(out, dtype=torch.float32)
 
 
+def shifted_anchors(cell: Tensor, stride: int, offset: float, height: int, width: int) -> Tensor:
+    """(A, 4) cell anchors placed at every location of a height x width map -> (H*W*A, 4),
+    ordered (H, W, A); centres at (i + offset) * stride. Uncached (traceable: the sizes may be
+    traced values, see detection/export.py)."""
+    xs = (torch.arange(width, dtype=torch.float32, device=cell.device) + offset) * stride
+    ys = (torch.arange(height, dtype=torch.float32, device=cell.device) + offset) * stride
+    cy, cx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
+    shifts = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
+    return (shifts + cell.reshape(1, -1, 4)).reshape(-1, 4)           # (H*W*A, 4)
+
+
 class AnchorGenerator(nn.Module):
     """Anchors for every location of every feature level; cached per (level, size, device)."""
 
@@ -57,13 +68,8 @@ class AnchorGenerator(nn.Module):
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        stride = self.strides[level]
-        xs = (torch.arange(width, dtype=torch.float32, device=device) + self.offset) * stride
-        ys = (torch.arange(height, dtype=torch.float32, device=device) + self.offset) * stride
-        cy, cx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
-        shifts = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
-        cell = self.cell_anchors[level].to(device).reshape(1, -1, 4)      # (1, A, 4)
-        anchors = (shifts + cell).reshape(-1, 4)                          # (H*W*A, 4)
+        anchors = shifted_anchors(self.cell_anchors[level].to(device), self.strides[level], self.offset,
+                                  height, width)
         if len(self._cache) > 64:  # many input sizes (multi-scale training): keep memory bounded
             self._cache.clear()
         self._cache[key] = anchors

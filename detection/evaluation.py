@@ -244,7 +244,7 @@ def _check_result_segmentation(coco_gt: COCO, res: dict, i: int, source: str) ->
                               f"dict with 'size' and 'counts' or a polygon list")
 
 
-def _polygons_as_rle(coco_gt: COCO, results: list[dict]) -> list[dict]:
+def polygons_as_rle(coco_gt: COCO, results: list[dict]) -> list[dict]:
     """Results whose polygon segmentations are compressed RLEs at the ground-truth image size
     (pycocotools' loadRes only takes RLEs for segm); the others are returned as they are."""
     out = []
@@ -299,7 +299,7 @@ def evaluate_coco(coco_gt: COCO | str | Path, results: list[dict] | str | Path,
         if t not in IOU_TYPES:
             raise EvaluationError(f"unknown iou type {t!r}; choose from {', '.join(IOU_TYPES)}")
     check_results(gt, dets, source)
-    dets = _polygons_as_rle(gt, dets)
+    dets = polygons_as_rle(gt, dets)
     kpt_cats = _keypoint_categories(gt)
 
     metrics: dict[str, Any] = {"per_category": {}}

@@ -58,7 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.test_min_size=640")
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES, default=list(IOU_TYPES),
                         help="which metrics to compute (default: all the results support)")
-    parser.add_argument("--out", help="write the metrics here as JSON")
+    parser.add_argument("--out", help="write the metrics here as JSON, and diagnostics into plots/ beside it "
+                        "(PR curves, confusion matrix, worst images; detection/diagnostics.py)")
+    parser.add_argument("--plot-score-thresh", type=float, default=0.5,
+                        help="score threshold of the confusion matrix and the worst images (default 0.5)")
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
@@ -104,7 +107,8 @@ def val_split(args: argparse.Namespace, data_cfg) -> tuple[Path, Path]:
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
-    """(metrics, COCO results) of ``args.checkpoint`` on the val split (see the module docstring)."""
+    """(metrics, COCO results) of ``args.checkpoint`` on the val split (see the module docstring);
+    the split's (ground truth, image folder) is left in ``args.split`` for the plots."""
     from common.dataset_check import check_splits
     from common.engine.distributed import parse_device
     from detection.build import build_detector, iou_types_for, read_checkpoint
@@ -117,6 +121,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     checked = check_splits([(ann, images)], skip_bad_images=cfg.data.skip_bad_images)  # every image, first
     val = CocoDetection(ann, images, filter_empty=False, use_masks=cfg.model.mask_on,
                         use_keypoints=cfg.model.keypoint_on, skip_image_ids=checked.skip_ids(ann))
+    args.split = (val.coco, images)  # without the skipped images
     if meta is None:
         print(f"note: {args.checkpoint} has no dataset metadata; classes are read from {ann}")
         meta = val.meta
@@ -151,6 +156,21 @@ def write_metrics(metrics: dict, path: str | Path) -> None:
     write_json(metrics_to_json(metrics), path)
 
 
+def write_plots(args: argparse.Namespace, metrics: dict, results: list[dict] | None) -> Path:
+    """PR curves, the confusion matrix and (model mode) the worst images in ``plots/`` beside --out."""
+    from detection.diagnostics import write_diagnostics
+    from detection.evaluation import load_coco_gt, load_results, polygons_as_rle
+
+    ann, images = getattr(args, "split", (args.gt, None))
+    gt = load_coco_gt(ann)
+    if results is None:
+        results = polygons_as_rle(gt, load_results(args.results)[0])
+    out = Path(args.out).parent / "plots"
+    iou_types = [t for t in ("bbox", "segm") if t in metrics]
+    write_diagnostics(gt, results, out, images, iou_types, score_thresh=args.plot_score_thresh)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -161,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.checkpoint:
                 metrics, results = evaluate_checkpoint(args)
             else:
-                metrics = evaluate_coco(args.gt, args.results, args.iou_types)
+                metrics, results = evaluate_coco(args.gt, args.results, args.iou_types), None
         for w in caught:
             print(f"eval_coco: warning: {w.message}", file=sys.stderr)
         if args.checkpoint and args.results:
@@ -170,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(results)} results written to {args.results}")
         if args.out:
             write_metrics(metrics, args.out)
-            print(f"metrics written to {args.out}")
+            print(f"metrics written to {args.out}; plots in {write_plots(args, metrics, results)}")
     except (ValueError, CheckpointError, OSError) as e:  # DatasetError, ConfigError, EvaluationError too
         print(f"eval_coco: error: {e}", file=sys.stderr)
         return 2

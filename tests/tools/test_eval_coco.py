@@ -120,3 +120,12 @@ def test_nan_score_is_one_line_naming_the_detection(shapes_dir, tmp_path, capsys
     assert err == (f"eval_coco: error: results file {path}: detection #4 (image_id {results[4]['image_id']}) has "
                    f"score nan, expected a finite number\n")
     assert not out.exists()
+def test_results_file_mode_writes_plots(shapes_dir, tmp_path):
+    results = write_perfect_results(shapes_dir / "val.json", tmp_path / "results.json")
+    out = tmp_path / "metrics.json"
+    assert load_tool().main(["--gt", str(shapes_dir / "val.json"), "--results", str(results),
+                             "--out", str(out)]) == 0
+    names = {p.name for p in (tmp_path / "plots").iterdir()}
+    assert names == {"pr_bbox.png", "pr_segm.png", "confusion_matrix.json", "confusion_matrix.png"}  # no images: no worst/
+    cm = json.loads((tmp_path / "plots" / "confusion_matrix.json").read_text())["counts"]
+    assert sum(cm[i][i] for i in range(len(cm) - 1)) == sum(map(sum, cm))  # perfect: all on the diagonal

@@ -161,3 +161,16 @@ def test_val_split_is_checked_before_the_model_runs(tool, run, shapes_dir, tmp_p
     assert tool.main(["--checkpoint", str(ckpt), "--data", str(data / "val.json")]) == 2
     assert one_error(capsys) == (f"--data {data / 'val.json'} is a file, not a folder; a dataset folder holds "
                                  "val.json and val/ (or give --gt JSON --images DIR)")
+def test_diagnostics_beside_metrics_json(tool, run, shapes_dir, tmp_path):
+    out = tmp_path / "eval" / "metrics.json"
+    assert tool.main(["--checkpoint", str(run / "model_final.pth"), "--device", "cpu", "--out", str(out),
+                      "--plot-score-thresh", "0.1"]) == 0
+    plots = out.parent / "plots"
+    assert {p.name for p in plots.iterdir()} == {"pr_bbox.png", "pr_segm.png", "confusion_matrix.json",
+                                                 "confusion_matrix.png", "worst"}
+    cm = json.loads((plots / "confusion_matrix.json").read_text())
+    assert cm["score_thresh"] == 0.1 and cm["classes"][-1] == "background"
+    gt = json.loads((shapes_dir / "val.json").read_text())
+    gt_boxes = sum(1 for a in gt["annotations"] if not a["iscrowd"])
+    assert sum(sum(row) for row in cm["counts"][:-1]) == gt_boxes  # every gt box is in one row cell
+    assert len(list((plots / "worst").glob("*.jpg"))) == 6
