@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from detection.evaluation import CocoEvaluator
-from detection.structures import rescale_predictions
+from detection.fields import rescale_predictions
 
 
 def _to(targets: list[dict], device) -> list[dict]:

@@ -16,7 +16,7 @@ from detection.box_coder import BoxCoder
 from detection.box_ops import clip_boxes, nonempty, pairwise_iou
 from detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match
 from detection.sampler import sample_balanced
-from detection.structures import ImageList
+from common.image_list import ImageList
 
 
 class RPNHead(nn.Module):

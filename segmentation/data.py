@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from common.image_list import ImageList, collate  # noqa: F401  (ImageList re-exported)
+from common.image_list import collate
 from common.samplers import Batches, InfiniteSampler, SeededBatches, SeededDataset
 
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",

@@ -86,7 +86,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from common.backbones.backbone import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from detection.structures import ImageList  # noqa: E402
+from common.image_list import ImageList  # noqa: E402
 
 CPU_RECIPE = ROOT / "configs" / "detection" / "shapes_R18_FPN_wide.yaml"
 GPU_RECIPE = ROOT / "configs" / "detection" / "mask_rcnn_R50_FPN.yaml"

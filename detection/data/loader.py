@@ -16,9 +16,8 @@ from typing import Iterable, Iterator, Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
-from common.image_list import collate  # noqa: F401  (re-exported by detection.data)
+from common.image_list import ImageList, collate
 from common.samplers import Batches, InfiniteSampler, SeededBatches, SeededDataset
-from detection.structures import ImageList
 
 
 class AspectRatioGroupedBatches:
