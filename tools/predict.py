@@ -25,7 +25,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not a package
-import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
+from common.tooling import start_tool  # noqa: E402
+
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -83,7 +85,7 @@ def predict(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from common.engine.distributed import parse_device
+    from common.tooling import parse_device
     from detection.build import build_detector, read_checkpoint
     from detection.data import DatasetError, build_transforms, load_coco_json, meta_from_coco, read_image
     from detection.visualize import draw_prediction, predict_image
@@ -131,22 +133,9 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
+    from common.tooling import run_tool
 
-    args = parse_args(argv)
-    from common.engine.checkpoint import CheckpointError
-
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warnings.simplefilter("ignore", DeprecationWarning)  # library internals
-            rc = predict(args)
-        for w in caught:
-            print(f"predict: warning: {w.message}", file=sys.stderr)
-        return rc
-    except (ValueError, CheckpointError, OSError) as e:  # DatasetError and ConfigError are ValueErrors
-        print(f"predict: error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("predict", predict, parse_args(argv))
 
 
 if __name__ == "__main__":

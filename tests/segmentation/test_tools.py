@@ -36,37 +36,40 @@ def _train(train_seg, shapes_dir, out, iters, *extra):
 def test_train_resume_and_eval(train_seg, shapes_dir, tmp_path):
     full = _train(train_seg, shapes_dir, tmp_path / "full", 4)
     assert full["iteration"] == 4
+    # the run layout of common/tooling.py, the same as train_det's
     for name in ("config.yaml", "metrics.csv", "model_0000004.pth", "model_best.pth", "last_checkpoint",
-                 "eval/metrics.json", "eval/confusion_matrix.png", "eval/vis_00_000001.jpg", "loss_curve.png"):
+                 "metrics.json", "plots/confusion_matrix.png", "vis/vis_00_000001.jpg", "plots/loss_curve.png"):
         assert (tmp_path / "full" / name).is_file(), name
-    metrics = json.loads((tmp_path / "full" / "eval" / "metrics.json").read_text())
+    assert not (tmp_path / "full" / "eval").exists()
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert set(metrics) == {"mIoU", "pixel_acc", "fwIoU", "boundary_IoU", "per_class_IoU"}
     assert 0 <= metrics["mIoU"] <= 100 and len(metrics["per_class_IoU"]) == 5
     assert "mIoU" in full["metrics"] and "val/loss_seg" in full["metrics"]
 
     # pretend the run died after iteration 2: resuming from model_0000002.pth must give the same weights
     run = tmp_path / "full"
-    metrics_before = (run / "eval" / "metrics.json").read_text()
+    metrics_before = (run / "metrics.json").read_text()
     (run / "last_checkpoint").write_text("model_0000002.pth")
     (run / "model_final.pth").unlink()
     resumed = _train(train_seg, shapes_dir, run, 4, "--resume")
     assert resumed["iteration"] == 4
     for k, v in full["model"].items():
         assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-6), k
-    assert (run / "eval" / "metrics.json").read_text() == metrics_before
+    assert (run / "metrics.json").read_text() == metrics_before
 
     # an existing run is not overwritten without --resume
     rc = train_seg.main(["--data", str(shapes_dir), "--output", str(tmp_path / "full"), "--max-iters", "1", *TINY])
     assert rc == 2
 
+    # eval_seg builds the model from the config the checkpoint stores (no --config, no overrides)
+    # and writes beside the checkpoint by default, never into the current directory
     eval_seg = _tool("eval_seg")
-    out = tmp_path / "ev" / "m.json"
-    assert eval_seg.main(["--config", str(ROOT / "configs/segmentation/unet_shapes_cpu.yaml"),
-                          "--checkpoint", str(tmp_path / "full" / "model_final.pth"), "--data", str(shapes_dir),
-                          "--out", str(out), "--device", "cpu", "model.unet_width=4", "model.unet_depth=2"]) == 0
-    again = json.loads(out.read_text())
+    assert eval_seg.main(["--checkpoint", str(run / "model_final.pth"), "--data", str(shapes_dir),
+                          "--device", "cpu"]) == 0
+    out = run / "eval_model_final"
+    again = json.loads((out / "metrics.json").read_text())
     assert again["mIoU"] == pytest.approx(metrics["mIoU"])   # same weights, same val set, same numbers
-    assert (out.parent / "confusion_matrix.png").is_file()
+    assert (out / "plots" / "confusion_matrix.png").is_file() and (out / "vis" / "vis_00_000001.jpg").is_file()
 
 
 def test_errors_are_one_line_exit_2(shapes_dir, tmp_path):
@@ -85,7 +88,7 @@ def test_eval_bad_checkpoint_names_it(shapes_dir, tmp_path, capsys):
                         "--checkpoint", str(bad), "--data", str(shapes_dir), "--device", "cpu"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"eval_seg.py: error: checkpoint {bad} ") and err.count("\n") == 1
+    assert err.startswith(f"eval_seg: error: checkpoint {bad} ") and err.count("\n") == 1
 
 
 def test_benchmark_seg_rows_share_the_recipe(shapes_dir, capsys):
@@ -104,9 +107,8 @@ def test_benchmark_seg_rows_share_the_recipe(shapes_dir, capsys):
 
     from segmentation.build import build_class_prior, build_datasets, class_pixel_stats_of
 
-    cfg = _tool("train_seg").load_cfg(argparse.Namespace(overrides=tiny, data=str(shapes_dir), output=None,
-                                                         max_iters=1, device="cpu",
-                                                         config=ROOT / "configs/segmentation/unet_shapes_cpu.yaml"))
+    cfg, _ = _tool("train_seg").load_cfg(argparse.Namespace(
+        overrides=tiny, data=str(shapes_dir), max_iters=1, config=ROOT / "configs/segmentation/unet_shapes_cpu.yaml"))
     train_ds, _ = build_datasets(cfg.data)
     stats = class_pixel_stats_of(train_ds)
     prior = build_class_prior(cfg.model, stats)
