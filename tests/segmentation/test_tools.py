@@ -33,7 +33,7 @@ def _train(train_seg, shapes_dir, out, iters, *extra):
     return torch.load(out / "model_final.pth", weights_only=True)
 
 
-def test_train_resume_and_eval(train_seg, shapes_dir, tmp_path):
+def test_train_resume_and_eval(train_seg, shapes_dir, tmp_path, capsys, monkeypatch):
     full = _train(train_seg, shapes_dir, tmp_path / "full", 4)
     assert full["iteration"] == 4
     # the run layout of common/tooling.py, the same as train_det's
@@ -57,15 +57,23 @@ def test_train_resume_and_eval(train_seg, shapes_dir, tmp_path):
         assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-6), k
     assert (run / "metrics.json").read_text() == metrics_before
 
-    # an existing run is not overwritten without --resume
-    rc = train_seg.main(["--data", str(shapes_dir), "--output", str(tmp_path / "full"), "--max-iters", "1", *TINY])
+    # a finished run is not overwritten without --resume: model_final, model_best, config.yaml stay
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    rc = train_seg.main(["--data", str(shapes_dir), "--output", str(run), "--max-iters", "1", *TINY])
     assert rc == 2
+    assert capsys.readouterr().err == (f"train_seg: error: {run} already holds a train_seg run; pass --resume "
+                                       "to continue it or choose another --output\n")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
     # eval_seg builds the model from the config the checkpoint stores (no --config, no overrides)
     # and writes beside the checkpoint by default, never into the current directory
     eval_seg = _tool("eval_seg")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     assert eval_seg.main(["--checkpoint", str(run / "model_final.pth"), "--data", str(shapes_dir),
                           "--device", "cpu"]) == 0
+    assert list(cwd.iterdir()) == []
     out = run / "eval_model_final"
     again = json.loads((out / "metrics.json").read_text())
     assert again["mIoU"] == pytest.approx(metrics["mIoU"])   # same weights, same val set, same numbers
@@ -120,3 +128,45 @@ def test_benchmark_seg_rows_share_the_recipe(shapes_dir, capsys):
     assert bench.build_row("unet", cfg, train_ds.num_classes, 255, stats).input_scale == 0.5
     with pytest.raises(ValueError, match="unknown row 'fcn4s'"):
         bench.build_row("fcn4s", cfg, train_ds.num_classes, 255, stats)
+
+
+def test_eval_seg_device_typo_is_one_line(tmp_path, capsys):
+    eval_seg = _tool("eval_seg")
+    assert eval_seg.main(["--checkpoint", str(tmp_path / "any.pth"), "--device", "gpu0"]) == 2
+    assert capsys.readouterr().err == "eval_seg: error: --device 'gpu0' is not a device; use cpu, cuda or cuda:N\n"
+    if not torch.cuda.is_available():
+        assert eval_seg.main(["--checkpoint", str(tmp_path / "any.pth"), "--device", "cuda"]) == 2
+        assert capsys.readouterr().err == ("eval_seg: error: --device 'cuda' but CUDA is not available here; "
+                                           "use --device cpu\n")
+
+
+def test_eval_seg_random_bytes_checkpoint_is_not_a_checkpoint(tmp_path, capsys):
+    noise = tmp_path / "model_final.pth"
+    noise.write_bytes(bytes(range(256)) * 8)
+    assert _tool("eval_seg").main(["--checkpoint", str(noise), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"eval_seg: error: checkpoint {noise} is corrupt or not a torch file (not a checkpoint, "
+                   "or one cut off while it was written)\n")
+    assert "weights_only" not in err
+
+
+def _read_only(monkeypatch):
+    import errno
+    import os
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+
+
+def test_read_only_output_is_one_line_before_any_work(train_seg, shapes_dir, tmp_path, capsys, monkeypatch):
+    _read_only(monkeypatch)
+    out = tmp_path / "ro"
+    assert train_seg.main(["--data", str(tmp_path / "no_such_data"), "--output", str(out), *TINY]) == 2
+    assert capsys.readouterr().err == f"train_seg: error: cannot write to --output {out}: Read-only file system\n"
+    # eval_seg: before the checkpoint is even read (it does not exist here)
+    assert _tool("eval_seg").main(["--checkpoint", str(tmp_path / "none.pth"), "--output", str(out),
+                                   "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == f"eval_seg: error: cannot write to --output {out}: Read-only file system\n"
