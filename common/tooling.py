@@ -256,13 +256,19 @@ def _nan_to_none(obj):
 
 
 def check_writable(folder: Path, what: str = "--output") -> None:
-    """Create ``folder`` (and parents) and write a file in it, or raise one ToolError sentence."""
+    """Raise one ToolError sentence unless a file can be written in ``folder``; folders made for
+    the check are removed again (a later error leaves no empty folder behind)."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
         raise ToolError(f"cannot write to {what} {folder}: {e.strerror or e}") from None
+    finally:
+        for p in made:  # deepest first
+            if p.is_dir():
+                p.rmdir()
 
 
 def holds_run(folder: Path, config_cls: type) -> bool:

@@ -28,7 +28,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import shapes  # noqa: E402
-from common.tooling import ToolError, run_tool  # noqa: E402
+from common.tooling import ToolError, check_writable, run_tool  # noqa: E402
 from common.visual import color_for, draw_instances, draw_semantic  # noqa: E402
 from detection.data import CocoDetection, DatasetError  # noqa: E402
 
@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError(f"--limit must be >= 0, got {args.limit}")
     if not args.scale > 0:
         raise ToolError(f"--scale must be > 0, got {args.scale}")
+    check_writable(Path(args.out), "--out")
     root = Path(args.data) if args.data else shapes.ensure_shapes_dataset()
     count = browse(root, args.split, Path(args.out), args.limit, args.scale)
     print(f"wrote {count} drawings of {root / (args.split + '.json')} to {args.out}")

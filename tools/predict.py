@@ -85,7 +85,7 @@ def predict(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from common.tooling import parse_device
+    from common.tooling import check_writable, parse_device
     from detection.build import build_detector, read_checkpoint
     from detection.data import DatasetError, build_transforms, load_coco_json, meta_from_coco, read_image
     from detection.visualize import draw_prediction, predict_image
@@ -93,6 +93,7 @@ def predict(args: argparse.Namespace) -> int:
     if not 0.0 <= args.score_thresh <= 1.0:
         raise ValueError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     device = parse_device(args.device)
+    check_writable(Path(args.out), "--out")  # before the model is built, not after
     state, cfg, meta = read_checkpoint(args.checkpoint, args.config, args.overrides)
     images = list_images(Path(args.input) if args.input else default_images(cfg.data))
     if meta is None:  # an old checkpoint: the classes of the config's val annotations
