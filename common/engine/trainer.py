@@ -413,7 +413,9 @@ class Trainer:
         log.log(self.iter, "eval", metrics)
         log.flush()
         if self.is_main and self.print_log:
-            shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "per_class" not in k)
+            # the headline numbers: no per-class or per-size breakdown (metrics.csv has them all)
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                              if "/" not in k or k.endswith("/AP") or k.startswith("val/"))
             print(f"eval at iter {self.iter}: {shown}", flush=True)
         if not self.best_metric:
             return False
