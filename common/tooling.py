@@ -44,6 +44,7 @@ The run layout (training tools and eval_seg alike)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -255,10 +256,10 @@ def _nan_to_none(obj):
     return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
-def check_writable(folder: Path, what: str = "--output") -> None:
-    """Raise one ToolError sentence unless a file can be written in ``folder``; folders made for
-    the check are removed again (a later error leaves no empty folder behind)."""
-    made = [p for p in (folder, *folder.parents) if not p.exists()]
+def check_writable(folder: Path, what: str = "--output", keep: bool = False) -> None:
+    """Raise one ToolError sentence unless a file can be written in ``folder``. Folders made for
+    the check are removed again (a later error leaves none behind) unless ``keep``."""
+    made = [] if keep else [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -267,7 +268,7 @@ def check_writable(folder: Path, what: str = "--output") -> None:
         raise ToolError(f"cannot write to {what} {folder}: {e.strerror or e}") from None
     finally:
         for p in made:  # deepest first
-            if p.is_dir():
+            with contextlib.suppress(OSError):
                 p.rmdir()
 
 
@@ -302,7 +303,7 @@ def prepare_run_dir(output: str | Path, *, resume: bool, config_cls: type, tool:
         if not is_run:
             raise ToolError(f"--output {folder} holds no {tool} run to resume (no {tool} config.yaml; "
                             f"it has {_listing(held)}); choose another --output")
-    check_writable(folder)
+    check_writable(folder, keep=True)  # kept: every torchrun process checks it at the same time
     return RunDir(folder)
 
 

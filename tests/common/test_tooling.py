@@ -81,7 +81,7 @@ def test_run_folder_checks(tmp_path):
     from segmentation.config import SegConfig
 
     new = tooling.prepare_run_dir(tmp_path / "a" / "b", resume=False, config_cls=SegConfig, tool="train_seg")
-    assert not (tmp_path / "a").exists()  # checked, not left behind: the trainer makes it
+    assert new.root.is_dir() and list(new.root.iterdir()) == []
     assert (new.metrics, new.plots, new.vis) == (new.root / "metrics.json", new.root / "plots", new.root / "vis")
     a_file = tmp_path / "f"
     a_file.write_text("x")
