@@ -164,6 +164,30 @@ def _name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+def stored_config(cls: type[T], state: dict, checkpoint: str | Path, config: str | Path | None = None,
+                  overrides: list[str] | tuple[str, ...] = (), retired_keys: tuple[str, ...] = ()) -> T:
+    """The config of a checkpoint: ``config`` (a YAML path) if given, else the YAML text the
+    training tool stored in ``state["config_yaml"]``; the ``key=value`` overrides on top.
+    Top-level ``retired_keys`` (settings older versions stored) are dropped from the stored text."""
+    if config is not None:
+        return load_config(cls, config, list(overrides))
+    if not state.get("config_yaml"):
+        from common.engine.checkpoint import CheckpointError
+
+        raise CheckpointError(f"checkpoint {checkpoint} stores no config; pass --config")
+    source = f"the config stored in {checkpoint}"
+    try:
+        data = yaml.safe_load(state["config_yaml"]) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} is not a mapping")
+    cfg = merge(cls(), {k: v for k, v in data.items() if k not in retired_keys}, source=source)
+    for item in overrides:
+        cfg = apply_override(cfg, item)
+    return cfg
+
+
 def to_dict(cfg: Any) -> dict:
     """Plain nested dict of a dataclass config (tuples become lists, for YAML)."""
     def plain(v):

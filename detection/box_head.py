@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from common.backbones import gn_groups
 from detection.box_coder import BoxCoder
-from detection.box_ops import clip_boxes, nonempty
+from detection.box_ops import nonempty
 
 
 def conv_norm_relu(in_ch: int, out_ch: int, norm: str) -> nn.Sequential:
@@ -148,7 +148,7 @@ def fast_rcnn_inference(class_logits: Tensor, box_deltas: Tensor, proposals: lis
     counts = [len(p) for p in proposals]
     out = []
     for scores, deltas, props, size in zip(probs.split(counts), box_deltas.split(counts), proposals, image_sizes):
-        boxes = clip_boxes(box_coder.decode(deltas, props).view(-1, k, 4), size)  # (R_i, K, 4)
+        boxes = clip_boxes_to_image(box_coder.decode(deltas, props).view(-1, k, 4), size)  # (R_i, K, 4)
         keep = (scores > score_thresh) & torch.isfinite(boxes).all(dim=2)         # (R_i, K)
         roi_idx, cls = keep.nonzero(as_tuple=True)
         boxes, scores = boxes[roi_idx, cls], scores[roi_idx, cls]

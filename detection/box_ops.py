@@ -1,18 +1,11 @@
-"""Elementary operations on boxes.
+"""Elementary operations on boxes (area, clipping and NMS come from ``torchvision.ops``).
 
 Shape shorthand: R boxes, M other boxes. Boxes are (R, 4) float xyxy in absolute pixels.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torchvision.ops import box_iou
-
-
-def box_area(boxes: Tensor) -> Tensor:
-    """(R, 4) xyxy -> (R,) areas; degenerate boxes have area 0."""
-    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
-    return wh[:, 0] * wh[:, 1]
 
 
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -22,23 +15,11 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return box_iou(boxes1, boxes2).nan_to_num_(0.0)
 
 
-def clip_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """Clip (..., 4) xyxy boxes to an image of size (h, w); returns a new tensor."""
-    h, w = image_size
-    x = boxes[..., 0::2].clamp(min=0, max=w)
-    y = boxes[..., 1::2].clamp(min=0, max=h)
-    # interleave back to x1, y1, x2, y2
-    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
-
-
 def nonempty(boxes: Tensor, min_size: float = 0.0) -> Tensor:
-    """(R,) bool: boxes whose width and height are both > ``min_size``."""
+    """(R,) bool: boxes whose width and height are both > ``min_size``.
+
+    Not ``torchvision.ops.remove_small_boxes``: that keeps sides >= min_size (so zero-width boxes
+    at min_size 0) and returns indices; callers here combine this mask with finiteness checks.
+    """
     wh = boxes[:, 2:] - boxes[:, :2]
     return (wh[:, 0] > min_size) & (wh[:, 1] > min_size)
-
-
-def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
-    """(R,) int64 indices of the boxes whose width and height are both >= ``min_size``."""
-    wh = boxes[:, 2:] - boxes[:, :2]
-    keep = (wh[:, 0] >= min_size) & (wh[:, 1] >= min_size)
-    return keep.nonzero().squeeze(1)

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from common.config import ConfigError, apply_override, load_config, merge
+from common.config import ConfigError, stored_config
 from common.dataset_check import CheckResult, check_splits
 from common.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from detection.box_coder import BoxCoder
@@ -413,19 +412,7 @@ def read_checkpoint(checkpoint: str | Path, config: str | Path | None = None, ov
     if not isinstance(state.get("model"), dict):
         raise CheckpointError(f"checkpoint {checkpoint} has no 'model' weights (it holds: "
                               f"{', '.join(sorted(state)) or 'nothing'})")
-    if config is not None:
-        cfg = load_config(DetConfig, config, list(overrides))
-    elif state.get("config_yaml"):
-        source = f"the config stored in {checkpoint}"
-        try:
-            data = yaml.safe_load(state["config_yaml"]) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source} is not valid YAML ({e})") from None
-        cfg = merge(DetConfig(), data, source=source)
-        for item in overrides:
-            cfg = apply_override(cfg, item)
-    else:
-        raise CheckpointError(f"checkpoint {checkpoint} stores no config; pass --config")
+    cfg = stored_config(DetConfig, state, checkpoint, config, overrides)
     cfg = replace(cfg, model=replace(cfg.model, backbone=replace(cfg.model.backbone, weights=None)))
     meta_dict = (state.get("metadata") or {}).get("dataset")
     meta = DatasetMeta.from_dict(meta_dict) if meta_dict else None

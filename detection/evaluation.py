@@ -3,7 +3,7 @@
 Shape shorthand: R predictions in one image, P keypoints per instance, H x W the image on disk.
 
 The flow, for a model's predictions already mapped to the frame of the image on disk
-(``detection.structures.rescale_predictions``)::
+(``detection.fields.rescale_predictions``)::
 
     results = predictions_to_coco_results(predictions, image_ids, meta.category_ids)
     metrics = evaluate_coco("val.json", results)          # or CocoEvaluator, batch by batch
@@ -79,7 +79,7 @@ def predictions_to_coco_results(predictions: Sequence[dict], image_ids: Sequence
                                 category_ids: Sequence[int]) -> list[dict]:
     """Turn per-image predictions into COCO result dicts.
 
-    predictions:  one dict per image with the fields of ``detection.structures``, ALREADY in the
+    predictions:  one dict per image with the fields of ``detection.fields``, ALREADY in the
                   frame of the image on disk:
                   pred_boxes (R, 4) xyxy, scores (R,), pred_classes (R,) contiguous labels,
                   optional pred_masks (R, H, W) probabilities (binarised at >= 0.5),

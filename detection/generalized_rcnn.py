@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detection.structures import ImageList
+from common.image_list import ImageList
 
 
 class GeneralizedRCNN(nn.Module):
@@ -30,7 +30,7 @@ class GeneralizedRCNN(nn.Module):
 
     def forward(self, images: ImageList, targets: list[dict[str, Tensor]] | None = None
                 ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """images: ImageList (N, 3, Hp, Wp) in [0, 1]; targets: N dicts (see detection.structures).
+        """images: ImageList (N, 3, Hp, Wp) in [0, 1]; targets: N dicts (see detection.fields).
 
         Returns predictions (N dicts in the model's frame; [] in train mode) and losses (filled
         whenever targets carry ``gt_boxes``; in eval mode too, for validation loss).

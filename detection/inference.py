@@ -7,7 +7,6 @@ the evaluation tool and the benchmark share one path from a model to ``metrics.j
 """
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from detection.evaluation import CocoEvaluator
-from detection.structures import rescale_predictions
+from detection.fields import rescale_predictions
 
 
 def _to(targets: list[dict], device) -> list[dict]:
@@ -67,18 +66,3 @@ def validation_loss(model: nn.Module, loader: Iterable, device, limit: int = 0) 
         if limit and batches >= limit:
             break
     return {k: v / max(batches, 1) for k, v in sums.items()}
-
-
-@torch.no_grad()
-def time_inference(model: nn.Module, batches: Sequence, device, warmup: int = 1) -> float:
-    """Seconds per image over ``batches`` (a list of (ImageList, targets)), after ``warmup`` batches."""
-    model.eval()
-    for images, _ in batches[:warmup]:
-        model(images.to(device))
-    images_seen, t0 = 0, time.perf_counter()
-    for images, _ in batches[warmup:]:
-        model(images.to(device))
-        images_seen += len(images)
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / max(images_seen, 1)

@@ -19,6 +19,7 @@ class KeypointRCNNHead(nn.Module):
     def __init__(self, in_channels: int, num_keypoints: int, conv_dim: int = 512, num_convs: int = 8,
                  norm: str = ""):
         super().__init__()
+        self.num_keypoints = num_keypoints  # P: heatmaps per RoI (roi_heads sizes its outputs by it)
         self.convs, ch = conv_stack(in_channels, conv_dim, num_convs, norm)
         self.deconv = nn.ConvTranspose2d(ch, num_keypoints, 4, stride=2, padding=1)
         nn.init.kaiming_normal_(self.deconv.weight, mode="fan_out", nonlinearity="relu")

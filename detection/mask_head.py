@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detection.box_head import conv_stack
-from detection.poolers import roi_align
+from detection.roi_ops import roi_align
 
 
 class MaskRCNNHead(nn.Module):

@@ -17,14 +17,15 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from detection.structures import ImageList, rescale_predictions
+from common.image_list import ImageList
+from detection.fields import rescale_predictions
 
 EDGE_MARGIN = 2.0  # pixels: a box this close to an inner tile edge was cut by it
 
 
 @torch.no_grad()
 def predict_batch(model: nn.Module, images_rgb: list[np.ndarray], transforms, device) -> list[dict[str, Tensor]]:
-    """N (H, W, 3) uint8 RGB images -> N prediction dicts (``detection.structures`` fields, CPU)
+    """N (H, W, 3) uint8 RGB images -> N prediction dicts (``detection.fields`` names, CPU)
     in the frame of each image. ``transforms``: ``detection.data.build_transforms(train=False)``."""
     model.eval()
     empty = {"gt_boxes": np.zeros((0, 4), np.float32), "gt_classes": np.zeros((0,), np.int64)}

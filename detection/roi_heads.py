@@ -177,7 +177,7 @@ class RoIHeads(nn.Module):
             for d, p, size in zip(dets, probs, image_sizes):
                 d["pred_masks"] = paste_masks(p, d["pred_boxes"], size)
         if self.keypoint_on:
-            num_kp = self.keypoint_head.deconv.out_channels
+            num_kp = self.keypoint_head.num_keypoints
             # only detections of classes that have keypoints go through the (costly) keypoint head
             if self.keypoint_classes is None:
                 sel = [torch.ones_like(d["pred_classes"], dtype=torch.bool) for d in dets]

@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
-from detection.box_ops import clip_boxes, nonempty, pairwise_iou
+from detection.box_ops import nonempty, pairwise_iou
 from detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match
 from detection.sampler import sample_balanced
-from detection.structures import ImageList
+from common.image_list import ImageList
 
 
 class RPNHead(nn.Module):
@@ -126,7 +126,7 @@ def find_top_proposals(anchors: list[Tensor], logits: list[Tensor], deltas: list
     levels = torch.cat(levels_all)             # (sum k,)
     out = []
     for i, size in enumerate(image_sizes):
-        boxes, scores, lvl = clip_boxes(boxes_all[i], size), scores_all[i], levels
+        boxes, scores, lvl = clip_boxes_to_image(boxes_all[i], size), scores_all[i], levels
         keep = nonempty(boxes, min_size) & torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
         boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
         keep = batched_nms(boxes, scores, lvl, nms_thresh)[:post_nms_topk]

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.image_list import ImageList
 from common.visual import draw_instances
 from detection.data import DatasetMeta
-from detection.structures import ImageList, rescale_predictions
+from detection.fields import rescale_predictions
 
 
 def prediction_to_numpy(pred: dict, score_thresh: float) -> dict:
@@ -29,7 +30,7 @@ def prediction_to_numpy(pred: dict, score_thresh: float) -> dict:
 
 
 def draw_prediction(image_rgb: np.ndarray, pred: dict, meta: DatasetMeta, score_thresh: float = 0.5) -> np.ndarray:
-    """``image_rgb`` (H, W, 3) uint8 with ``pred`` (fields of detection.structures, frame of the image)
+    """``image_rgb`` (H, W, 3) uint8 with ``pred`` (fields of detection.fields, frame of the image)
     drawn on it: translucent masks, boxes with class names and scores, keypoints with skeleton."""
     p = prediction_to_numpy(pred, score_thresh)
     return draw_instances(image_rgb, boxes=p["boxes"], labels=p["labels"], scores=p["scores"],

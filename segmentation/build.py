@@ -80,6 +80,24 @@ def layout_of(cfg: DataConfig) -> str:
     return {"semantic_dir": f"semantic.json, {t}/, {t}_semantic/, {v}/ and {v}_semantic/",
             "voc": "JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/",
             "coco": f"{t}.json, {v}.json, {t}/ and {v}/"}.get(cfg.format, "?")
+def read_checkpoint(checkpoint: str | Path, config: str | Path | None = None, overrides=()):
+    """(state dict, SegConfig) of a checkpoint written by tools/train_seg.py: the config is
+    ``config`` (a YAML path) or else the one the checkpoint stores, with the ``key=value``
+    ``overrides`` on top; its backbone ``weights`` is cleared (the checkpoint holds every weight:
+    nothing is fetched)."""
+    from dataclasses import replace
+
+    from common.config import stored_config
+    from common.engine.checkpoint import CheckpointError, load_checkpoint
+    from segmentation.config import SegConfig
+
+    state = load_checkpoint(checkpoint)
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"checkpoint {checkpoint} has no 'model' weights (it holds: "
+                              f"{', '.join(sorted(state)) or 'nothing'})")
+    # runs made before the skeleton stored output_dir and device in the config
+    cfg = stored_config(SegConfig, state, checkpoint, config, overrides, retired_keys=("output_dir", "device"))
+    return state, replace(cfg, model=replace(cfg.model, backbone=replace(cfg.model.backbone, weights=None)))
 
 
 def resolve_root(cfg: DataConfig) -> Path:

@@ -63,5 +63,3 @@ class SegConfig:
         optimizer="adamw", base_lr=5e-3, weight_decay=1e-4, max_iters=600, warmup_iters=30,
         schedule="cosine", steps=(), ims_per_batch=8, checkpoint_period=300, eval_period=300,
         log_period=20, best_metric="mIoU"))  # unet_shapes_cpu.yaml sets its own schedule
-    output_dir: str = "runs/seg"  # where checkpoints, logs and metrics go
-    device: str = "auto"  # auto | cpu | cuda | cuda:N

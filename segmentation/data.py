@@ -33,8 +33,8 @@ from PIL import Image
 from torch import Tensor
 
 from common.coco import DatasetError, load_coco_json, usable_polygons
-from common.image_list import ImageList, collate  # noqa: F401  (ImageList re-exported)
-from common.samplers import Batches, InfiniteSampler, SeededBatches, SeededDataset
+from common.loaders import train_loader
+from common.samplers import Batches, InfiniteSampler
 
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -247,15 +247,6 @@ def build_transforms(train: bool, crop_size: int = 0, scale_range: tuple[float, 
     return A.Compose(ops)
 
 
-def _seeded_batches(indices: list[int], batch_size: int, seed: int, start_iter: int, rank: int,
-                    world_size: int) -> SeededBatches:
-    """Batch ``t`` (t >= start_iter) of this rank: ``batch_size`` (index, augmentation seed) pairs."""
-    sampler = InfiniteSampler(len(indices), seed=seed, start=start_iter * batch_size, rank=rank,
-                              world_size=world_size)
-    picks = ([indices[i] for i in batch] for batch in Batches(sampler, batch_size))
-    return SeededBatches(picks, seed, rank, start_iter)
-
-
 def build_train_loader(dataset: SemSegDataset, *, batch_size: int, size_divisibility: int,
                        pad_value: tuple[float, ...], indices: list[int] | None = None, seed: int = 0,
                        start_iter: int = 0, num_workers: int = 0, rank: int = 0, world_size: int = 1):
@@ -263,21 +254,9 @@ def build_train_loader(dataset: SemSegDataset, *, batch_size: int, size_divisibi
 
     indices: what the sampler draws from (default: every image once; repeat-factor lists repeat).
     """
-    from functools import partial
-
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    loader = torch.utils.data.DataLoader(
-        SeededDataset(dataset), batch_sampler=_seeded_batches(indices, batch_size, seed, start_iter, rank, world_size),
-        num_workers=num_workers, collate_fn=partial(collate, size_divisibility=size_divisibility, pad_value=pad_value))
-    return iter(loader)
-
-
-def build_test_loader(dataset: SemSegDataset, *, size_divisibility: int, pad_value: tuple[float, ...],
-                      batch_size: int = 1, num_workers: int = 0, rank: int = 0, world_size: int = 1):
-    """A finite loader in order; rank ``r`` of ``world_size`` gets items r, r + world_size, ..."""
-    from functools import partial
-
-    subset = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world_size)))
-    return torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       collate_fn=partial(collate, size_divisibility=size_divisibility,
-                                                          pad_value=pad_value))
+    sampler = InfiniteSampler(len(indices), seed=seed, start=start_iter * batch_size, rank=rank,
+                              world_size=world_size)
+    batches = ([indices[i] for i in batch] for batch in Batches(sampler, batch_size))
+    return train_loader(dataset, batches, seed=seed, rank=rank, start_iter=start_iter, num_workers=num_workers,
+                        size_divisibility=size_divisibility, pad_value=pad_value)

@@ -146,13 +146,19 @@ class SemSegEvaluator:
             d.mkdir(parents=True, exist_ok=True)
         metrics = metrics or self.summarize()
         (out_dir / json_name).write_text(json.dumps(_nan_to_none(metrics), indent=2, allow_nan=False))
-        cv2.imwrite(str(plots / "confusion_matrix.png"),
-                    cv2.cvtColor(confusion_image(self.cm, self.class_names), cv2.COLOR_RGB2BGR))
+        self.save_confusion(plots / "confusion_matrix.png")
         if plots_dir is not None:
             counts = {"classes": list(self.class_names), "rows": "ground truth", "columns": "prediction",
                       "counts": np.asarray(self.cm).astype(np.int64).tolist()}
             (plots / "confusion_matrix.json").write_text(json.dumps(counts, indent=1) + "\n")
         return metrics
+
+    def save_confusion(self, path: str | Path) -> Path:
+        """The row-normalised confusion matrix as a PNG (see :func:`confusion_image`)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), cv2.cvtColor(confusion_image(self.cm, self.class_names), cv2.COLOR_RGB2BGR))
+        return path
 
 
 def _nan_to_none(d):

@@ -68,7 +68,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
+from common.tooling import start_tool  # noqa: E402
+
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -86,7 +88,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from common.backbones.backbone import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from detection.structures import ImageList  # noqa: E402
+from common.image_list import ImageList  # noqa: E402
 
 CPU_RECIPE = ROOT / "configs" / "detection" / "shapes_R18_FPN_wide.yaml"
 GPU_RECIPE = ROOT / "configs" / "detection" / "mask_rcnn_R50_FPN.yaml"
@@ -356,7 +358,7 @@ def time_inference(model: nn.Module, batches: list, device: torch.device, warmup
 
 def measure(model: nn.Module, cfg, train_set, val_set, device: torch.device, args, gpu: bool) -> dict:
     """Train, time inference, and (CPU mode) evaluate one model. Returns its column of the table."""
-    from detection.data import build_test_loader
+    from common.loaders import build_test_loader
     from detection.inference import evaluate_detector
 
     params = sum(p.numel() for p in model.parameters())

@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT, ROOT / "tools"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
-import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
+from common.tooling import start_tool  # noqa: E402
+
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
@@ -100,12 +102,12 @@ def main(argv=None) -> int:
 
     import train_seg
     from common.engine import seed_everything
+    from common.tooling import RunDir
     from segmentation.build import build_datasets, class_pixel_stats_of, needs_class_stats, resolve_root
 
     try:
-        cfg = train_seg.load_cfg(argparse.Namespace(overrides=args.overrides, data=args.data, output=None,
-                                                    max_iters=args.max_iters, device=args.device,
-                                                    config=args.config))
+        cfg, _ = train_seg.load_cfg(argparse.Namespace(overrides=args.overrides, data=args.data,
+                                                       max_iters=args.max_iters, config=args.config))
         rows = [r.strip() for r in args.rows.split(",") if r.strip()]
         for r in rows:
             if r not in ROWS:
@@ -114,9 +116,8 @@ def main(argv=None) -> int:
         print(f"benchmark_seg.py: error: {e}".splitlines()[0], file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    cfg.solver.checkpoint_period = 0
-    cfg.solver.eval_period = 0
-    cfg.solver.best_metric = None
+    cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, checkpoint_period=0, eval_period=0,
+                                                              best_metric=None))
     train_ds, val_ds = build_datasets(cfg.data, resolve_root(cfg.data))
     stats = class_pixel_stats_of(train_ds) if needs_class_stats(cfg.model) else None
     results = []
@@ -124,9 +125,8 @@ def main(argv=None) -> int:
         for name in rows:
             seed_everything(cfg.solver.seed)
             model = build_row(name, cfg, train_ds.num_classes, train_ds.ignore_index, stats)
-            run_cfg = dataclasses.replace(cfg, output_dir=str(Path(tmp) / name))
-            summary = train_seg.fit(run_cfg, model, train_ds, val_ds, torch.device(args.device),
-                                    progress=False, tensorboard=False)
+            summary = train_seg.fit(cfg, model, train_ds, val_ds, torch.device(args.device),
+                                    RunDir(Path(tmp) / name), progress=False, tensorboard=False, report=False)
             m = summary["metrics"]
             params = sum(p.numel() for p in model.parameters()) / 1e6
             results.append((name, params, summary["seconds"] / summary["iteration"], m["mIoU"],

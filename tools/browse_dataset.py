@@ -17,16 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not a package
-import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
+from common.tooling import start_tool  # noqa: E402
+
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import shapes  # noqa: E402
+from common.tooling import ToolError, check_writable, run_tool  # noqa: E402
 from common.visual import color_for, draw_instances, draw_semantic  # noqa: E402
 from detection.data import CocoDetection, DatasetError  # noqa: E402
 
@@ -130,27 +132,20 @@ def browse(root: Path, split: str, out_dir: Path, limit: int | None = None, scal
     return count
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
-        print(f"browse_dataset: error: --limit must be >= 0, got {args.limit}", file=sys.stderr)
-        return 2
+        raise ToolError(f"--limit must be >= 0, got {args.limit}")
     if not args.scale > 0:
-        print(f"browse_dataset: error: --scale must be > 0, got {args.scale}", file=sys.stderr)
-        return 2
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warnings.simplefilter("ignore", DeprecationWarning)  # library internals, not the data
-            root = Path(args.data) if args.data else shapes.ensure_shapes_dataset()
-            count = browse(root, args.split, Path(args.out), args.limit, args.scale)
-        for w in caught:
-            print(f"browse_dataset: warning: {w.message}", file=sys.stderr)
-    except (DatasetError, OSError) as e:
-        print(f"browse_dataset: error: {e}", file=sys.stderr)
-        return 2
+        raise ToolError(f"--scale must be > 0, got {args.scale}")
+    check_writable(Path(args.out), "--out")
+    root = Path(args.data) if args.data else shapes.ensure_shapes_dataset()
+    count = browse(root, args.split, Path(args.out), args.limit, args.scale)
     print(f"wrote {count} drawings of {root / (args.split + '.json')} to {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool("browse_dataset", run, parse_args(argv))
 
 
 if __name__ == "__main__":

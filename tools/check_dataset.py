@@ -23,7 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
+from common.tooling import start_tool  # noqa: E402
+
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 from common.coco import DatasetError  # noqa: E402
 
@@ -68,17 +70,12 @@ def dataset_splits(args: argparse.Namespace) -> list[tuple[Path, Path]]:
     return splits
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     from common.dataset_check import check_split, format_summary, plot_summary
 
-    try:
-        splits = dataset_splits(args)
-        checks = [check_split(ann, images, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
-                  for ann, images in splits]
-    except DatasetError as e:
-        print(f"check_dataset: error: {e}", file=sys.stderr)
-        return 2
+    splits = dataset_splits(args)
+    checks = [check_split(ann, images, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+              for ann, images in splits]
     for c in checks:
         for p in c.problems:
             print(f"problem: {p.message}")
@@ -91,6 +88,12 @@ def main(argv=None) -> int:
     print(f"{problems} problem{'s' if problems != 1 else ''} in {', '.join(str(c.ann_file) for c in checks)}"
           if problems else "no problems")
     return 1 if problems else 0
+
+
+def main(argv=None) -> int:
+    from common.tooling import run_tool
+
+    return run_tool("check_dataset", run, parse_args(argv))
 
 
 if __name__ == "__main__":

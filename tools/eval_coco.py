@@ -29,14 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tools/ is not a package
-import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
+from common.tooling import start_tool  # noqa: E402
 
-from common.engine.checkpoint import CheckpointError  # noqa: E402
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
+
+from common.tooling import parse_device, run_tool  # noqa: E402
 from detection.data import DatasetError  # noqa: E402
 from detection.evaluation import IOU_TYPES, evaluate_coco, metrics_to_json  # noqa: E402
 
@@ -110,9 +111,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """(metrics, COCO results) of ``args.checkpoint`` on the val split (see the module docstring);
     the split's (ground truth, image folder) is left in ``args.split`` for the plots."""
     from common.dataset_check import check_splits
-    from common.engine.distributed import parse_device
+    from common.loaders import build_test_loader
     from detection.build import build_detector, iou_types_for, read_checkpoint
-    from detection.data import CocoDetection, build_test_loader, build_transforms
+    from detection.data import CocoDetection, build_transforms
     from detection.inference import evaluate_detector
 
     device = parse_device(args.device)
@@ -171,30 +172,24 @@ def write_plots(args: argparse.Namespace, metrics: dict, results: list[dict] | N
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        check_mode(args)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warnings.simplefilter("ignore", DeprecationWarning)  # library internals, not the data
-            if args.checkpoint:
-                metrics, results = evaluate_checkpoint(args)
-            else:
-                metrics, results = evaluate_coco(args.gt, args.results, args.iou_types), None
-        for w in caught:
-            print(f"eval_coco: warning: {w.message}", file=sys.stderr)
-        if args.checkpoint and args.results:
-            Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.results).write_text(json.dumps(results))
-            print(f"{len(results)} results written to {args.results}")
-        if args.out:
-            write_metrics(metrics, args.out)
-            print(f"metrics written to {args.out}; plots in {write_plots(args, metrics, results)}")
-    except (ValueError, CheckpointError, OSError) as e:  # DatasetError, ConfigError, EvaluationError too
-        print(f"eval_coco: error: {e}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    check_mode(args)
+    if args.checkpoint:
+        metrics, results = evaluate_checkpoint(args)
+    else:
+        metrics, results = evaluate_coco(args.gt, args.results, args.iou_types), None
+    if args.checkpoint and args.results:
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results).write_text(json.dumps(results))
+        print(f"{len(results)} results written to {args.results}")
+    if args.out:
+        write_metrics(metrics, args.out)
+        print(f"metrics written to {args.out}; plots in {write_plots(args, metrics, results)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool("eval_coco", run, parse_args(argv))
 
 
 if __name__ == "__main__":

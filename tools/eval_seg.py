@@ -2,78 +2,79 @@
 """Evaluate a trained segmentation model on a val split: mIoU, per-class IoU, pixel accuracy,
 frequency-weighted IoU and boundary IoU (percent), a confusion-matrix PNG and drawn predictions.
 
-    python tools/eval_seg.py --config configs/segmentation/unet_shapes_cpu.yaml \
-        --checkpoint runs/seg/model_best.pth [--data DIR] [--out metrics.json] [key=value ...]
+    python tools/eval_seg.py --checkpoint runs/seg/model_best.pth [--data DIR] [--output DIR] \
+        [--config C] [--device cpu] [key=value ...]
 
-``--out`` gets the metrics; ``plots/`` beside it the confusion matrix (``confusion_matrix.png``
-row-normalised, ``confusion_matrix.json`` pixel counts) and the drawn predictions: the layout
-tools/eval_coco.py writes. Errors: one line on stderr, exit 2.
+The model is built from the config the checkpoint stores (train_seg's resolved config) unless
+``--config`` is given, with the ``key=value`` overrides on top; nothing is downloaded. Writes
+``OUT/metrics.json``, ``OUT/plots/confusion_matrix.png`` and ``OUT/vis/*.jpg``; ``OUT`` defaults
+to ``eval_<checkpoint name>/`` beside the checkpoint. Errors: one line on stderr, exit 2.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
+from common.tooling import start_tool  # noqa: E402
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from common.tooling import add_arguments
+
     p = argparse.ArgumentParser(description="Evaluate a semantic segmentation checkpoint.")
-    p.add_argument("--config", required=True, help="the YAML the model was trained with")
     p.add_argument("--checkpoint", required=True, help="model_best.pth / model_final.pth / model_XXXXXXX.pth")
-    p.add_argument("--data", help="dataset directory (default: the shapes dataset)")
-    p.add_argument("--out", default="metrics.json", help="where to write the metrics JSON")
-    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    return p.parse_args(argv)
+    add_arguments(p, "config", "output", "device", "overrides",
+                  shown={"config": "the config stored in the checkpoint",
+                         "output": "eval_<checkpoint name>/ beside the checkpoint"})
+    p.add_argument("--data", help="dataset directory (default: the config's data.root, else the shapes dataset)")
+    return p.parse_intermixed_args(argv)
+
+
+def default_output(checkpoint: str | Path) -> Path:
+    """``RUN/eval_model_best/`` for ``RUN/model_best.pth``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent / f"eval_{checkpoint.stem}"
 
 
 def run(args) -> dict:
-    import torch
-
-    from common.config import load_config
-    from common.engine import load_checkpoint, load_model_state
-    from segmentation.build import build_dataset, build_model, resolve_root
-    from segmentation.config import SegConfig
-    from segmentation.data import build_test_loader
+    from common.engine import load_model_state
+    from common.loaders import build_test_loader
+    from common.tooling import RunDir, check_writable, parse_device
+    from segmentation.build import build_dataset, build_model, read_checkpoint, resolve_root
     from segmentation.metrics import PredictionDrawer, SemSegEvaluator, evaluate_model
 
+    device = parse_device(args.device)
+    out = RunDir(Path(args.output) if args.output else default_output(args.checkpoint))
+    check_writable(out.root)  # before the evaluation, not after it
     overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else [])
-    cfg = load_config(SegConfig, args.config, overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
+    state, cfg = read_checkpoint(args.checkpoint, args.config, overrides)
     val_ds = build_dataset(cfg.data, cfg.data.val_split, train=False, root=resolve_root(cfg.data))
     model = build_model(cfg.model, val_ds.num_classes, ignore_index=val_ds.ignore_index)
-    state = load_checkpoint(args.checkpoint)
-    load_model_state(model, state.get("model", state), str(args.checkpoint))
+    load_model_state(model, state["model"], str(args.checkpoint))
     model.to(device)
     loader = build_test_loader(val_ds, size_divisibility=model.size_divisibility, pad_value=model.pixel_mean)
     evaluator = SemSegEvaluator(val_ds.num_classes, val_ds.class_names, val_ds.ignore_index)
-    out = Path(args.out)
-    draw = PredictionDrawer(out.parent / "plots", val_ds.class_names, val_ds.ignore_index, cfg.data.num_vis)
+    draw = PredictionDrawer(out.vis, val_ds.class_names, val_ds.ignore_index, cfg.data.num_vis)
     metrics = evaluate_model(model, loader, evaluator, device, on_batch=draw)
     metrics = {k: v for k, v in metrics.items() if k != "val"}
-    evaluator.save(out.parent, metrics, json_name=out.name, plots_dir=out.parent / "plots")
+    out.write_metrics(metrics)
+    evaluator.save_confusion(out.plots / "confusion_matrix.png")
     print(json.dumps({k: round(v, 2) for k, v in metrics.items() if isinstance(v, float)}))
+    print(f"metrics in {out.metrics}")
     return metrics
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from common.engine import CheckpointError
+    from common.tooling import run_tool
 
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
-        print(f"eval_seg.py: error: {e}".splitlines()[0], file=sys.stderr)
-        return 2
-    return 0
+    return run_tool("eval_seg", run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not a package
-import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
+from common.tooling import start_tool  # noqa: E402
+
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,14 +104,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from common.engine.checkpoint import CheckpointError
+    from common.tooling import ToolError, run_tool
 
-    try:
-        return run(args)
-    except (ValueError, CheckpointError, OSError, ImportError) as e:  # ConfigError, DatasetError are ValueErrors
-        print(f"export: error: {e}", file=sys.stderr)
-        return 2
+    def run_or_say_what_is_missing(args):
+        try:
+            return run(args)
+        except ImportError as e:  # onnx / onnxruntime not installed: the [export] extra
+            raise ToolError(str(e)) from None
+
+    return run_tool("export", run_or_say_what_is_missing, parse_args(argv))
 
 
 if __name__ == "__main__":

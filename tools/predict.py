@@ -40,7 +40,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not a package
-import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
+from common.tooling import start_tool  # noqa: E402
+
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -175,7 +177,7 @@ def predict(args: argparse.Namespace) -> int:
     import cv2
     from tqdm import tqdm
 
-    from common.engine.distributed import parse_device
+    from common.tooling import check_writable, parse_device
     from detection.data import DatasetError, read_image
 
     if not 0.0 <= args.score_thresh <= 1.0:
@@ -187,6 +189,7 @@ def predict(args: argparse.Namespace) -> int:
 
         tile_windows(1, 1, args.tile, args.overlap)  # checks the pair
     device = parse_device(args.device)
+    check_writable(Path(args.out), "--out")  # before the model is built, not after
     from common.engine.checkpoint import checkpoint_task, load_checkpoint
 
     kind = checkpoint_task(load_checkpoint(args.checkpoint), args.checkpoint,
@@ -246,22 +249,9 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
+    from common.tooling import run_tool
 
-    args = parse_args(argv)
-    from common.engine.checkpoint import CheckpointError
-
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warnings.simplefilter("ignore", DeprecationWarning)  # library internals
-            rc = predict(args)
-        for w in caught:
-            print(f"predict: warning: {w.message}", file=sys.stderr)
-        return rc
-    except (ValueError, CheckpointError, OSError) as e:  # DatasetError and ConfigError are ValueErrors
-        print(f"predict: error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("predict", predict, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -6,103 +6,83 @@
         --data path/to/coco_like --output runs/r50 solver.base_lr=0.02
     torchrun --nproc_per_node 2 tools/train_det.py ...         # DDP (gloo on CPU, nccl on CUDA)
 
-The run directory gets config.yaml (the resolved config), metrics.csv, TensorBoard events,
-periodic checkpoints (atomic), model_best.pth, model_final.pth, metrics.json, results.json
-(COCO results of the final evaluation), loss/metric curves as PNG and vis/ (predictions drawn
-on a few val images). ``--resume`` continues exactly where the last checkpoint stopped.
+The run folder (the layout of common/tooling.py) gets config.yaml (the resolved config),
+metrics.csv, TensorBoard events, periodic checkpoints (atomic), model_best.pth, model_final.pth
+(written before the final evaluation), metrics.json, results.json (COCO results of the final
+evaluation), plots/ (loss and metric curves) and vis/ (predictions drawn on a few val images).
+``--resume`` continues exactly where the last checkpoint stopped; ``--resume-from PATH`` from an
+older checkpoint. A folder that is not empty is refused unless it is a train_det run and
+``--resume`` is given.
 Every checkpoint carries ``metadata["dataset"]`` (``DatasetMeta.to_dict()``: class names,
 category ids, keypoints), which tools/eval_coco.py and tools/predict.py read.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
+from common.tooling import start_tool  # noqa: E402
 
-import torch  # noqa: E402
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 DEFAULT_CONFIG = ROOT / "configs" / "detection" / "shapes_R18_FPN.yaml"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from common.tooling import add_arguments
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    add_arguments(p, "config", defaults={"config": str(DEFAULT_CONFIG)})
     p.add_argument("--data", default=None, help="dataset folder in the synthetic layout "
                    "(train.json, val.json, train/, val/); default: data.root, the built-in dataset")
     p.add_argument("--train-json", default=None, help="COCO annotations for training (with --train-images)")
     p.add_argument("--train-images", default=None, help="image folder for --train-json")
     p.add_argument("--val-json", default=None, help="COCO annotations for evaluation (with --val-images)")
     p.add_argument("--val-images", default=None, help="image folder for --val-json")
-    p.add_argument("--output", default=None, help="run directory (default: runs/<config name>)")
-    p.add_argument("--max-iters", type=int, default=None, help="override solver.max_iters")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. solver.base_lr=0.01")
+    add_arguments(p, "output", "max_iters", "resume", "resume_from", "device", "no_progress", "overrides",
+                  shown={"output": "runs/<config name>"})
     return p.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from common.config import ConfigError
-    from common.engine.checkpoint import CheckpointError
-    from common.engine.trainer import TrainingError
-    from detection.data import DatasetError
+    from common.tooling import run_tool
 
-    try:
-        return train(args)
-    except (ConfigError, DatasetError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("train_det", train, parse_args(argv))
 
 
 def train(args: argparse.Namespace) -> int:
-    from common.config import load_config, to_yaml
     from common.engine import distributed as dist
     from common.engine.build import build_optimizer, build_scheduler
-    from common.engine.checkpoint import seed_everything
-    from common.engine.curves import plot_curves
     from common.engine.trainer import Trainer
+    from common.loaders import build_test_loader
+    from common.tooling import (load_run_config, overrides_of, prepare_run_dir, print_log, seed_process,
+                                select_device, show_bar, sync_batchnorm)
     from detection.build import (adapt_to_dataset, build_datasets, build_model, check_data, iou_types_for,
                                  repeat_factor_indices, resolve_data_paths)
     from detection.config import DetConfig
-    from detection.data import DatasetError, build_test_loader, build_train_loader
-    from detection.evaluation import metrics_to_json
+    from detection.data import DatasetError, build_train_loader
     from detection.inference import evaluate_detector, validation_loss
     from detection.visualize import draw_predictions
 
-    overrides = list(args.overrides)
-    if args.max_iters is not None:
-        overrides.append(f"solver.max_iters={args.max_iters}")
-    for flag, key in (("train_json", "train_json"), ("train_images", "train_images"),
-                      ("val_json", "val_json"), ("val_images", "val_images")):
-        if getattr(args, flag):
-            overrides.append(f"data.{key}={getattr(args, flag)}")
-    cfg = load_config(DetConfig, args.config, overrides)
+    overrides = overrides_of(args, train_json="data.train_json", train_images="data.train_images",
+                             val_json="data.val_json", val_images="data.val_images")
+    cfg, notes = load_run_config(DetConfig, args.config, overrides)
     if args.data:  # config.yaml (and every checkpoint) records the data the run really used
         cfg = replace(cfg, data=replace(cfg.data, root=str(Path(args.data).resolve())))
-
-    device = dist.init_distributed()
-    if args.device:
-        device = dist.parse_device(args.device)
-    elif device.type == "cpu" and torch.cuda.is_available():
-        device = torch.device("cuda")
+    resume = args.resume or args.resume_from is not None
+    # before any work: every rank checks, so none is left waiting for the others
+    run = prepare_run_dir(args.output or ROOT / "runs" / Path(args.config).stem, resume=resume,
+                          config_cls=DetConfig, tool="train_det")
+    device = select_device(args.device)
     rank, world = dist.get_rank(), dist.get_world_size()
     main_proc = dist.is_main_process()
-    output = Path(args.output or ROOT / "runs" / Path(args.config).stem)
-
-    # before anything is written: the Trainer would overwrite the old run's config.yaml (every rank
-    # checks, so none is left waiting for the others)
-    if not args.resume and any((output / name).exists() for name in ("last_checkpoint", "model_final.pth")):
-        raise ValueError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
 
     paths = problem = None
     if main_proc:  # rank 0 may generate the built-in dataset; a bad path stops every rank alike
@@ -113,20 +93,19 @@ def train(args: argparse.Namespace) -> int:
     paths, problem = dist.broadcast_object((paths, problem))
     if problem:
         raise DatasetError(problem)
-    train_set, val_set = build_datasets(cfg, paths, check_data(cfg, paths, output))  # both splits, before training
-    cfg, notes = adapt_to_dataset(cfg, train_set)
+    train_set, val_set = build_datasets(cfg, paths, check_data(cfg, paths, run.root))  # both splits, before training
+    cfg, data_notes = adapt_to_dataset(cfg, train_set)
     train_indices, note = repeat_factor_indices(cfg.data, train_set, cfg.solver.seed)
-    notes += [note] if note else []
+    data_notes += [note] if note else []
     if main_proc:
-        for n in notes:
+        for n in notes + data_notes:
             print(n if n.startswith("warning:") else f"note: {n}")
     meta = train_set.meta
 
-    seed_everything(cfg.solver.seed + rank, cfg.solver.deterministic)
+    seed_process(cfg.solver.seed, cfg.solver.deterministic)
     model = build_model(cfg.model, meta.num_classes, meta.num_keypoints, meta.flip_indices,
                         keypoint_classes=meta.keypoint_classes, class_counts=train_set.class_counts())
-    if world > 1 and cfg.model.backbone.norm == "SyncBN":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = sync_batchnorm(model, cfg.model.backbone.norm)
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_scheduler(optimizer, cfg.solver)
     backbone = model.backbone
@@ -155,7 +134,9 @@ def train(args: argparse.Namespace) -> int:
     def val_loss(m):
         return validation_loss(m, val_loader(0), device, limit=cfg.test.val_loss_batches)
 
-    trainer = Trainer(model, optimizer, scheduler, make_data_iter, output_dir=output,
+    from common.config import to_yaml
+
+    trainer = Trainer(model, optimizer, scheduler, make_data_iter, output_dir=run.root,
                       max_iters=cfg.solver.max_iters, device=device, amp=cfg.solver.amp,
                       clip_grad_norm=cfg.solver.clip_grad_norm, accumulate=cfg.solver.accumulate,
                       checkpoint_period=cfg.solver.checkpoint_period, eval_period=cfg.solver.eval_period,
@@ -166,23 +147,23 @@ def train(args: argparse.Namespace) -> int:
                       # class names and keypoints, so a checkpoint is usable alone (JSON round trip:
                       # plain lists, strings and ints, loadable with weights_only=True)
                       metadata={"dataset": json.loads(json.dumps(meta.to_dict()))},
-                      progress=not args.no_progress)
-    if args.resume:
-        start = trainer.resume()
+                      progress=show_bar(args), print_log=print_log(args))
+    if resume:
+        start = trainer.resume(args.resume_from)
         if main_proc:
-            print(f"resuming from iteration {start}" if start else f"nothing to resume in {output}; starting fresh")
-    trainer.train()
+            print(f"resuming from iteration {start}" if start else f"nothing to resume in {run.root}; starting fresh")
+    trainer.train()  # writes model_final.pth before its last evaluation
 
     if main_proc:  # the final, complete evaluation with the per-category table
         metrics, results = evaluate_detector(trainer.model, val_loader(), val_set.coco, meta.category_ids,
                                              iou_types, device, verbose=True)
-        (output / "metrics.json").write_text(json.dumps(metrics_to_json(metrics), indent=2))
-        (output / "results.json").write_text(json.dumps(results))
-        plot_curves(output / "metrics.csv", output)
-        draw_predictions(trainer.model, val_set, device, output / "vis", count=cfg.test.num_vis,
+        run.write_metrics(metrics)  # NaN -> null
+        (run.root / "results.json").write_text(json.dumps(results))
+        run.plot_curves()
+        draw_predictions(trainer.model, val_set, device, run.vis, count=cfg.test.num_vis,
                          score_thresh=cfg.test.vis_score_thresh)
         summary = "  ".join(f"{t} AP {metrics[t]['AP']:.1f}" for t in iou_types if t in metrics)
-        print(f"done: {summary}; everything is in {output}")
+        print(f"done: {summary}; everything is in {run.root}")
     dist.cleanup()
     return 0
 

@@ -7,95 +7,91 @@
     python tools/train_seg.py --output runs/fcn8s --resume      # continue an interrupted run
     torchrun --nproc_per_node 2 tools/train_seg.py ...          # several processes
 
-Writes into RUN: config.yaml, metrics.csv, TensorBoard events, periodic model_XXXXXXX.pth and
-last_checkpoint, model_best.pth (by solver.best_metric), model_final.pth, eval/metrics.json
-(percent), eval/confusion_matrix.png, eval/vis_*.jpg (predictions drawn on val images) and
-the loss / metric curves. Errors are one line on stderr and exit status 2.
+Writes into RUN (the layout of common/tooling.py): config.yaml, metrics.csv, TensorBoard events,
+periodic model_XXXXXXX.pth and last_checkpoint, model_best.pth (by solver.best_metric),
+model_final.pth (written before the final evaluation), metrics.json (percent, the last
+evaluation), plots/ (loss and metric curves, confusion_matrix.png) and vis/ (predictions drawn
+on val images). A folder that is not empty is refused unless it is a train_seg run and
+``--resume`` is given. Errors are one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-import common  # noqa: E402,F401  (first: lets idle OpenMP threads sleep, see common/__init__.py)
+from common.tooling import start_tool  # noqa: E402
 
-import argparse  # noqa: E402
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 DEFAULT_CONFIG = ROOT / "configs" / "segmentation" / "unet_shapes_cpu.yaml"
+DEFAULT_OUTPUT = "runs/seg"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from common.tooling import add_arguments
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML in configs/segmentation/")
+    add_arguments(p, "config", defaults={"config": str(DEFAULT_CONFIG)})
     p.add_argument("--data", help="dataset directory (default: the shapes dataset, generated if missing)")
-    p.add_argument("--output", help="run directory (default: output_dir of the config)")
-    p.add_argument("--max-iters", type=int, help="override solver.max_iters")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/last_checkpoint")
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default: config device, auto = cuda if available)")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. solver.base_lr=0.01")
-    return p.parse_args(argv)
+    add_arguments(p, "output", "max_iters", "resume", "resume_from", "device", "no_progress", "overrides",
+                  defaults={"output": DEFAULT_OUTPUT})
+    return p.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
-def load_cfg(args):
-    from common.config import load_config
+def load_cfg(args: argparse.Namespace):
+    """(SegConfig from --config, --data, --max-iters and the overrides; notes to print)."""
+    from common.tooling import load_run_config, overrides_of
     from segmentation.config import SegConfig
 
-    overrides = list(args.overrides)
-    if args.data is not None:
-        overrides.append(f"data.root={args.data}")
-    if args.output is not None:
-        overrides.append(f"output_dir={args.output}")
-    if args.max_iters is not None:
-        overrides.append(f"solver.max_iters={args.max_iters}")
-    if args.device is not None:
-        overrides.append(f"device={args.device}")
-    cfg = load_config(SegConfig, args.config, overrides)
-    if args.max_iters is not None:  # keep the schedule inside a shortened run
-        s = cfg.solver
-        s.warmup_iters = min(s.warmup_iters, s.max_iters)
-        s.steps = tuple(x for x in s.steps if x < s.max_iters)
-    return cfg
+    return load_run_config(SegConfig, args.config, overrides_of(args, data="data.root"))
 
 
-def run(args) -> dict:
-    from common.engine import init_distributed, seed_everything
-    from common.engine.distributed import parse_device
+def run(args: argparse.Namespace) -> dict:
+    from common.engine import is_main_process
+    from common.tooling import (prepare_run_dir, print_log, seed_process, select_device, show_bar,
+                                sync_batchnorm)
     from segmentation.build import (build_class_prior, build_class_weight, build_datasets, build_model,
                                     check_data, class_pixel_stats_of, needs_class_stats, resolve_root)
+    from segmentation.config import SegConfig
 
-    cfg = load_cfg(args)
-    out = Path(cfg.output_dir)
-    if not args.resume and (out / "last_checkpoint").is_file():
-        raise ValueError(f"{out} already holds a training run; pass --resume to continue it or "
-                         f"--output to start a new one")
-    device = parse_device(cfg.device, init_distributed())
-    seed_everything(cfg.solver.seed, cfg.solver.deterministic)
+    cfg, notes = load_cfg(args)
+    resume = args.resume or args.resume_from is not None
+    run_dir = prepare_run_dir(args.output, resume=resume, config_cls=SegConfig, tool="train_seg")
+    device = select_device(args.device)
+    if is_main_process():
+        for n in notes:
+            print(f"note: {n}")
+    seed_process(cfg.solver.seed, cfg.solver.deterministic)
     root = resolve_root(cfg.data)
-    train_ds, val_ds = build_datasets(cfg.data, root, check_data(cfg.data, root, out))  # coco: both splits, first
+    train_ds, val_ds = build_datasets(cfg.data, root, check_data(cfg.data, root, run_dir.root))  # coco: both splits, first
     stats = class_pixel_stats_of(train_ds) if needs_class_stats(cfg.model) else None
     model = build_model(cfg.model, train_ds.num_classes, class_weight=build_class_weight(cfg.model, stats),
                         class_prior=build_class_prior(cfg.model, stats), ignore_index=train_ds.ignore_index)
-    return fit(cfg, model, train_ds, val_ds, device, resume=args.resume)
+    model = sync_batchnorm(model, cfg.model.backbone.norm)
+    return fit(cfg, model, train_ds, val_ds, device, run_dir, resume=resume, resume_from=args.resume_from,
+               progress=show_bar(args), print_log=print_log(args))
 
 
-def fit(cfg, model, train_ds, val_ds, device, *, resume: bool = False, progress: bool = True,
-        tensorboard: bool = True) -> dict:
-    """Train ``model`` with the common engine as ``cfg.solver`` says; evaluate on ``val_ds``.
+def fit(cfg, model, train_ds, val_ds, device, run_dir, *, resume: bool = False, resume_from: str | None = None,
+        progress: bool = True, print_log: bool = False, tensorboard: bool = True, report: bool = True) -> dict:
+    """Train ``model`` with the common engine as ``cfg.solver`` says into ``run_dir`` (a
+    ``common.tooling.RunDir``); evaluate on ``val_ds``.
 
     Returns the engine's summary (iteration, seconds, metrics of the last evaluation, best ...).
     """
     from common.config import to_yaml
     from common.engine import (Trainer, build_optimizer, build_scheduler, get_rank, get_world_size,
-                               is_main_process, plot_curves)
+                               is_main_process)
+    from common.loaders import build_test_loader
     from segmentation.build import build_train_indices
-    from segmentation.data import build_test_loader, build_train_loader
+    from segmentation.data import build_train_loader
     from segmentation.metrics import PredictionDrawer, SemSegEvaluator, evaluate_model
 
-    out = Path(cfg.output_dir)
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_scheduler(optimizer, cfg.solver)
     indices = build_train_indices(cfg.data, train_ds, cfg.solver.seed)
@@ -112,42 +108,38 @@ def fit(cfg, model, train_ds, val_ds, device, *, resume: bool = False, progress:
                                    pad_value=model.pixel_mean, num_workers=cfg.data.num_workers)
 
     def evaluate(m):
-        draw = PredictionDrawer(out / "eval", val_ds.class_names, val_ds.ignore_index,
+        draw = PredictionDrawer(run_dir.vis, val_ds.class_names, val_ds.ignore_index,
                                 cfg.data.num_vis if is_main_process() else 0)
         metrics = evaluate_model(m, val_loader, evaluator, device, on_batch=draw)
-        if is_main_process():
-            evaluator.save(out / "eval", {k: v for k, v in metrics.items() if k != "val"})
+        if is_main_process():  # the files of the last evaluation are the run's metrics
+            run_dir.write_metrics({k: v for k, v in metrics.items() if k != "val"})
+            evaluator.save_confusion(run_dir.plots / "confusion_matrix.png")
         return metrics
 
-    trainer = Trainer(model, optimizer, scheduler, make_data_iter, output_dir=out,
+    trainer = Trainer(model, optimizer, scheduler, make_data_iter, output_dir=run_dir.root,
                       max_iters=cfg.solver.max_iters, device=device, amp=cfg.solver.amp,
                       clip_grad_norm=cfg.solver.clip_grad_norm, accumulate=cfg.solver.accumulate,
                       checkpoint_period=cfg.solver.checkpoint_period, eval_period=cfg.solver.eval_period,
                       log_period=cfg.solver.log_period, evaluate=evaluate, best_metric=cfg.solver.best_metric,
                       early_stop_patience=cfg.solver.early_stop_patience, config_yaml=to_yaml(cfg),
-                      keep_checkpoints=cfg.solver.keep_checkpoints, progress=progress, tensorboard=tensorboard)
+                      keep_checkpoints=cfg.solver.keep_checkpoints, progress=progress, print_log=print_log,
+                      tensorboard=tensorboard)
     if resume:
-        trainer.resume()
+        trainer.resume(resume_from)
     summary = trainer.train()
-    if is_main_process() and progress:
-        plot_curves(out / "metrics.csv", out)
+    if is_main_process() and report:
+        run_dir.plot_curves()
         m = summary["metrics"]
         print(f"done: {summary['iteration']} iterations in {summary['seconds']:.0f} s; mIoU {m.get('mIoU', float('nan')):.1f}, "
               f"boundary IoU {m.get('boundary_IoU', float('nan')):.1f}, pixel acc {m.get('pixel_acc', float('nan')):.1f}; "
-              f"metrics in {out / 'eval' / 'metrics.json'}")
+              f"metrics in {run_dir.metrics}")
     return summary
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from common.engine import CheckpointError, TrainingError
+    from common.tooling import run_tool
 
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, CheckpointError, TrainingError) as e:
-        print(f"train_seg.py: error: {e}".splitlines()[0], file=sys.stderr)
-        return 2
-    return 0
+    return run_tool("train_seg", run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """The one training engine shared by detection and segmentation (see trainer.py for the loop).
 
-A training tool reads top to bottom:
+A training tool reads top to bottom (device, seeds and SyncBN through ``common.tooling``):
 
-    device = init_distributed()                      # torchrun env vars; CPU/1 GPU: no-op
-    seed_everything(cfg.solver.seed + get_rank(), cfg.solver.deterministic)
-    model = build_model(cfg.model, meta)             # optional: nn.SyncBatchNorm.convert_sync_batchnorm
+    device = select_device(args.device)              # joins torchrun's process group, if any
+    seed_process(cfg.solver.seed, cfg.solver.deterministic)     # seed + rank
+    model = sync_batchnorm(build_model(cfg.model, meta), norm)  # SyncBN under several processes
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_scheduler(optimizer, cfg.solver)
     s = cfg.solver

@@ -1,6 +1,8 @@
 """SolverConfig -> optimizer and LR scheduler. The only module here that reads a config."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -10,26 +12,37 @@ from common.engine.schedule import WarmupSchedule
 
 
 def check_solver(cfg: SolverConfig) -> None:
-    """Raise ConfigError with one sentence for a solver setting that cannot work."""
+    """Raise ConfigError with one sentence naming the first solver setting that cannot work.
+
+    Numbers are checked one by one (finite, in range) before the settings that relate two of
+    them (the warm-up must fit in max_iters), so a NaN is reported as itself.
+    """
     def bad(key, why):
         raise ConfigError(f"solver.{key} = {getattr(cfg, key)!r} {why}")
 
+    for key in ("base_lr", "momentum", "weight_decay", "norm_weight_decay", "warmup_factor", "gamma",
+                "clip_grad_norm"):
+        if not math.isfinite(getattr(cfg, key)):
+            bad(key, "must be a finite number")
     if cfg.base_lr <= 0:
         bad("base_lr", "must be positive")
     if cfg.max_iters < 1:
         bad("max_iters", "must be at least 1")
-    if not 0 <= cfg.warmup_iters <= cfg.max_iters:
-        bad("warmup_iters", f"must be between 0 and max_iters ({cfg.max_iters})")
-    if not 0 < cfg.warmup_factor <= 1:
-        bad("warmup_factor", "must be in (0, 1]")
-    if list(cfg.steps) != sorted(cfg.steps) or any(s <= 0 for s in cfg.steps):
-        bad("steps", "must be positive and increasing")
-    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
-        bad("betas", "must be two numbers in [0, 1)")
-    if cfg.accumulate < 1:
-        bad("accumulate", "must be at least 1")
     if cfg.ims_per_batch < 1:
         bad("ims_per_batch", "must be at least 1")
+    if cfg.accumulate < 1:
+        bad("accumulate", "must be at least 1")
+    if cfg.momentum < 0 or cfg.weight_decay < 0 or cfg.norm_weight_decay < 0:
+        key = next(k for k in ("momentum", "weight_decay", "norm_weight_decay") if getattr(cfg, k) < 0)
+        bad(key, "must be >= 0")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):  # NaN fails the comparison
+        bad("betas", "must be two numbers in [0, 1)")
+    if not all(math.isfinite(v) and v >= 0 for v in cfg.lr_mults.values()):
+        bad("lr_mults", "must map module prefixes to finite numbers >= 0")
+    if not 0 < cfg.warmup_factor <= 1:
+        bad("warmup_factor", "must be in (0, 1]")
+    if not cfg.gamma > 0:
+        bad("gamma", "must be positive")
     if cfg.clip_grad_norm < 0:
         bad("clip_grad_norm", "must be >= 0 (0 turns clipping off)")
     for key in ("checkpoint_period", "eval_period", "early_stop_patience"):
@@ -39,6 +52,10 @@ def check_solver(cfg: SolverConfig) -> None:
         bad("log_period", "must be at least 1")
     if cfg.early_stop_patience > 0 and not cfg.best_metric:
         bad("early_stop_patience", "needs solver.best_metric (the metric that must improve)")
+    if list(cfg.steps) != sorted(cfg.steps) or any(s <= 0 for s in cfg.steps):
+        bad("steps", "must be positive and increasing")
+    if not 0 <= cfg.warmup_iters <= cfg.max_iters:
+        bad("warmup_iters", f"must be between 0 and max_iters ({cfg.max_iters})")
 
 
 def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimizer:

@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +76,20 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not zipfile.is_zipfile(path):  # random bytes, a cut-off file, another format
+            raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file (not a checkpoint, "
+                                  "or one cut off while it was written)") from None
+        # a torch file holding arbitrary Python objects; torch's own text suggests loading it
+        # unsafely, which is never the fix here: name what it holds instead
+        detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        what = f" ({detail[0].strip()})" if detail and "WeightsUnpickler" in str(e) else ""
         raise CheckpointError(
-            f"checkpoint {path} holds objects that cannot be loaded with weights_only=True "
-            f"(only tensors, numbers, strings, lists and dicts are allowed): {first}") from None
-    except Exception as e:  # truncated zip, random bytes, empty file ...
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            f"checkpoint {path} holds Python objects other than tensors, numbers, strings, lists and "
+            f"dicts{what}; it was not written by this toolkit") from None
+    except Exception as e:  # truncated zip, empty file ...
+        reason = f" ({type(e).__name__}: {str(e).splitlines()[0]})" if str(e).strip() else ""
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file (not a checkpoint, "
+                              f"or one cut off while it was written){reason}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state

@@ -11,22 +11,6 @@ import torch
 import torch.distributed as dist
 
 
-def parse_device(name: str | None, default: torch.device | None = None) -> torch.device:
-    """A ``--device`` value as a torch.device. None or "auto" gives ``default`` (else cuda when
-    available, else cpu); a typo or a missing GPU is a one-line ValueError."""
-    if name in (None, "", "auto"):
-        if default is not None:
-            return torch.device(default)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} but CUDA is not available here; use --device cpu")
-    return device
-
-
 def init_distributed(timeout_s: float = 1800.0) -> torch.device:
     """Join the process group described by the torchrun environment variables, if any.
 

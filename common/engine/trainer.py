@@ -61,6 +61,15 @@ def to_device(obj, device):
     return obj
 
 
+def log_line(iteration: int, max_iters: int, losses: dict[str, float], lr: float, seconds_per_iter: float) -> str:
+    """``iter 40/200  total_loss 1.234  loss_cls 0.512 ...  lr 1.00e-02  0.412 s/iter  eta 0:01:06``."""
+    order = sorted(losses, key=lambda k: (k != "total_loss", k))  # the total first, then by name
+    shown = "  ".join(f"{k} {losses[k]:.4g}" for k in order)
+    eta = int(round(seconds_per_iter * (max_iters - iteration)))
+    return (f"iter {iteration}/{max_iters}  {shown}  lr {lr:.2e}  {seconds_per_iter:.3f} s/iter  "
+            f"eta {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}")
+
+
 class Trainer:
     """Runs ``max_iters`` optimizer steps with periodic logging, checkpoints and evaluation.
 
@@ -76,6 +85,9 @@ class Trainer:
     best_metric: the key that selects ``model_best.pth`` and drives early stopping. Higher is
         better unless the name contains "loss".
     early_stop_patience: stop after this many evaluations in a row without improvement (0 = off).
+    progress: draw a tqdm bar (on stderr; tools pass True only on a terminal).
+    print_log: print a line every ``log_period`` iterations and after each evaluation (iteration,
+        losses, LR, s/iter, ETA), as detectron2's metric printer does; for logs nobody watches live.
     metadata: what a checkpoint needs to be used on its own, e.g. ``{"dataset": meta.to_dict()}``
         (class names, keypoints); saved as ``"metadata"`` in every checkpoint (no such key without
         it). Plain dicts, lists, strings and numbers only, so ``weights_only=True`` loading works.
@@ -90,7 +102,7 @@ class Trainer:
                  validation_loss: Callable[[nn.Module], dict] | None = None,
                  best_metric: str | None = None, early_stop_patience: int = 0,
                  config_yaml: str | None = None, metadata: dict | None = None, keep_checkpoints: int = 3,
-                 find_unused_parameters: bool = False, progress: bool = True,
+                 find_unused_parameters: bool = False, progress: bool = True, print_log: bool = False,
                  tensorboard: bool = True):
         if max_iters < 1:
             raise ValueError(f"max_iters = {max_iters} must be at least 1")
@@ -133,6 +145,7 @@ class Trainer:
         self.metadata = dict(metadata or {})
         self.keep_checkpoints = max(1, keep_checkpoints)
         self.progress = progress
+        self.print_log = print_log
         self.tensorboard = tensorboard
         self.is_main = dist.is_main_process()
 
@@ -186,18 +199,46 @@ class Trainer:
                     old.unlink(missing_ok=True)
         self.last_checkpoint = self.output_dir / name
 
+    def _last_good_checkpoint(self, iteration: int) -> Path | None:
+        """The newest periodic checkpoint that predates the divergence at ``iteration``, and
+        ``last_checkpoint`` pointed at it (or removed when there is none), so ``--resume`` starts
+        from weights that gave finite losses. The checkpoint of the step just before (its weights
+        gave the non-finite loss; after a huge LR they are already exploded) is not offered."""
+        if not self.is_main:
+            return None
+        periodic = sorted(p for p in self.output_dir.iterdir() if PERIODIC.fullmatch(p.name))
+        good = [p for p in periodic if int(PERIODIC.fullmatch(p.name).group(1)) < iteration - 1]
+        pointer = self.output_dir / "last_checkpoint"
+        if good:
+            write_text_atomic(pointer, good[-1].name)
+            return good[-1]
+        pointer.unlink(missing_ok=True)
+        return None
+
     def resume(self, path: str | Path | None = None) -> int:
         """Load a training checkpoint (default: the one ``output_dir/last_checkpoint`` names).
 
         Returns the iteration to continue from; 0 when ``path`` is None and there is none yet.
         """
+        if self.is_main:  # what a process killed in the middle of an atomic write left behind
+            for tmp in self.output_dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
         if path is None:
             pointer = self.output_dir / "last_checkpoint"
             if not pointer.is_file():
                 return 0
             path = self.output_dir / pointer.read_text().strip()
-        path = Path(path)
-        state = load_checkpoint(path)
+            try:
+                state = load_checkpoint(path)
+            except CheckpointError as e:
+                older = sorted(p.name for p in self.output_dir.iterdir()
+                               if PERIODIC.fullmatch(p.name) and p.name != path.name)
+                hint = f"; pass --resume-from {self.output_dir / older[-1]} to continue from an older one" \
+                    if older else ""
+                raise CheckpointError(f"{e}{hint}") from None
+        else:
+            path = Path(path)
+            state = load_checkpoint(path)
         missing = [k for k in ("model", "optimizer", "scheduler", "iteration", "rng") if k not in state]
         if missing:
             raise CheckpointError(f"{path} is not a resumable training checkpoint (it has no "
@@ -256,6 +297,8 @@ class Trainer:
                     seconds = (time.perf_counter() - window_start) / window_iters
                     means = dist.all_reduce_dict({k: v / window_iters for k, v in window.items()})
                     log.log(self.iter, "train", {"lr": lr, **means, "time_per_iter": seconds})
+                    if self.is_main and self.print_log:
+                        print(log_line(self.iter, self.max_iters, means, lr, seconds), flush=True)
                     window.clear()
                     window_iters, window_start = 0, time.perf_counter()
 
@@ -272,10 +315,13 @@ class Trainer:
                                    f"(best {self.best_value:.4g} at iteration {self.best_iteration})")
                     break
 
-            if self._last_eval_iter != self.iter:
-                self._run_evaluation(log)
+            # the weights first: a problem in the final evaluation never costs them
             if self.is_main:
                 save_checkpoint(self.output_dir / "model_final.pth", self._weights_state())
+            if self._last_eval_iter != self.iter:
+                self._run_evaluation(log)
+                if self.is_main:  # again, now with the metrics of these weights
+                    save_checkpoint(self.output_dir / "model_final.pth", self._weights_state())
         finally:
             bar.close()
             log.close()
@@ -337,10 +383,11 @@ class Trainer:
             name = list(losses)[int((~finite).nonzero()[0])]
             bad = f"{name} is {float(losses[name].detach())}"
         if not dist.all_ranks_true(bad is None):
-            where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint \
-                else "no checkpoint has been written yet"
+            good = self._last_good_checkpoint(iteration)
+            where = f"The last good checkpoint is {good}" if good else \
+                "No checkpoint was written before the loss stopped being finite"
             what = bad or f"a loss on another process (not rank {dist.get_rank()}) is not finite"
-            raise TrainingError(f"iteration {iteration}: {what}; stopped. {where[0].upper()}{where[1:]}")
+            raise TrainingError(f"iteration {iteration}: {what}; stopped. {where}")
         return losses
 
     # ------------------------------------------------------------------ evaluation
@@ -365,6 +412,11 @@ class Trainer:
         self._last_eval_iter = self.iter
         log.log(self.iter, "eval", metrics)
         log.flush()
+        if self.is_main and self.print_log:
+            # the headline numbers: no per-class or per-size breakdown (metrics.csv has them all)
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                              if "/" not in k or k.endswith("/AP") or k.startswith("val/"))
+            print(f"eval at iter {self.iter}: {shown}", flush=True)
         if not self.best_metric:
             return False
         if self.best_metric not in metrics:

@@ -5,11 +5,11 @@ and in ``detection.evaluation`` only.
 """
 from .coco import (MIN_BOX_SIDE, CocoDetection, DatasetError, DatasetMeta, DatasetWarning,
                    load_coco_json, meta_from_coco, read_image)
-from .loader import AspectRatioGroupedBatches, build_test_loader, build_train_loader, collate
+from .loader import AspectRatioGroupedBatches, build_train_loader
 from .transforms import DetectionTransforms, build_transforms
 
 __all__ = [
     "MIN_BOX_SIDE", "CocoDetection", "DatasetError", "DatasetMeta", "DatasetWarning", "load_coco_json",
-    "meta_from_coco", "read_image", "AspectRatioGroupedBatches", "build_test_loader", "build_train_loader",
-    "collate", "DetectionTransforms", "build_transforms",
+    "meta_from_coco", "read_image", "AspectRatioGroupedBatches", "build_train_loader",
+    "DetectionTransforms", "build_transforms",
 ]

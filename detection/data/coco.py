@@ -190,7 +190,7 @@ class CocoDetection(torch.utils.data.Dataset):
     """A COCO JSON and its image folder as ``(image, target)`` pairs.
 
     ``dataset[i] -> (image (3, H, W) uint8 RGB tensor, target dict)``; the target fields are
-    those of ``detection/structures.py``: ``image_id``, ``orig_size`` (2,) int64 (h, w on disk),
+    those of ``detection/fields.py``: ``image_id``, ``orig_size`` (2,) int64 (h, w on disk),
     ``gt_boxes`` (M, 4) float32 xyxy, ``gt_classes`` (M,) int64, ``gt_masks`` (M, H, W) uint8
     (when ``use_masks`` and the dataset has segmentations), ``gt_keypoints`` (M, P, 3) float32
     (when ``use_keypoints`` and the dataset has keypoints; instances of classes without

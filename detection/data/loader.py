@@ -1,4 +1,5 @@
-"""Batching detection data: collate, aspect-ratio grouping, train and test loaders.
+"""Batching detection data: aspect-ratio grouping and the training stream (the test loader is
+``common.loaders.build_test_loader``).
 
 Shape shorthand: N images in a batch, Hp x Wp the padded batch size.
 
@@ -11,14 +12,13 @@ workers, and ``start_iter=t`` resumes exactly at batch ``t``.
 from __future__ import annotations
 
 import itertools
-from functools import partial
 from typing import Iterable, Iterator, Sequence
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from common.image_list import collate  # noqa: F401  (re-exported by detection.data)
-from common.samplers import Batches, InfiniteSampler, SeededBatches, SeededDataset
-from detection.structures import ImageList
+from common.image_list import ImageList
+from common.loaders import train_loader
+from common.samplers import Batches, InfiniteSampler
 
 
 class AspectRatioGroupedBatches:
@@ -71,25 +71,5 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, num_workers: int, s
         sampler = InfiniteSampler(len(indices), seed=seed, rank=rank, world_size=world_size,
                                   start=start_iter * batch_size)
         batches = ([indices[i] for i in batch] for batch in Batches(sampler, batch_size))
-    loader = DataLoader(
-        SeededDataset(dataset),
-        batch_sampler=SeededBatches(batches, seed, rank, start_iter),
-        num_workers=num_workers,
-        collate_fn=partial(collate, size_divisibility=size_divisibility, pad_value=pad_value),
-    )
-    return iter(loader)
-
-
-def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int, size_divisibility: int,
-                      pad_value: float | Sequence[float], rank: int = 0, world_size: int = 1) -> DataLoader:
-    """A finite loader over the dataset in order; with ``world_size > 1`` rank ``r`` gets the
-    items ``r, r + world_size, ...`` (every item on exactly one rank)."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=range(rank, len(dataset), world_size),
-        num_workers=num_workers,
-        collate_fn=partial(collate, size_divisibility=size_divisibility, pad_value=pad_value),
-    )
+    return train_loader(dataset, batches, seed=seed, rank=rank, start_iter=start_iter, num_workers=num_workers,
+                        size_divisibility=size_divisibility, pad_value=pad_value)

@@ -79,6 +79,13 @@ def test_scheduler_state_round_trip():
     ({"accumulate": 0}, "solver.accumulate = 0 must be at least 1"),
     ({"betas": (0.9,)}, r"solver.betas = \(0.9,\) must be two numbers in \[0, 1\)"),
     ({"early_stop_patience": 3}, "needs solver.best_metric"),
+    # numbers are named before the warm-up is compared with max_iters (issue 12)
+    ({"base_lr": float("nan"), "max_iters": 20}, "^solver.base_lr = nan must be a finite number$"),
+    ({"base_lr": float("inf")}, "^solver.base_lr = inf must be a finite number$"),
+    ({"base_lr": 0.0}, "^solver.base_lr = 0.0 must be positive$"),
+    ({"ims_per_batch": 0, "max_iters": 20}, "^solver.ims_per_batch = 0 must be at least 1$"),
+    ({"momentum": float("nan")}, "^solver.momentum = nan must be a finite number$"),
+    ({"lr_mults": {"backbone": float("inf")}}, "^solver.lr_mults = .* must map module prefixes to finite"),
 ])
 def test_bad_solver_settings_are_named(changes, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,6 +1,7 @@
 """The training loop on a toy model: resume exactness, NaN guard, accumulation, early stopping,
 metrics.csv and curves."""
 import csv
+import re
 import itertools
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.engine import (Trainer, TrainingError, WarmupSchedule, load_checkpoint, plot_curves,
+from common.engine import (CheckpointError, Trainer, TrainingError, WarmupSchedule, load_checkpoint, plot_curves,
                            seed_everything, to_device)
 
 
@@ -129,25 +130,71 @@ def test_periodic_checkpoints_keep_only_the_last_few(tmp_path):
 
 
 def test_nan_loss_stops_before_the_step_and_names_the_last_good_checkpoint(tmp_path):
+    """The checkpoint of iteration 4 holds the weights whose loss at iteration 5 was NaN (after a
+    huge LR they are already exploded): the one offered for resuming predates them (issue 12)."""
     trainer = make_trainer(tmp_path, max_iters=10, checkpoint_period=2, model=ToyModel(bad_loss_at=5))
     with pytest.raises(TrainingError) as err:
         trainer.train()
     assert str(err.value) == (f"iteration 5: loss_b is nan; stopped. "
-                              f"The last good checkpoint is {tmp_path / 'model_0000004.pth'}")
+                              f"The last good checkpoint is {tmp_path / 'model_0000002.pth'}")
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["model_0000002.pth", "model_0000004.pth"]
-    assert (tmp_path / "last_checkpoint").read_text() == "model_0000004.pth"
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
     saved = load_checkpoint(tmp_path / "model_0000004.pth")["model"]
     now = trainer.model.state_dict()
     assert all(torch.equal(saved[k], now[k]) for k in now)  # no optimizer step after the bad loss
+
+    # --resume continues from the checkpoint offered, not from the one before the divergence
+    again = make_trainer(tmp_path, max_iters=10, checkpoint_period=2)
+    assert again.resume() == 2
+
+
+def test_nan_right_after_the_only_checkpoint_offers_none(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=10, checkpoint_period=1, model=ToyModel(bad_loss_at=2))
+    with pytest.raises(TrainingError, match=r"^iteration 2: loss_b is nan; stopped\. No checkpoint was "
+                                            r"written before the loss stopped being finite$"):
+        trainer.train()
+    assert (tmp_path / "model_0000001.pth").is_file()  # kept on disk, but not offered for --resume
+    assert not (tmp_path / "last_checkpoint").exists()
 
 
 def test_inf_loss_before_any_checkpoint(tmp_path):
     trainer = make_trainer(tmp_path, max_iters=10, checkpoint_period=5,
                            model=ToyModel(bad_loss_at=1, bad_value=float("inf")))
     with pytest.raises(TrainingError, match=r"^iteration 1: loss_b is inf; stopped\. "
-                                            r"No checkpoint has been written yet$"):
+                                            r"No checkpoint was written before the loss stopped being finite$"):
         trainer.train()
     assert list(tmp_path.glob("*.pth")) == []
+
+
+def test_model_final_is_written_before_the_final_evaluation(tmp_path):
+    """A problem in the last evaluation (e.g. a bad val image) never costs the trained weights."""
+    def evaluate(model):
+        raise ValueError("val.json: image 7 does not exist")
+
+    trainer = make_trainer(tmp_path, max_iters=3, checkpoint_period=0, evaluate=evaluate)
+    with pytest.raises(ValueError, match="image 7"):
+        trainer.train()
+    state = load_checkpoint(tmp_path / "model_final.pth")
+    assert state["iteration"] == 3 and state["metrics"] == {}
+
+
+def test_resume_cleans_temporaries_and_points_to_an_older_checkpoint(tmp_path):
+    """A kill during a checkpoint write leaves .model_*.pth.*.tmp; a corrupt last checkpoint names
+    the --resume-from that continues from an older one."""
+    make_trainer(tmp_path, max_iters=4, checkpoint_period=2).train()
+    stale = tmp_path / ".model_0000006.pth.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    (tmp_path / "model_0000004.pth").write_bytes(b"\x00" * 100)  # cut off
+    before = sorted(p.name for p in tmp_path.iterdir() if p.name != stale.name)
+    trainer = make_trainer(tmp_path, max_iters=6, checkpoint_period=2)
+    with pytest.raises(CheckpointError) as err:
+        trainer.resume()
+    assert str(err.value) == (f"checkpoint {tmp_path / 'model_0000004.pth'} is corrupt or not a torch file "
+                              "(not a checkpoint, or one cut off while it was written); pass --resume-from "
+                              f"{tmp_path / 'model_0000002.pth'} to continue from an older one")
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing else touched
+    assert trainer.resume(tmp_path / "model_0000002.pth") == 2
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
@@ -296,3 +343,25 @@ def test_metric_curve_has_one_panel_per_task_with_ap_ap50_ap75():
         "metrics": ["mIoU", "pixel_acc"], "segm": ["segm/AP", "segm/AP50", "segm/AP75"]}
     assert list(panels) == ["bbox", "segm", "keypoints", "metrics"]  # left to right
     assert metric_panels({}) == {}
+def test_log_lines_every_log_period_when_nobody_watches(tmp_path, capsys):
+    """--no-progress or stdout in a file: a line per log_period (iteration, losses, lr, s/iter,
+    ETA) and one per evaluation; no carriage-return bar frames."""
+    trainer = make_trainer(tmp_path, max_iters=4, log_period=2, print_log=True, progress=False,
+                           evaluate=lambda m: {"score": 1.5})
+    trainer.train()
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 3 and "\r" not in out + err
+    for line, it in zip(lines[:2], (2, 4)):
+        assert re.fullmatch(rf"iter {it}/4  total_loss \S+  loss_a \S+  loss_b \S+  lr \S+e[-+]\d\d  "
+                            r"\d+\.\d{3} s/iter  eta \d:\d\d:\d\d", line), line
+    assert lines[2] == "eval at iter 4: score 1.5"
+    assert lines[1].endswith("eta 0:00:00")
+
+
+def test_log_line_format():
+    from common.engine.trainer import log_line
+
+    assert log_line(40, 200, {"loss_cls": 0.5, "total_loss": 1.25}, 0.01, 0.5) == \
+        "iter 40/200  total_loss 1.25  loss_cls 0.5  lr 1.00e-02  0.500 s/iter  eta 0:01:20"
+    assert log_line(1, 10001, {}, 0.1, 1.0).endswith("eta 2:46:40")

@@ -9,7 +9,7 @@ import yaml
 from common.config import ConfigError, load_config, merge
 from detection.build import build_model
 from detection.config import DetConfig, ModelConfig
-from detection.structures import ImageList
+from common.image_list import ImageList
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
 YAMLS = sorted(CONFIG_DIR.glob("*.yaml"))

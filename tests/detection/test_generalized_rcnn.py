@@ -10,7 +10,7 @@ import yaml
 from common.config import merge
 from detection.build import build_model
 from detection.config import ModelConfig
-from detection.structures import ImageList
+from common.image_list import ImageList
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
 K, P = 3, 5

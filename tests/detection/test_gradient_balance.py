@@ -6,7 +6,7 @@ import torch
 
 from detection.build import build_model
 from detection.gradient_balance import TrunkGradientBalance
-from detection.structures import ImageList
+from common.image_list import ImageList
 from test_generalized_rcnn import shapes_cfg
 
 

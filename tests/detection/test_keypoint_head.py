@@ -6,6 +6,7 @@ from detection.keypoint_head import KeypointRCNNHead, heatmaps_to_keypoints, key
 def test_head_shape_and_empty_graph():
     head = KeypointRCNNHead(8, 5, conv_dim=16, num_convs=2, norm="GN")
     assert head(torch.randn(2, 8, 14, 14)).shape == (2, 5, 56, 56)
+    assert head.num_keypoints == 5
     out = head(torch.zeros(0, 8, 14, 14))
     loss = keypoint_loss(out, torch.zeros(0, 5, dtype=torch.int64), torch.zeros(0, 5, dtype=torch.bool))
     assert loss.item() == 0.0

@@ -5,9 +5,10 @@ import pytest
 import torch
 from test_coco_data import write_coco  # tests/detection is on sys.path (rootdir-relative test modules)
 
+from common.image_list import collate
+from common.loaders import build_test_loader
 from common.samplers import InfiniteSampler
-from detection.data import AspectRatioGroupedBatches, CocoDetection, build_test_loader, build_train_loader, \
-    build_transforms, collate
+from detection.data import AspectRatioGroupedBatches, CocoDetection, build_train_loader, build_transforms
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 

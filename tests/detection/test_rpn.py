@@ -3,7 +3,7 @@ import torch
 from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
 from detection.rpn import RPN, RPNHead, find_top_proposals, flatten_level, label_anchors, rpn_losses, subsample_labels
-from detection.structures import ImageList
+from common.image_list import ImageList
 
 
 def test_flatten_matches_anchor_order():

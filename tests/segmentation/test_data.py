@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from common.image_list import ImageList
 from segmentation.build import build_train_indices
 from segmentation.config import DataConfig
-from segmentation.data import (VOC_CLASSES, ImageList, SegDataError, build_transforms, load_coco_semantic,
-                               load_semantic_dir, load_voc)
+from segmentation.data import (VOC_CLASSES, SegDataError, build_transforms, load_coco_semantic, load_semantic_dir,
+                               load_voc)
 
 
 def test_shapes_layout(shapes_dir):

@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.image_list import ImageList
 from segmentation.build import build_model
 from segmentation.config import BackboneConfig, ModelConfig
-from segmentation.data import ImageList
 from segmentation.fcn import bilinear_kernel, upsampler
 
 K = 4

@@ -33,44 +33,51 @@ def _train(train_seg, shapes_dir, out, iters, *extra):
     return torch.load(out / "model_final.pth", weights_only=True)
 
 
-def test_train_resume_and_eval(train_seg, shapes_dir, tmp_path):
+def test_train_resume_and_eval(train_seg, shapes_dir, tmp_path, capsys, monkeypatch):
     full = _train(train_seg, shapes_dir, tmp_path / "full", 4)
     assert full["iteration"] == 4
+    # the run layout of common/tooling.py, the same as train_det's
     for name in ("config.yaml", "metrics.csv", "model_0000004.pth", "model_best.pth", "last_checkpoint",
-                 "eval/metrics.json", "eval/confusion_matrix.png", "eval/vis_00_000001.jpg", "loss_curve.png"):
+                 "metrics.json", "plots/confusion_matrix.png", "vis/vis_00_000001.jpg", "plots/loss_curve.png"):
         assert (tmp_path / "full" / name).is_file(), name
-    metrics = json.loads((tmp_path / "full" / "eval" / "metrics.json").read_text())
+    assert not (tmp_path / "full" / "eval").exists()
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert set(metrics) == {"mIoU", "pixel_acc", "fwIoU", "boundary_IoU", "per_class_IoU"}
     assert 0 <= metrics["mIoU"] <= 100 and len(metrics["per_class_IoU"]) == 5
     assert "mIoU" in full["metrics"] and "val/loss_seg" in full["metrics"]
 
     # pretend the run died after iteration 2: resuming from model_0000002.pth must give the same weights
     run = tmp_path / "full"
-    metrics_before = (run / "eval" / "metrics.json").read_text()
+    metrics_before = (run / "metrics.json").read_text()
     (run / "last_checkpoint").write_text("model_0000002.pth")
     (run / "model_final.pth").unlink()
     resumed = _train(train_seg, shapes_dir, run, 4, "--resume")
     assert resumed["iteration"] == 4
     for k, v in full["model"].items():
         assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-6), k
-    assert (run / "eval" / "metrics.json").read_text() == metrics_before
+    assert (run / "metrics.json").read_text() == metrics_before
 
-    # an existing run is not overwritten without --resume
-    rc = train_seg.main(["--data", str(shapes_dir), "--output", str(tmp_path / "full"), "--max-iters", "1", *TINY])
+    # a finished run is not overwritten without --resume: model_final, model_best, config.yaml stay
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    rc = train_seg.main(["--data", str(shapes_dir), "--output", str(run), "--max-iters", "1", *TINY])
     assert rc == 2
+    assert capsys.readouterr().err == (f"train_seg: error: {run} already holds a train_seg run; pass --resume "
+                                       "to continue it or choose another --output\n")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
+    # eval_seg builds the model from the config the checkpoint stores (no --config, no overrides)
+    # and writes beside the checkpoint by default, never into the current directory
     eval_seg = _tool("eval_seg")
-    out = tmp_path / "ev" / "m.json"
-    assert eval_seg.main(["--config", str(ROOT / "configs/segmentation/unet_shapes_cpu.yaml"),
-                          "--checkpoint", str(tmp_path / "full" / "model_final.pth"), "--data", str(shapes_dir),
-                          "--out", str(out), "--device", "cpu", "model.unet_width=4", "model.unet_depth=2"]) == 0
-    again = json.loads(out.read_text())
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert eval_seg.main(["--checkpoint", str(run / "model_final.pth"), "--data", str(shapes_dir),
+                          "--device", "cpu"]) == 0
+    assert list(cwd.iterdir()) == []
+    out = run / "eval_model_final"
+    again = json.loads((out / "metrics.json").read_text())
     assert again["mIoU"] == pytest.approx(metrics["mIoU"])   # same weights, same val set, same numbers
-    # the layout of tools/eval_coco.py: metrics beside plots/
-    assert (out.parent / "plots" / "confusion_matrix.png").is_file()
-    counts = json.loads((out.parent / "plots" / "confusion_matrix.json").read_text())["counts"]
-    assert len(counts) == 5 and sum(map(sum, counts)) > 0
-    assert list((out.parent / "plots").glob("vis_*.jpg"))
+    assert (out / "plots" / "confusion_matrix.png").is_file() and (out / "vis" / "vis_00_000001.jpg").is_file()
 
 
 def test_errors_are_one_line_exit_2(shapes_dir, tmp_path):
@@ -89,7 +96,7 @@ def test_eval_bad_checkpoint_names_it(shapes_dir, tmp_path, capsys):
                         "--checkpoint", str(bad), "--data", str(shapes_dir), "--device", "cpu"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"eval_seg.py: error: checkpoint {bad} ") and err.count("\n") == 1
+    assert err.startswith(f"eval_seg: error: checkpoint {bad} ") and err.count("\n") == 1
 
 
 def test_benchmark_seg_rows_share_the_recipe(shapes_dir, capsys):
@@ -108,9 +115,8 @@ def test_benchmark_seg_rows_share_the_recipe(shapes_dir, capsys):
 
     from segmentation.build import build_class_prior, build_datasets, class_pixel_stats_of
 
-    cfg = _tool("train_seg").load_cfg(argparse.Namespace(overrides=tiny, data=str(shapes_dir), output=None,
-                                                         max_iters=1, device="cpu",
-                                                         config=ROOT / "configs/segmentation/unet_shapes_cpu.yaml"))
+    cfg, _ = _tool("train_seg").load_cfg(argparse.Namespace(
+        overrides=tiny, data=str(shapes_dir), max_iters=1, config=ROOT / "configs/segmentation/unet_shapes_cpu.yaml"))
     train_ds, _ = build_datasets(cfg.data)
     stats = class_pixel_stats_of(train_ds)
     prior = build_class_prior(cfg.model, stats)
@@ -122,3 +128,45 @@ def test_benchmark_seg_rows_share_the_recipe(shapes_dir, capsys):
     assert bench.build_row("unet", cfg, train_ds.num_classes, 255, stats).input_scale == 0.5
     with pytest.raises(ValueError, match="unknown row 'fcn4s'"):
         bench.build_row("fcn4s", cfg, train_ds.num_classes, 255, stats)
+
+
+def test_eval_seg_device_typo_is_one_line(tmp_path, capsys):
+    eval_seg = _tool("eval_seg")
+    assert eval_seg.main(["--checkpoint", str(tmp_path / "any.pth"), "--device", "gpu0"]) == 2
+    assert capsys.readouterr().err == "eval_seg: error: --device 'gpu0' is not a device; use cpu, cuda or cuda:N\n"
+    if not torch.cuda.is_available():
+        assert eval_seg.main(["--checkpoint", str(tmp_path / "any.pth"), "--device", "cuda"]) == 2
+        assert capsys.readouterr().err == ("eval_seg: error: --device 'cuda' but CUDA is not available here; "
+                                           "use --device cpu\n")
+
+
+def test_eval_seg_random_bytes_checkpoint_is_not_a_checkpoint(tmp_path, capsys):
+    noise = tmp_path / "model_final.pth"
+    noise.write_bytes(bytes(range(256)) * 8)
+    assert _tool("eval_seg").main(["--checkpoint", str(noise), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"eval_seg: error: checkpoint {noise} is corrupt or not a torch file (not a checkpoint, "
+                   "or one cut off while it was written)\n")
+    assert "weights_only" not in err
+
+
+def _read_only(monkeypatch):
+    import errno
+    import os
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+
+
+def test_read_only_output_is_one_line_before_any_work(train_seg, shapes_dir, tmp_path, capsys, monkeypatch):
+    _read_only(monkeypatch)
+    out = tmp_path / "ro"
+    assert train_seg.main(["--data", str(tmp_path / "no_such_data"), "--output", str(out), *TINY]) == 2
+    assert capsys.readouterr().err == f"train_seg: error: cannot write to --output {out}: Read-only file system\n"
+    # eval_seg: before the checkpoint is even read (it does not exist here)
+    assert _tool("eval_seg").main(["--checkpoint", str(tmp_path / "none.pth"), "--output", str(out),
+                                   "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == f"eval_seg: error: cannot write to --output {out}: Read-only file system\n"

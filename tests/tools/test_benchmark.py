@@ -46,7 +46,7 @@ def test_targets_and_predictions_convert_labels_and_masks(bench):
 
 
 def test_wrapped_torchvision_model_crops_padding_and_renames_losses(bench):
-    from detection.structures import ImageList
+    from common.image_list import ImageList
 
     seen = {}
 

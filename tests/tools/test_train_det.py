@@ -50,7 +50,7 @@ def test_run_directory_holds_every_promised_file(run, shapes_dir):
 
     for name in ("config.yaml", "metrics.csv", "model_final.pth", "model_best.pth", "model_0000002.pth",
                  "model_0000004.pth", "last_checkpoint", "metrics.json", "results.json",
-                 "loss_curve.png", "metric_curve.png"):
+                 "plots/loss_curve.png", "plots/metric_curve.png"):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert (run / "last_checkpoint").read_text().strip() == "model_0000004.pth"
     assert sorted(p.name for p in (run / "vis").glob("*.jpg")) == ["000001.jpg", "000002.jpg"]
@@ -131,17 +131,19 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tool, shapes
     out = tmp_path / "run"
     assert train(tool, shapes_dir, out, 4, "solver.checkpoint_period=1", "solver.eval_period=0") == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: iteration 3: loss_mask is nan; stopped. The last good checkpoint is "
-                   f"{out / 'model_0000002.pth'}")
-    assert (out / "last_checkpoint").read_text() == "model_0000002.pth"
+    # model_0000002.pth holds the weights whose loss was NaN: the one offered predates them
+    assert err == (f"train_det: error: iteration 3: loss_mask is nan; stopped. The last good checkpoint is "
+                   f"{out / 'model_0000001.pth'}")
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
     assert not (out / "model_0000003.pth").exists() and not (out / "model_final.pth").exists()
-    state = load_checkpoint(out / "model_0000002.pth")
-    assert state["iteration"] == 2
+    state = load_checkpoint(out / "model_0000001.pth")
+    assert state["iteration"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
     # the run resumes from it once the cause is gone
     monkeypatch.setattr(GeneralizedRCNN, "forward", forward)
     assert train(tool, shapes_dir, out, 3, "--resume", "solver.checkpoint_period=1", "solver.eval_period=0") == 0
+    assert "resuming from iteration 1" in capsys.readouterr().out
     assert load_checkpoint(out / "model_final.pth")["iteration"] == 3
 
 
@@ -152,8 +154,10 @@ def test_diverging_learning_rate_is_caught_by_the_guard(tool, shapes_dir, tmp_pa
                "solver.clip_grad_norm=0", "solver.checkpoint_period=1", "solver.eval_period=0")
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: iteration 2: loss_") and ("is nan" in err or "is inf" in err), err
-    assert err.endswith(f"stopped. The last good checkpoint is {out / 'model_0000001.pth'}")
+    assert err.startswith("train_det: error: iteration 2: loss_") and ("is nan" in err or "is inf" in err), err
+    # model_0000001.pth holds the weights after one step at LR 1e30: it is not offered (issue 12)
+    assert err.endswith("stopped. No checkpoint was written before the loss stopped being finite")
+    assert not (out / "last_checkpoint").exists()
 
 
 def test_bad_input_is_one_line_exit_2(tool, run, shapes_dir, tmp_path, capsys):
@@ -163,24 +167,97 @@ def test_bad_input_is_one_line_exit_2(tool, run, shapes_dir, tmp_path, capsys):
 
     missing = tmp_path / "no_such_data"
     assert train(tool, missing, tmp_path / "b", 2) == 2
-    assert capsys.readouterr().err.strip() == (f"error: annotation file not found: {missing / 'train.json'} "
+    assert capsys.readouterr().err.strip() == (f"train_det: error: annotation file not found: {missing / 'train.json'} "
                                                "(data.train_json; a dataset folder must hold train.json, "
                                                "val.json, train/ and val/)")
 
     config_before = (run / "config.yaml").read_text()
     assert train(tool, shapes_dir, run, 2, "solver.base_lr=0.5") == 2
-    assert capsys.readouterr().err.strip() == (f"error: {run} already holds a run; pass --resume to continue it "
-                                               "or choose another --output")
+    assert capsys.readouterr().err.strip() == (f"train_det: error: {run} already holds a train_det run; pass "
+                                               "--resume to continue it or choose another --output")
     assert (run / "config.yaml").read_text() == config_before  # the old run is untouched
 
     assert train(tool, shapes_dir, tmp_path / "c", 2, "--config", str(tmp_path / "nope.yaml")) == 2
     assert f"config file not found: {tmp_path / 'nope.yaml'}" in capsys.readouterr().err
 
     assert train(tool, shapes_dir, tmp_path / "d", 2, "--device", "gpu0") == 2
-    assert capsys.readouterr().err == "error: --device 'gpu0' is not a device; use cpu, cuda or cuda:N\n"
+    assert capsys.readouterr().err == "train_det: error: --device 'gpu0' is not a device; use cpu, cuda or cuda:N\n"
     if not torch.cuda.is_available():
         assert train(tool, shapes_dir, tmp_path / "e", 2, "--device", "cuda") == 2
         assert "--device 'cuda' but CUDA is not available here" in capsys.readouterr().err
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_solver_numbers_are_named_before_the_warmup(tool, shapes_dir, tmp_path, capsys):
+    for value in ("nan", "inf", ".inf"):
+        assert train(tool, shapes_dir, tmp_path / "a", 20, f"solver.base_lr={value}") == 2
+        assert capsys.readouterr().err == f"train_det: error: solver.base_lr = {float(value.strip('.'))!r} " \
+                                          "must be a finite number\n"
+    assert train(tool, shapes_dir, tmp_path / "a", 20, "solver.ims_per_batch=0", "solver.warmup_iters=50") == 2
+    assert capsys.readouterr().err == "train_det: error: solver.ims_per_batch = 0 must be at least 1\n"
+    assert not (tmp_path / "a").exists()  # refused before the run folder is made
+
+
+def test_short_run_shortens_the_warmup_and_logs_without_a_terminal(tool, shapes_dir, tmp_path, capsys):
+    """`--max-iters 2` under a 5-iteration warm-up runs (one note); stdout is not a terminal here,
+    so a log line comes every solver.log_period iterations."""
+    out = tmp_path / "run"
+    assert train(tool, shapes_dir, out, 2, "solver.warmup_iters=5", "solver.log_period=1") == 0
+    printed = capsys.readouterr().out
+    assert "note: solver.warmup_iters shortened from 5 to 2 to fit solver.max_iters = 2\n" in printed
+    assert [line.split("  ")[0] for line in printed.splitlines() if line.startswith("iter ")] == \
+        ["iter 1/2", "iter 2/2"]
+    assert "\r" not in printed
+    from common.config import load_config
+    from detection.config import DetConfig
+
+    assert load_config(DetConfig, out / "config.yaml").solver.warmup_iters == 2
+
+
+def test_a_failing_final_evaluation_keeps_model_final(tool, shapes_dir, tmp_path, capsys, monkeypatch):
+    import detection.inference
+    from detection.data import DatasetError
+
+    def broken(*args, **kwargs):
+        raise DatasetError("image file val/000002.jpg (image id 2) does not exist")
+
+    monkeypatch.setattr(detection.inference, "evaluate_detector", broken)
+    out = tmp_path / "run"
+    assert train(tool, shapes_dir, out, 2) == 2
+    assert capsys.readouterr().err == "train_det: error: image file val/000002.jpg (image id 2) does not exist\n"
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 2
+
+
+def test_output_folder_is_checked_before_any_work(tool, shapes_dir, tmp_path, capsys, monkeypatch):
+    # a folder of someone else's results (no config.yaml of a train_det run): refused, untouched
+    foreign = tmp_path / "foreign"
+    (foreign / "vis").mkdir(parents=True)
+    for name in ("model_best.pth", "metrics.json", "results.json", "vis/1.jpg"):
+        (foreign / name).write_bytes(name.encode())
+    before = listing(foreign)
+    assert train(tool, shapes_dir, foreign, 2) == 2
+    assert capsys.readouterr().err == (f"train_det: error: --output {foreign} is not empty (metrics.json, "
+                                       "model_best.pth, results.json, vis); choose another --output\n")
+    assert train(tool, shapes_dir, foreign, 2, "--resume") == 2
+    assert capsys.readouterr().err == (f"train_det: error: --output {foreign} holds no train_det run to resume "
+                                       "(no train_det config.yaml; it has metrics.json, model_best.pth, "
+                                       "results.json, vis); choose another --output\n")
+    assert listing(foreign) == before
+
+    # a read-only file system: one line, before the data is read
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    out = tmp_path / "ro"
+    assert train(tool, tmp_path / "no_such_data", out, 2) == 2  # the data would fail later
+    assert capsys.readouterr().err == f"train_det: error: cannot write to --output {out}: Read-only file system\n"
 
 
 def strip_dataset(src: Path, dst: Path) -> Path:

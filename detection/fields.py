@@ -1,9 +1,10 @@
-"""Per-image data that flows through the detectors.
+"""The per-image fields that flow through the detectors (names, shapes, frames), and
+:func:`rescale_predictions`, which moves predictions from one frame to another.
 
 Shape shorthand: N images in a batch, M ground-truth instances, R predictions, P keypoints
 per instance, H x W the image the model sees (after resize, before padding).
 
-A batch is an :class:`ImageList` plus a list of per-image dicts. Coordinates are absolute
+A batch is a ``common.image_list.ImageList`` plus a list of per-image dicts. Coordinates are absolute
 pixels, xyxy, float32, in the frame of the image the model sees.
 
 Ground truth (``targets[i]``), written by ``detection.data``:
@@ -27,8 +28,6 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
-
-from common.image_list import ImageList  # noqa: F401  (re-exported: detection code imports it from here)
 
 
 def rescale_predictions(pred: dict[str, Tensor], from_size: tuple[int, int],
