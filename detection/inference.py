@@ -36,7 +36,8 @@ def predict(model: nn.Module, loader: Iterable, device, limit: int = 0) -> Itera
         predictions, _ = model(images.to(device))
         for pred, size, target in zip(predictions, images.image_sizes, targets):
             orig = tuple(int(v) for v in target["orig_size"])
-            pred = rescale_predictions({k: v.cpu() for k, v in pred.items()}, size, orig)
+            # masks are pasted on the model's device at the size on disk, then copied as uint8
+            pred = {k: v.cpu() for k, v in rescale_predictions(pred, size, orig).items()}
             yield int(target["image_id"]), pred
             seen += 1
             if limit and seen >= limit:

@@ -15,7 +15,7 @@ from detection.box_coder import BoxCoder
 from detection.box_head import FastRCNNPredictor, fast_rcnn_inference, fast_rcnn_losses
 from detection.box_ops import pairwise_iou
 from detection.keypoint_head import heatmaps_to_keypoints, keypoint_loss, keypoint_targets
-from detection.mask_head import mask_loss, mask_probs, mask_targets, paste_masks
+from detection.mask_head import mask_loss, mask_probs, mask_targets
 from detection.matcher import BETWEEN_THRESHOLDS, match
 from detection.poolers import RoIPooler
 from detection.sampler import sample_balanced
@@ -164,9 +164,10 @@ class RoIHeads(nn.Module):
                 logits = self.mask_head(self.mask_pooler(feats, boxes))
                 probs = mask_probs(logits, torch.cat([d["pred_classes"] for d in dets])).split(counts)
             else:
-                probs = [feats[0].new_zeros((0, 1, 1))] * len(dets)
-            for d, p, size in zip(dets, probs, image_sizes):
-                d["pred_masks"] = paste_masks(p, d["pred_boxes"], size)
+                probs = [feats[0].new_zeros((0, 1, 1), dtype=torch.float32)] * len(dets)
+            # pasted into an image only by rescale_predictions, once, at the size that is wanted
+            for d, p in zip(dets, probs):
+                d["pred_mask_probs"] = p
         if self.keypoint_on:
             num_kp = self.keypoint_head.deconv.out_channels
             # only detections of classes that have keypoints go through the (costly) keypoint head
@@ -180,7 +181,7 @@ class RoIHeads(nn.Module):
             if sum(kp_counts) > 0:
                 heatmaps = self.keypoint_head(self.keypoint_pooler(feats, kp_boxes)).split(kp_counts)
             for i, (d, s) in enumerate(zip(dets, sel)):
-                kp = feats[0].new_zeros((len(s), num_kp, 3))  # (R_i, P, 3); zeros for classes without keypoints
+                kp = feats[0].new_zeros((len(s), num_kp, 3), dtype=torch.float32)  # (R_i, P, 3); zeros for classes without keypoints
                 if kp_counts[i] > 0:
                     kp[s] = heatmaps_to_keypoints(heatmaps[i], kp_boxes[i], self.keypoint_subpixel)
                 d["pred_keypoints"] = kp

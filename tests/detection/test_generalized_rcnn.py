@@ -10,7 +10,7 @@ import yaml
 from common.config import merge
 from detection.build import build_model
 from detection.config import ModelConfig
-from detection.structures import ImageList
+from detection.structures import ImageList, rescale_predictions
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
 K, P = 3, 5
@@ -73,8 +73,10 @@ def train_and_eval(model, expected_losses):
         assert p["scores"].shape == (r,) and p["pred_classes"].dtype == torch.int64
         if r:
             assert p["pred_boxes"][:, 2].max() <= w and p["pred_boxes"][:, 3].max() <= h
-        if "pred_masks" in p:
-            assert p["pred_masks"].shape == (r, h, w)
+        if "pred_mask_probs" in p:
+            assert p["pred_mask_probs"].shape[0] == r and p["pred_mask_probs"].dtype == torch.float32
+            masks = rescale_predictions(p, (h, w), (h, w))["pred_masks"]
+            assert masks.shape == (r, h, w) and masks.dtype == torch.uint8
         if "pred_keypoints" in p:
             assert p["pred_keypoints"].shape == (r, P, 3)
     return preds
@@ -86,7 +88,7 @@ def test_mask_keypoint_rcnn_fpn():
     assert model.keypoint_flip_indices == [0, 2, 1, 4, 3]
     preds = train_and_eval(model, {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask",
                                    "loss_keypoint"})
-    assert "pred_masks" in preds[0] and "pred_keypoints" in preds[0]
+    assert "pred_mask_probs" in preds[0] and "pred_keypoints" in preds[0]
 
 
 def test_faster_rcnn_fpn_all_empty_targets():
@@ -106,7 +108,7 @@ def test_mask_rcnn_c4():
     assert "c5" not in model.backbone.out_features
     assert any(n.startswith("roi_heads.box_head.res5.") for n, _ in model.named_parameters())
     preds = train_and_eval(model, {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"})
-    assert "pred_masks" in preds[0]
+    assert "pred_mask_probs" in preds[0]
 
 
 def test_fast_rcnn_precomputed_proposals():
