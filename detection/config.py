@@ -132,6 +132,7 @@ class DataConfig:
 @dataclass
 class TestConfig:
     ims_per_batch: int = 4  # images per batch at evaluation
+    amp: bool | Literal["off", "bf16", "fp16", "auto"] = False  # mixed precision at evaluation, as solver.amp (boxes, NMS and mask pasting stay float32)
     eval_images: int = 0  # evaluate on the first N val images during training (0 = all); the final evaluation uses all
     val_loss_batches: int = 10  # batches of val images for the validation loss (0 = off)
     num_vis: int = 8  # val images drawn with their predictions at the end of training

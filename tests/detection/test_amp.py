@@ -149,3 +149,18 @@ def test_trainer_runs_bf16_steps_without_a_scaler(tmp_path):
     for _ in range(2):
         losses, _ = trainer.run_step(iter(data(0)))
         assert all(math.isfinite(v) for v in losses.values())
+
+
+def test_anatomy_times_backbone_and_whole_prediction():
+    from detection.inference import anatomy
+
+    torch.manual_seed(0)
+    model = build_model(few_detections_cfg(), K, P)
+    images, targets = batch()
+    targets = [dict(t, orig_size=torch.tensor([120, 100])) for t in targets]
+    out = anatomy(model, [(images, targets)] * 3, "cpu", n=2, warmup=1)
+    assert out["images"] == 2 and out["precision"] == "fp32"
+    assert 0 < out["backbone_ms"] < out["full_ms"] and out["ratio"] == pytest.approx(out["full_ms"] / out["backbone_ms"])
+    assert 0 <= out["detections_per_image"] <= 4
+    with pytest.raises(ValueError, match="anatomy needs more batches than the warmup ones"):
+        anatomy(model, [(images, targets)], "cpu", warmup=1)
