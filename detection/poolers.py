@@ -59,6 +59,11 @@ class RoIPooler(nn.Module):
         self.canonical_box_size = canonical_box_size
         self.canonical_level = canonical_level
 
+    def settings(self) -> tuple:
+        """Everything that decides the output: two poolers with equal settings pool alike."""
+        return (self.output_size, tuple(self.scales), self.sampling_ratio, self.kind, self.aligned,
+                self.canonical_box_size, self.canonical_level)
+
     def _pool(self, x: Tensor, rois: Tensor, scale: float) -> Tensor:
         if self.kind == "pool":
             return roi_pool(x, rois, (self.output_size, self.output_size), scale)

@@ -158,31 +158,32 @@ class RoIHeads(nn.Module):
                                    self.score_thresh, self.nms_thresh, self.detections_per_img)
         boxes = [d["pred_boxes"] for d in dets]
         counts = [len(b) for b in boxes]
-        total = sum(counts)
+        all_boxes = torch.cat(boxes)                                      # (D, 4) the batch's detections
+        classes = torch.cat([d["pred_classes"] for d in dets])            # (D,)
+        pooled = None  # mask-pooled features of every detection, reused by an identical keypoint pooler
         if self.mask_on:
-            if total > 0:
-                logits = self.mask_head(self.mask_pooler(feats, boxes))
-                probs = mask_probs(logits, torch.cat([d["pred_classes"] for d in dets])).split(counts)
+            if len(all_boxes) > 0:
+                pooled = self.mask_pooler(feats, boxes)
+                probs = mask_probs(self.mask_head(pooled), classes)         # (D, S, S)
             else:
-                probs = [feats[0].new_zeros((0, 1, 1), dtype=torch.float32)] * len(dets)
+                probs = all_boxes.new_zeros((0, 1, 1))
             # pasted into an image only by rescale_predictions, once, at the size that is wanted
-            for d, p in zip(dets, probs):
+            for d, p in zip(dets, probs.split(counts)):
                 d["pred_mask_probs"] = p
         if self.keypoint_on:
             num_kp = self.keypoint_head.deconv.out_channels
             # only detections of classes that have keypoints go through the (costly) keypoint head
             if self.keypoint_classes is None:
-                sel = [torch.ones_like(d["pred_classes"], dtype=torch.bool) for d in dets]
+                sel = torch.ones_like(classes, dtype=torch.bool)
             else:
-                kp_classes = torch.as_tensor(self.keypoint_classes, device=feats[0].device)
-                sel = [torch.isin(d["pred_classes"], kp_classes) for d in dets]
-            kp_boxes = [b[s] for b, s in zip(boxes, sel)]
-            kp_counts = [len(b) for b in kp_boxes]
-            if sum(kp_counts) > 0:
-                heatmaps = self.keypoint_head(self.keypoint_pooler(feats, kp_boxes)).split(kp_counts)
-            for i, (d, s) in enumerate(zip(dets, sel)):
-                kp = feats[0].new_zeros((len(s), num_kp, 3), dtype=torch.float32)  # (R_i, P, 3); zeros for classes without keypoints
-                if kp_counts[i] > 0:
-                    kp[s] = heatmaps_to_keypoints(heatmaps[i], kp_boxes[i], self.keypoint_subpixel)
-                d["pred_keypoints"] = kp
+                sel = torch.isin(classes, torch.as_tensor(self.keypoint_classes, device=classes.device))
+            kp = all_boxes.new_zeros((len(all_boxes), num_kp, 3))         # (D, P, 3); zeros where no keypoints
+            if bool(sel.any()):
+                if pooled is not None and self.keypoint_pooler.settings() == self.mask_pooler.settings():
+                    kp_feats = pooled[sel]
+                else:
+                    kp_feats = self.keypoint_pooler(feats, [b[s] for b, s in zip(boxes, sel.split(counts))])
+                kp[sel] = heatmaps_to_keypoints(self.keypoint_head(kp_feats), all_boxes[sel], self.keypoint_subpixel)
+            for d, k in zip(dets, kp.split(counts)):
+                d["pred_keypoints"] = k
         return dets

@@ -146,3 +146,24 @@ def test_mask_rois_per_image_caps_the_mask_and_keypoint_rois_only():
         _, losses = heads(feats, props, [(64, 64), (64, 64)], make_targets())
         assert seen == {"box_head": 5 + 1, "mask_head": mask_rois, "keypoint_head": mask_rois}
         assert torch.isfinite(sum(losses.values()))
+
+
+def test_keypoints_reuse_the_mask_pooling_and_match_a_separate_pooler():
+    heads = make_heads().eval()
+    feats = {"p2": torch.randn(2, 8, 16, 16), "p3": torch.randn(2, 8, 8, 8)}
+    props = [torch.tensor([[6.0, 8, 28, 42], [30, 30, 60, 60]]), torch.tensor([[0.0, 0, 20, 20]])]
+    calls = []
+    heads.keypoint_pooler.register_forward_hook(lambda *a: calls.append(1))
+    shared, _ = heads(feats, props, [(64, 64), (48, 40)])
+    assert calls == []  # same settings as the mask pooler: its features are reused
+    heads.keypoint_classes = [1, 2]  # a subset of the detections: rows of the shared pooling
+    subset, _ = heads(feats, props, [(64, 64), (48, 40)])
+    heads.keypoint_pooler.settings = lambda: ()  # force the keypoint pooler's own call
+    own, _ = heads(feats, props, [(64, 64), (48, 40)])
+    assert len(calls) == 1
+    for a, b, c in zip(shared, subset, own):
+        assert len(a["pred_keypoints"]) > 0
+        keep = (a["pred_classes"] >= 1)[:, None, None]
+        torch.testing.assert_close(c["pred_keypoints"], torch.where(keep, a["pred_keypoints"], 0.0))
+        torch.testing.assert_close(b["pred_keypoints"], c["pred_keypoints"])
+        assert torch.equal(a["pred_mask_probs"], c["pred_mask_probs"])
