@@ -196,7 +196,8 @@ def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num
                     add_gt_as_proposals=rh.add_gt_as_proposals,
                     mask_rois_per_image=rh.mask_rois_per_image, smooth_l1_beta=bh.smooth_l1_beta,
                     score_thresh=rh.score_thresh, nms_thresh=rh.nms_thresh,
-                    detections_per_img=rh.detections_per_img, **kwargs)
+                    detections_per_img=rh.detections_per_img, branch_score_thresh=rh.branch_score_thresh,
+                    **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

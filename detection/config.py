@@ -57,6 +57,7 @@ class ROIHeadsConfig:
     score_thresh: float = 0.05  # detections below this class score are dropped
     nms_thresh: float = 0.5  # per-class NMS IoU threshold
     detections_per_img: int = 100  # detections kept per image
+    branch_score_thresh: float = 0.0  # at inference the mask / keypoint heads run only on detections scoring at least this (the others get an empty mask and zero keypoints); 0 = on every detection
 
 
 @dataclass

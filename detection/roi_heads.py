@@ -57,7 +57,7 @@ class RoIHeads(nn.Module):
                  iou_thresholds: tuple[float, float] = (0.5, 0.5), batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, add_gt_as_proposals: bool = True, mask_rois_per_image: int = 0,
                  smooth_l1_beta: float = 1.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 detections_per_img: int = 100,
+                 detections_per_img: int = 100, branch_score_thresh: float = 0.0,
                  mask_pooler: RoIPooler | None = None, mask_head: nn.Module | None = None,
                  mask_loss_weight: float = 1.0,
                  keypoint_pooler: RoIPooler | None = None, keypoint_head: nn.Module | None = None,
@@ -75,6 +75,8 @@ class RoIHeads(nn.Module):
         self.mask_rois_per_image = mask_rois_per_image
         self.smooth_l1_beta = smooth_l1_beta
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+        # inference: the mask / keypoint heads cost in proportion to the detections they see
+        self.branch_score_thresh = branch_score_thresh
         self.mask_pooler, self.mask_head = mask_pooler, mask_head
         self.mask_loss_weight = mask_loss_weight
         self.keypoint_pooler, self.keypoint_head = keypoint_pooler, keypoint_head
@@ -160,13 +162,15 @@ class RoIHeads(nn.Module):
         counts = [len(b) for b in boxes]
         all_boxes = torch.cat(boxes)                                      # (D, 4) the batch's detections
         classes = torch.cat([d["pred_classes"] for d in dets])            # (D,)
-        pooled = None  # mask-pooled features of every detection, reused by an identical keypoint pooler
+        run = torch.cat([d["scores"] for d in dets]) >= self.branch_score_thresh  # (D,) go through the branches
+        pooled = None  # mask-pooled features of the `run` detections, reused by an identical keypoint pooler
         if self.mask_on:
-            if len(all_boxes) > 0:
-                pooled = self.mask_pooler(feats, boxes)
-                probs = mask_probs(self.mask_head(pooled), classes)         # (D, S, S)
-            else:
-                probs = all_boxes.new_zeros((0, 1, 1))
+            probs = all_boxes.new_zeros((len(all_boxes), 1, 1))            # empty masks where the head does not run
+            if bool(run.any()):
+                pooled = self.mask_pooler(feats, [b[r] for b, r in zip(boxes, run.split(counts))])
+                sub = mask_probs(self.mask_head(pooled), classes[run])     # (D', S, S)
+                probs = all_boxes.new_zeros((len(all_boxes), *sub.shape[1:]))
+                probs[run] = sub
             # pasted into an image only by rescale_predictions, once, at the size that is wanted
             for d, p in zip(dets, probs.split(counts)):
                 d["pred_mask_probs"] = p
@@ -177,10 +181,11 @@ class RoIHeads(nn.Module):
                 sel = torch.ones_like(classes, dtype=torch.bool)
             else:
                 sel = torch.isin(classes, torch.as_tensor(self.keypoint_classes, device=classes.device))
+            sel = sel & run
             kp = all_boxes.new_zeros((len(all_boxes), num_kp, 3))         # (D, P, 3); zeros where no keypoints
             if bool(sel.any()):
                 if pooled is not None and self.keypoint_pooler.settings() == self.mask_pooler.settings():
-                    kp_feats = pooled[sel]
+                    kp_feats = pooled[sel[run]]
                 else:
                     kp_feats = self.keypoint_pooler(feats, [b[s] for b, s in zip(boxes, sel.split(counts))])
                 kp[sel] = heatmaps_to_keypoints(self.keypoint_head(kp_feats), all_boxes[sel], self.keypoint_subpixel)
