@@ -10,6 +10,7 @@ seen. Skipping is arithmetic (no replay): resuming deep into training is instant
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -52,6 +53,42 @@ class InfiniteSampler(Sampler[int]):
                 epoch += offset // self.size
                 offset %= self.size
                 order = self.epoch_order(epoch)
+
+
+# ---------------------------------------------------------------------------------------------
+# repeat-factor resampling (LVIS): images with rare classes appear more often in the stream
+
+
+def class_repeat_factors(classes_per_image: list[set[int]], threshold: float, ignore_classes=(0,)) -> dict[int, float]:
+    """LVIS repeat factor of each class (Gupta et al. 2019): r(c) = max(1, sqrt(t / f(c))) with
+    f(c) the fraction of images containing class c. ``ignore_classes`` get none."""
+    n = max(len(classes_per_image), 1)
+    count: dict[int, int] = {}
+    for cs in classes_per_image:
+        for c in cs:
+            count[c] = count.get(c, 0) + 1
+    return {c: max(1.0, math.sqrt(threshold / (k / n))) for c, k in sorted(count.items()) if c not in ignore_classes}
+
+
+def repeat_factors(classes_per_image: list[set[int]], threshold: float, ignore_classes=(0,)) -> list[float]:
+    """Repeat factor per image: the largest :func:`class_repeat_factors` of the classes it contains
+    (1 for an image with none). ``ignore_classes`` (background by default) do not drive repetition."""
+    r_class = class_repeat_factors(classes_per_image, threshold, ignore_classes)
+    return [max([r_class[c] for c in cs if c in r_class], default=1.0) for cs in classes_per_image]
+
+
+def repeat_indices(factors: list[float], seed: int = 0) -> list[int]:
+    """Expand image indices by their repeat factors with seeded stochastic rounding.
+
+    An image with factor 2.3 appears twice, plus a third time with probability 0.3.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, r in enumerate(factors):
+        k = int(math.floor(r)) + int(rng.random() < r - math.floor(r))
+        out.extend([i] * k)
+    return out
+
 
 
 # ---------------------------------------------------------------------------------------------

@@ -223,3 +223,30 @@ def _legend(entries: list[tuple[str, Color]], height: int, scale: float) -> np.n
         cv2.rectangle(panel, (x, y), (x + row - 4, y + row - 4), color, -1)
         cv2.putText(panel, name, (x + row, y + th), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return panel
+
+
+def confusion_image(cm, class_names: Sequence[str], cell: int = 48) -> np.ndarray:
+    """(H, W, 3) uint8 RGB picture of the row-normalised (K, K) confusion matrix ``cm`` (rows =
+    ground truth), percentages in the cells (segmentation pixels, detection boxes)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    k = cm.shape[0]
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)                 # each gt row sums to 1
+    margin = 8 + 8 * max(len(n) for n in class_names)
+    img = np.full((margin + k * cell + 4, margin + k * cell + 4, 3), 255, np.uint8)
+    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)  # (K, K, 3) BGR
+    heat = cv2.resize(heat[:, :, ::-1], (k * cell, k * cell), interpolation=cv2.INTER_NEAREST)
+    img[margin:margin + k * cell, margin:margin + k * cell] = heat
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for i in range(k):
+        for j in range(k):
+            color = (0, 0, 0) if norm[i, j] > 0.6 else (255, 255, 255)
+            cv2.putText(img, f"{100 * norm[i, j]:.0f}", (margin + j * cell + 6, margin + i * cell + cell // 2 + 5),
+                        font, 0.4, color, 1, cv2.LINE_AA)
+        cv2.putText(img, class_names[i], (2, margin + i * cell + cell // 2 + 5), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        # column labels, written vertically by rotating a text patch
+        patch = np.full((12, margin - 4, 3), 255, np.uint8)
+        cv2.putText(patch, class_names[i], (2, 10), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        patch = cv2.rotate(patch, cv2.ROTATE_90_COUNTERCLOCKWISE)          # (margin-4, 12, 3)
+        x = margin + i * cell + cell // 2 - 6
+        img[2:2 + patch.shape[0], x:x + 12] = patch
+    return img

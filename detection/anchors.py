@@ -26,6 +26,17 @@ def base_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...]) -> 
     return torch.tensor(out, dtype=torch.float32)
 
 
+def shifted_anchors(cell: Tensor, stride: int, offset: float, height: int, width: int) -> Tensor:
+    """(A, 4) cell anchors placed at every location of a height x width map -> (H*W*A, 4),
+    ordered (H, W, A); centres at (i + offset) * stride. Uncached (traceable: the sizes may be
+    traced values, see detection/export.py)."""
+    xs = (torch.arange(width, dtype=torch.float32, device=cell.device) + offset) * stride
+    ys = (torch.arange(height, dtype=torch.float32, device=cell.device) + offset) * stride
+    cy, cx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
+    shifts = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
+    return (shifts + cell.reshape(1, -1, 4)).reshape(-1, 4)           # (H*W*A, 4)
+
+
 class AnchorGenerator(nn.Module):
     """Anchors for every location of every feature level; cached per (level, size, device)."""
 
@@ -57,13 +68,8 @@ class AnchorGenerator(nn.Module):
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        stride = self.strides[level]
-        xs = (torch.arange(width, dtype=torch.float32, device=device) + self.offset) * stride
-        ys = (torch.arange(height, dtype=torch.float32, device=device) + self.offset) * stride
-        cy, cx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
-        shifts = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
-        cell = self.cell_anchors[level].to(device).reshape(1, -1, 4)      # (1, A, 4)
-        anchors = (shifts + cell).reshape(-1, 4)                          # (H*W*A, 4)
+        anchors = shifted_anchors(self.cell_anchors[level].to(device), self.strides[level], self.offset,
+                                  height, width)
         if len(self._cache) > 64:  # many input sizes (multi-scale training): keep memory bounded
             self._cache.clear()
         self._cache[key] = anchors
@@ -75,3 +81,26 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"anchor generator has {len(self.cell_anchors)} levels but got "
                              f"{len(features)} feature maps")
         return [self.grid_anchors(l, f.shape[-2], f.shape[-1], f.device) for l, f in enumerate(features)]
+
+
+def anchors_for_boxes(sides: Tensor, ratios_hw: Tensor, strides: list[int]) -> tuple[tuple[tuple[float, ...], ...],
+                                                                                    tuple[float, ...]]:
+    """One anchor size per level and a shared set of aspect ratios that cover a dataset's boxes.
+
+    sides (M,) sqrt(w * h) of the training boxes in the pixels the model sees, ratios_hw (M,)
+    their h / w; strides: the L levels' strides, finest first. Sizes double from level to level
+    (the FPN convention) from the power of two nearest the 5th percentile side, moved up if the
+    coarsest level would otherwise end more than sqrt(2) below the 99th percentile, and never
+    below the finest stride. Ratios: (0.5, 1, 2), widened to the 10th / 90th percentile h / w
+    when the boxes are more elongated than that.
+    """
+    if len(sides) == 0:
+        raise ValueError("anchors_for_boxes: no training boxes")
+    levels = len(strides)
+    lo, hi = torch.quantile(sides.float(), torch.tensor([0.05, 0.99])).tolist()
+    exp = round(math.log2(max(lo, 1.0)))
+    exp = max(exp, math.ceil(math.log2(max(hi / math.sqrt(2), 1.0))) - (levels - 1), math.ceil(math.log2(strides[0])))
+    sizes = tuple((float(2 ** (exp + l)),) for l in range(levels))
+    r10, r90 = torch.quantile(ratios_hw.float(), torch.tensor([0.10, 0.90])).tolist()
+    ratios = (round(min(0.5, r10), 2), 1.0, round(max(2.0, r90), 2))
+    return sizes, ratios

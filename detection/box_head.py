@@ -97,12 +97,13 @@ class FastRCNNPredictor(nn.Module):
 
 
 def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, gt_classes: Tensor, target_deltas: Tensor,
-                     smooth_l1_beta: float = 1.0) -> dict[str, Tensor]:
+                     smooth_l1_beta: float = 1.0, class_weights: Tensor | None = None) -> dict[str, Tensor]:
     """Cross-entropy over K + 1 classes, and smooth-L1 on the deltas of the gt class of each
     foreground RoI; both averaged over all R sampled RoIs.
 
     class_logits (R, K + 1), box_deltas (R, 4K), gt_classes (R,) int64 in 0..K (K = background),
-    target_deltas (R, 4) -> {"loss_cls", "loss_box"}.
+    target_deltas (R, 4) -> {"loss_cls", "loss_box"}. ``class_weights`` (K + 1,): per-class
+    weights of the cross-entropy (a weighted mean, so the loss keeps its scale), or None.
     """
     class_logits, box_deltas = class_logits.float(), box_deltas.float()  # losses in float32
     num_rois = max(len(gt_classes), 1)
@@ -110,7 +111,7 @@ def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, gt_classes: Tenso
     if len(gt_classes) == 0:
         zero = class_logits.sum() * 0.0 + box_deltas.sum() * 0.0
         return {"loss_cls": zero, "loss_box": zero.clone()}
-    loss_cls = F.cross_entropy(class_logits, gt_classes, reduction="mean")
+    loss_cls = F.cross_entropy(class_logits, gt_classes, weight=class_weights, reduction="mean")
     fg = (gt_classes < k).nonzero().squeeze(1)
     deltas = box_deltas.view(len(box_deltas), k, 4)[fg, gt_classes[fg]]  # (F, 4) the gt class's deltas
     if smooth_l1_beta > 0:
@@ -118,6 +119,20 @@ def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, gt_classes: Tenso
     else:
         loss_box = F.l1_loss(deltas, target_deltas[fg], reduction="sum")
     return {"loss_cls": loss_cls, "loss_box": loss_box / num_rois + box_deltas.sum() * 0.0}
+
+
+def inverse_sqrt_frequency_weights(counts: list[int]) -> Tensor:
+    """(K + 1,) classifier weights from the training instances per class (K counts): foreground
+    class c gets sqrt(median / count_c), scaled so the foreground weights average 1; background
+    (last) keeps 1; a class without instances gets 0."""
+    n = torch.as_tensor(counts, dtype=torch.float32)
+    seen = n > 0
+    w = torch.zeros(len(n) + 1)
+    if seen.any():
+        w[:-1][seen] = (n[seen].median() / n[seen]).sqrt()
+        w[:-1] *= seen.sum() / w[:-1].sum()
+    w[-1] = 1.0
+    return w
 
 
 @torch.no_grad()

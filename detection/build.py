@@ -9,16 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
 
 from common.config import ConfigError, apply_override, load_config, merge
+from common.dataset_check import CheckResult, check_splits
 from common.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
-from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
-from detection.box_head import ConvFCHead, FastRCNNPredictor, Res5Head
-from detection.config import DataConfig, DetConfig, ModelConfig
+from detection.box_head import ConvFCHead, FastRCNNPredictor, Res5Head, inverse_sqrt_frequency_weights
+from detection.anchors import AnchorGenerator, anchors_for_boxes
+from detection.config import DataConfig, DetConfig, ModelConfig, RPNConfig
 from detection.data import CocoDetection, DatasetError, DatasetMeta, build_transforms
 from detection.generalized_rcnn import GeneralizedRCNN
 from detection.keypoint_head import KeypointRCNNHead
@@ -30,13 +32,14 @@ from detection.rpn import RPN, RPNHead
 
 def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0,
                 keypoint_flip_indices: list[int] | None = None, *,
-                keypoint_classes: list[int] | None = None,
+                keypoint_classes: list[int] | None = None, class_counts: list[int] | None = None,
                 backbone: nn.Module | None = None) -> GeneralizedRCNN:
     """Build the detector described by ``model_cfg`` for a dataset with ``num_classes`` classes
     and ``num_keypoints`` keypoints. ``backbone``: an already built Backbone to use instead of
     ``common.backbones.build_backbone(model_cfg.backbone...)`` (tests, custom backbones).
     ``keypoint_classes``: labels whose detections get keypoints at inference (None: all), from
-    ``DatasetMeta.keypoint_classes``."""
+    ``DatasetMeta.keypoint_classes``. ``class_counts``: training instances per class, for
+    ``box_head.class_weighting`` (needed only when it is on, and only for training)."""
     cfg = model_cfg
     if num_classes < 1:
         raise ValueError(f"build_model: num_classes must be >= 1, got {num_classes}")
@@ -61,7 +64,7 @@ def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0
     res5 = take_res5(backbone) if cfg.box_head.kind == "res5" else None
     rpn = build_rpn(cfg, backbone) if cfg.proposal_generator == "rpn" else None
     roi_heads = build_roi_heads(cfg, backbone, num_classes, num_keypoints if cfg.keypoint_on else 0, res5,
-                                keypoint_classes)
+                                keypoint_classes, class_counts)
     return GeneralizedRCNN(backbone, rpn, roi_heads, num_classes, num_keypoints if cfg.keypoint_on else 0,
                            keypoint_flip_indices)
 
@@ -157,8 +160,14 @@ def vgg16_fc_head(cfg: ModelConfig, channels: int) -> nn.Module:
 
 
 def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num_keypoints: int,
-                    res5: nn.Module | None, keypoint_classes: list[int] | None = None) -> RoIHeads:
+                    res5: nn.Module | None, keypoint_classes: list[int] | None = None,
+                    class_counts: list[int] | None = None) -> RoIHeads:
     rh, bh = cfg.roi_heads, cfg.box_head
+    class_weights = None
+    if bh.class_weighting == "inverse_sqrt" and class_counts is not None:
+        if len(class_counts) != num_classes:
+            raise ValueError(f"build_model: {len(class_counts)} class counts for {num_classes} classes")
+        class_weights = inverse_sqrt_frequency_weights(class_counts)
     if rh.mask_rois_per_image < 0:
         raise ValueError(f"model.roi_heads.mask_rois_per_image must be >= 0 (0: no cap), got {rh.mask_rois_per_image}")
     channels, strides = _check_features(backbone, tuple(rh.in_features), "roi_heads.in_features")
@@ -197,7 +206,7 @@ def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num
                     mask_rois_per_image=rh.mask_rois_per_image, smooth_l1_beta=bh.smooth_l1_beta,
                     score_thresh=rh.score_thresh, nms_thresh=rh.nms_thresh,
                     detections_per_img=rh.detections_per_img, branch_score_thresh=rh.branch_score_thresh,
-                    **kwargs)
+                    aux_grad_cap=rh.aux_grad_cap, class_weights=class_weights, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +243,10 @@ def resolve_data_paths(data_cfg: DataConfig, data_dir: str | None = None) -> Dat
 
             print(f"generating the built-in synthetic dataset in {root} (first use)")
             ensure_shapes_dataset(root)
+        if root.is_file():
+            raise DatasetError(f"dataset folder {root} is a file, not a folder; a dataset folder holds "
+                               "train.json, val.json, train/ and val/ (or give data.train_json, "
+                               "data.train_images, data.val_json and data.val_images)")
         paths = DataPaths(root / "train.json", root / "train", root / "val.json", root / "val")
     for name in ("train_json", "val_json"):
         if not getattr(paths, name).is_file():
@@ -245,18 +258,36 @@ def resolve_data_paths(data_cfg: DataConfig, data_dir: str | None = None) -> Dat
     return paths
 
 
-def build_datasets(cfg: DetConfig, paths: DataPaths) -> tuple[CocoDetection, CocoDetection]:
+def check_data(cfg: DetConfig, paths: DataPaths, run_dir: Path | None) -> CheckResult:
+    """The start-up dataset check of both splits (``common.dataset_check``): every image decoded,
+    every annotation checked, before the first iteration. Stops with every problem listed unless
+    ``data.skip_bad_images`` (then the images to leave out, listed in ``run_dir``)."""
+    return check_splits([(paths.train_json, paths.train_images), (paths.val_json, paths.val_images)],
+                        skip_bad_images=cfg.data.skip_bad_images, run_dir=run_dir)
+
+
+def build_datasets(cfg: DetConfig, paths: DataPaths,
+                   checked: CheckResult | None = None) -> tuple[CocoDetection, CocoDetection]:
     """The training set (augmented, empty images dropped per config) and the val set (resize only).
 
-    Masks and keypoints are read only when the model uses them.
+    Masks and keypoints are read only when the model uses them. ``checked``: what
+    :func:`check_data` found, whose bad images are left out.
     """
     d = cfg.data
+    checked = checked or CheckResult()
     use = dict(use_masks=cfg.model.mask_on, use_keypoints=cfg.model.keypoint_on)
-    train = CocoDetection(paths.train_json, paths.train_images, filter_empty=d.filter_empty, **use)
+    train = CocoDetection(paths.train_json, paths.train_images, filter_empty=d.filter_empty,
+                          skip_image_ids=checked.skip_ids(paths.train_json), **use)
+    if len(train) == 0:
+        raise DatasetError(empty_training_set_message(train))
+    if d.keypoint_flip_map:
+        train.meta = with_flip_map(train.meta, d.keypoint_flip_map, paths.train_json)
     train.transforms = build_transforms(train.meta, train=True, min_size=d.min_size, max_size=d.max_size,
                                         hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter,
                                         color_jitter=d.color_jitter, seed=cfg.solver.seed)
-    val = CocoDetection(paths.val_json, paths.val_images, filter_empty=False, **use)
+    val = CocoDetection(paths.val_json, paths.val_images, filter_empty=False,
+                        skip_image_ids=checked.skip_ids(paths.val_json), **use)
+    val.meta = replace(val.meta, keypoint_flip_map=train.meta.keypoint_flip_map)
     val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
     if val.meta.category_ids != train.meta.category_ids:
         raise DatasetError(f"{paths.val_json} has categories {val.meta.category_ids} but {paths.train_json} "
@@ -264,17 +295,101 @@ def build_datasets(cfg: DetConfig, paths: DataPaths) -> tuple[CocoDetection, Coc
     return train, val
 
 
-def adapt_to_dataset(model_cfg: ModelConfig, train: CocoDetection) -> tuple[ModelConfig, list[str]]:
-    """Turn off the mask / keypoint branch when the dataset has no masks / keypoints, so one config
-    trains on any COCO-format dataset. Returns the config and a note per change."""
-    notes = []
+def with_flip_map(meta: DatasetMeta, pairs, source) -> DatasetMeta:
+    """``meta`` with the keypoint flip pairs of ``data.keypoint_flip_map`` (names checked)."""
+    pairs = [tuple(p) for p in pairs]
+    for a, b in pairs:
+        if a not in meta.keypoint_names or b not in meta.keypoint_names or a == b:
+            raise DatasetError(f"data.keypoint_flip_map pair ({a!r}, {b!r}) does not name two keypoints of "
+                               f"{source} (its keypoints: {meta.keypoint_names})")
+    return replace(meta, keypoint_flip_map=pairs)
+
+
+def empty_training_set_message(train: CocoDetection) -> str:
+    """Why a training set has no image left, naming the file and the setting that dropped them."""
+    listed = len(train.coco.dataset["images"])
+    if not listed:
+        return f"{train.ann_file} lists no images (after leaving out skipped ones); nothing to train on"
+    reasons = "; ".join(f"{n} {why}" for why, n in train.dropped_empty.most_common())
+    no_key = " (it has no annotations at all)" if not train.coco.dataset["annotations"] else ""
+    return (f"{train.ann_file}: none of its {listed} images is left for training{no_key}: data.filter_empty=true "
+            f"drops images without a usable instance, and {reasons}; set data.filter_empty=false to train "
+            f"on them as background only")
+
+
+def adapt_to_dataset(cfg: DetConfig, train: CocoDetection) -> tuple[DetConfig, list[str]]:
+    """The settings that depend on the data, chosen at start-up from the training set: the mask /
+    keypoint branch off when the dataset has no masks / keypoints (so one config trains on any
+    COCO-format dataset), the anchors from the training boxes (``model.rpn.auto_anchors``), how
+    keypoints flip. Returns the config (what ``config.yaml`` records) and a line per choice
+    (warnings start with "warning:")."""
+    model_cfg, notes = cfg.model, []
     if model_cfg.mask_on and not train.has_masks:
         model_cfg = replace(model_cfg, mask_on=False)
         notes.append(f"{train.ann_file} has no instance masks: the mask head is off")
     if model_cfg.keypoint_on and not train.has_keypoints:
         model_cfg = replace(model_cfg, keypoint_on=False)
         notes.append(f"{train.ann_file} has no keypoints: the keypoint head is off")
-    return model_cfg, notes
+    if model_cfg.keypoint_on:
+        notes += flip_map_notes(train.meta)
+    if model_cfg.rpn.auto_anchors and model_cfg.proposal_generator == "rpn":
+        rpn, note = anchors_from_data(model_cfg.rpn, cfg.data, train)
+        model_cfg = replace(model_cfg, rpn=rpn)
+        notes.append(note)
+    return replace(cfg, model=model_cfg), notes
+
+
+def anchors_from_data(rpn: RPNConfig, data: DataConfig, train: CocoDetection) -> tuple[RPNConfig, str]:
+    """Anchor sizes and aspect ratios (``detection.anchors.anchors_for_boxes``) for the training
+    boxes as the model sees them (resized like ``data.min_size`` / ``data.max_size`` do)."""
+    boxes, index = train.instance_boxes()
+    if len(boxes) == 0:
+        return rpn, "anchors: as configured (no training boxes to derive them from)"
+    hw = np.array([(train.coco.imgs[i]["height"], train.coco.imgs[i]["width"]) for i in train.ids], np.float64)
+    short = float(np.mean(data.min_size))
+    scale = np.minimum(short / hw.min(axis=1), data.max_size / hw.max(axis=1))[index]
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    sides = np.sqrt(w * h) * scale
+    strides = [2 ** int(f[1:]) for f in rpn.in_features]  # c<k> / p<k> has stride 2^k
+    sizes, ratios = anchors_for_boxes(torch.as_tensor(sides), torch.as_tensor(h / w), strides)
+    lo, hi = np.percentile(sides, [5, 99])
+    same = sizes == tuple(tuple(s) for s in rpn.anchor_sizes) and (ratios,) == tuple(tuple(r) for r in rpn.aspect_ratios)
+    note = (f"anchors from {len(sides)} training boxes (5th-99th percentile side {lo:.0f}-{hi:.0f} px at "
+            f"{short:.0f} px): sizes {'/'.join(f'{s[0]:g}' for s in sizes)}, aspect ratios "
+            f"{'/'.join(f'{r:g}' for r in ratios)}{' (as configured)' if same else ''}")
+    return replace(rpn, anchor_sizes=sizes, aspect_ratios=(ratios,)), note
+
+
+def flip_map_notes(meta: DatasetMeta) -> list[str]:
+    """One line on the keypoint flip pairs in use; a warning naming sided keypoints without a mirror."""
+    from detection.data.keypoint_flip import sided_keypoints
+
+    pairs = meta.keypoint_flip_map
+    notes = [f"keypoint flip pairs: {', '.join(f'{a}<->{b}' for a, b in pairs)}" if pairs
+             else "keypoint flip pairs: none (every keypoint keeps its name under a horizontal flip)"]
+    paired = {n for p in pairs for n in p}
+    lonely = [n for n in sided_keypoints(meta.keypoint_names) if n not in paired]
+    if lonely:
+        notes.append(f"warning: keypoints {lonely} look sided but have no flip pair, so a flipped image "
+                     "teaches them on the wrong side; give the pairs with "
+                     "data.keypoint_flip_map='[[left_name, right_name], ...]' or set data.hflip_prob=0")
+    return notes
+
+
+def repeat_factor_indices(data: DataConfig, train: CocoDetection, seed: int) -> tuple[list[int] | None, str]:
+    """The items of the training stream under repeat-factor sampling (``data.repeat_threshold``),
+    or None (each image once), and a line saying what it did."""
+    if data.repeat_threshold <= 0:
+        return None, ""
+    from common.samplers import class_repeat_factors, repeat_factors, repeat_indices
+
+    present = train.classes_per_image()
+    indices = repeat_indices(repeat_factors(present, data.repeat_threshold, ignore_classes=()), seed)
+    per_class = class_repeat_factors(present, data.repeat_threshold, ignore_classes=())
+    names = train.meta.class_names
+    return indices, (f"repeat-factor sampling (t={data.repeat_threshold:g}): an epoch is {len(indices)} draws "
+                     f"from {len(train)} images; images holding a class repeat by "
+                     + ", ".join(f"{names[c]} {r:.2f}" for c, r in per_class.items()))
 
 
 def iou_types_for(model_cfg: ModelConfig) -> tuple[str, ...]:

@@ -30,6 +30,8 @@ class RPNConfig:
     in_features: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")  # feature maps the RPN runs on
     anchor_sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))  # per level, pixels
     aspect_ratios: tuple[tuple[float, ...], ...] = ((0.5, 1.0, 2.0),)  # h/w; one entry = all levels
+    auto_anchors: bool = False  # replace anchor_sizes / aspect_ratios at start-up by ones derived from
+    # the training boxes (one size per level, doubling; detection.anchors.anchors_for_boxes)
     anchor_offset: float = 0.0  # anchor centres at (i + offset) * stride
     iou_thresholds: tuple[float, float] = (0.3, 0.7)  # (low, high): < low background, >= high object
     batch_size_per_image: int = 256  # anchors sampled per image for the loss
@@ -54,6 +56,9 @@ class ROIHeadsConfig:
     mask_rois_per_image: int = 0  # cap on the foreground RoIs per image the mask and keypoint heads
     # train on, a random subset of the sampled ones (0 = all): many sampled RoIs for the cheap box head
     # without paying for them in the costly mask/keypoint convs
+    aux_grad_cap: float = 1.0  # the mask and keypoint branches' gradient into the shared features is
+    # capped at this times the box branch's, so no auxiliary loss takes the backbone (0 = off;
+    # detection/gradient_balance.py)
     score_thresh: float = 0.05  # detections below this class score are dropped
     nms_thresh: float = 0.5  # per-class NMS IoU threshold
     detections_per_img: int = 100  # detections kept per image
@@ -75,6 +80,8 @@ class BoxHeadConfig:
     norm: Literal["", "GN", "BN"] = ""  # norm after each conv
     bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # delta weights
     smooth_l1_beta: float = 1.0  # box loss: smooth-L1 beta (0 = L1)
+    class_weighting: Literal["none", "inverse_sqrt"] = "none"  # classification loss weights from the
+    # training instances per class: inverse_sqrt gives class c sqrt(median count / count_c)
 
 
 @dataclass
@@ -123,9 +130,14 @@ class DataConfig:
     max_size: int = 1333  # cap on the long side in pixels
     test_min_size: int = 800  # short side at test time
     hflip_prob: float = 0.5  # horizontal flip probability (keypoints swap by the dataset's flip map)
+    keypoint_flip_map: tuple[tuple[str, str], ...] = ()  # (left, right) keypoint names that swap under
+    # a flip; empty: the JSON's "flip_map", else pairs found from the names (left_X / right_X ...)
     scale_jitter: Optional[tuple[float, float]] = None  # extra random rescale (lo, hi) after resizing
     color_jitter: float = 0.0  # brightness/contrast/saturation/hue jitter strength in [0, 1]
     filter_empty: bool = True  # drop training images that have no (non-crowd) instance
+    repeat_threshold: float = 0.0  # repeat-factor sampling (LVIS): an image whose rarest class is in
+    # a fraction f < t of the training images is seen sqrt(t / f) times as often (0 = off)
+    skip_bad_images: bool = False  # leave out images the start-up dataset check finds bad (listed in RUN/skipped_images.txt) instead of stopping
     num_workers: int = 2  # DataLoader worker processes
     aspect_ratio_grouping: bool = True  # batch landscape with landscape and portrait with portrait
 

@@ -211,9 +211,55 @@ def check_results(coco_gt: COCO, results: list[dict], source: str = "the results
             raise EvaluationError(f"{source}: detection #{i} (image_id {res['image_id']}) has "
                                   f"category_id {res['category_id']}, which is not in the ground "
                                   f"truth categories {sorted(category_ids)}")
-        if "bbox" in res and (not isinstance(res["bbox"], list) or len(res["bbox"]) != 4):
+        if not _finite_number(res["score"]):
+            raise EvaluationError(f"{source}: detection #{i} (image_id {res['image_id']}) has score "
+                                  f"{res['score']!r}, expected a finite number")
+        if "bbox" in res and (not isinstance(res["bbox"], list) or len(res["bbox"]) != 4
+                              or not all(_finite_number(v) for v in res["bbox"])):
             raise EvaluationError(f"{source}: detection #{i} (image_id {res['image_id']}) has bbox "
-                                  f"{res['bbox']!r}, expected [x, y, w, h]")
+                                  f"{res['bbox']!r}, expected [x, y, w, h] of finite numbers")
+        if "segmentation" in res:
+            _check_result_segmentation(coco_gt, res, i, source)
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_result_segmentation(coco_gt: COCO, res: dict, i: int, source: str) -> None:
+    """A result's segmentation must be an RLE of the image's size or polygons of >= 3 points."""
+    img = coco_gt.imgs[res["image_id"]]
+    h, w, segm = img["height"], img["width"], res["segmentation"]
+    where = f"{source}: detection #{i} (image_id {res['image_id']})"
+    if isinstance(segm, dict) and "size" in segm and "counts" in segm:
+        if list(segm["size"]) != [h, w]:
+            raise EvaluationError(f"{where} has an RLE of size {segm['size']!r} but the image is {[h, w]}")
+    elif isinstance(segm, list):
+        if not segm:
+            raise EvaluationError(f"{where} has an empty segmentation (no polygon)")
+        for poly in segm:
+            if (not isinstance(poly, list) or len(poly) % 2 or len(poly) < 6
+                    or not all(_finite_number(v) for v in poly)):
+                raise EvaluationError(f"{where} has a polygon that is not an even-length list of at least "
+                                      f"6 finite coordinates: {str(poly)[:80]}")
+    else:
+        raise EvaluationError(f"{where} has segmentation of type {type(segm).__name__}, expected an RLE "
+                              f"dict with 'size' and 'counts' or a polygon list")
+
+
+def polygons_as_rle(coco_gt: COCO, results: list[dict]) -> list[dict]:
+    """Results whose polygon segmentations are compressed RLEs at the ground-truth image size
+    (pycocotools' loadRes only takes RLEs for segm); the others are returned as they are."""
+    out = []
+    for res in results:
+        segm = res.get("segmentation")
+        if isinstance(segm, list):
+            img = coco_gt.imgs[res["image_id"]]
+            rle = mask_util.merge(mask_util.frPyObjects(segm, img["height"], img["width"]))
+            res = {**res, "segmentation": {"size": [int(v) for v in rle["size"]],
+                                           "counts": rle["counts"].decode("ascii")}}
+        out.append(res)
+    return out
 
 
 def _keypoint_categories(coco_gt: COCO) -> dict[int, int]:
@@ -256,6 +302,7 @@ def evaluate_coco(coco_gt: COCO | str | Path, results: list[dict] | str | Path,
         if t not in IOU_TYPES:
             raise EvaluationError(f"unknown iou type {t!r}; choose from {', '.join(IOU_TYPES)}")
     check_results(gt, dets, source)
+    dets = polygons_as_rle(gt, dets)
     kpt_cats = _keypoint_categories(gt)
 
     metrics: dict[str, Any] = {"per_category": {}}
@@ -269,6 +316,8 @@ def evaluate_coco(coco_gt: COCO | str | Path, results: list[dict] | str | Path,
             metrics["per_category"][t] = {c["name"]: 0.0 for c in gt.loadCats(list(cats))}
         return metrics
 
+    # every iou type is checked before the first is evaluated: a bad field is found before any table
+    plan = []
     for iou_type in iou_types:
         field = RESULT_FIELD[iou_type]
         if iou_type == "keypoints" and not kpt_cats:
@@ -287,11 +336,11 @@ def evaluate_coco(coco_gt: COCO | str | Path, results: list[dict] | str | Path,
                 raise EvaluationError(f"{source}: detection (image_id {d['image_id']}, category_id "
                                       f"{d['category_id']}) has no '{field}', which {iou_type} "
                                       f"evaluation needs")
-            if iou_type == "segm" and not (isinstance(d[field], list) or (
-                    isinstance(d[field], dict) and "size" in d[field] and "counts" in d[field])):
-                raise EvaluationError(f"{source}: detection (image_id {d['image_id']}) has "
-                                      f"segmentation of type {type(d[field]).__name__}, expected an "
-                                      f"RLE dict with 'size' and 'counts' or a polygon list")
+        if iou_type == "keypoints" and dets_t:
+            _check_keypoints(gt, dets_t, kpt_cats, source)
+        plan.append((iou_type, dets_t))
+
+    for iou_type, dets_t in plan:
         cat_ids = sorted(kpt_cats) if iou_type == "keypoints" else gt.getCatIds()
         if not dets_t:
             _note(verbose, f"{iou_type}: no detections of categories {cat_ids}; every metric is 0")
@@ -303,6 +352,24 @@ def evaluate_coco(coco_gt: COCO | str | Path, results: list[dict] | str | Path,
         metrics[iou_type] = stats
         metrics["per_category"][iou_type] = per_cat
     return metrics
+
+
+def _check_keypoints(gt: COCO, dets: list[dict], kpt_cats: dict[int, int], source: str) -> None:
+    """One keypoint count for every keypoint category, every result and ground truth with it."""
+    num_kpts = set(kpt_cats.values())
+    if len(num_kpts) > 1:
+        raise EvaluationError(f"keypoint categories have different keypoint counts "
+                              f"{sorted(num_kpts)}; pycocotools evaluates one count at a time")
+    (p,) = num_kpts
+    for d in dets:
+        if len(d["keypoints"]) != 3 * p:
+            raise EvaluationError(f"{source}: detection (image_id {d['image_id']}) has "
+                                  f"{len(d['keypoints'])} keypoint values, expected 3 * {p}")
+    for ann in gt.loadAnns(gt.getAnnIds(catIds=list(kpt_cats))):
+        if "keypoints" not in ann or "num_keypoints" not in ann:
+            raise EvaluationError(f"ground-truth annotation {ann.get('id')} (image_id "
+                                  f"{ann.get('image_id')}) of a keypoint category has no "
+                                  f"'keypoints'/'num_keypoints'")
 
 
 def _run_cocoeval(gt: COCO, dets: list[dict], iou_type: str, source: str,
@@ -317,20 +384,7 @@ def _run_cocoeval(gt: COCO, dets: list[dict], iou_type: str, source: str,
     if iou_type == "keypoints":
         for d in dets:
             d.pop("segmentation", None)  # keep loadRes on the bbox path: area from the box
-        num_kpts = set(kpt_cats.values())
-        if len(num_kpts) > 1:
-            raise EvaluationError(f"keypoint categories have different keypoint counts "
-                                  f"{sorted(num_kpts)}; pycocotools evaluates one count at a time")
-        (p,) = num_kpts
-        for d in dets:
-            if len(d["keypoints"]) != 3 * p:
-                raise EvaluationError(f"{source}: detection (image_id {d['image_id']}) has "
-                                      f"{len(d['keypoints'])} keypoint values, expected 3 * {p}")
-        for ann in gt.loadAnns(gt.getAnnIds(catIds=list(kpt_cats))):
-            if "keypoints" not in ann or "num_keypoints" not in ann:
-                raise EvaluationError(f"ground-truth annotation {ann.get('id')} (image_id "
-                                      f"{ann.get('image_id')}) of a keypoint category has no "
-                                      f"'keypoints'/'num_keypoints'")
+        (p,) = set(kpt_cats.values())  # one count: checked by _check_keypoints
 
     with _quiet(not verbose):
         dt = gt.loadRes(dets)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from detection.box_coder import BoxCoder
 from detection.box_head import FastRCNNPredictor, fast_rcnn_inference, fast_rcnn_losses
 from detection.box_ops import pairwise_iou
+from detection.gradient_balance import TrunkGradientBalance
 from detection.keypoint_head import heatmaps_to_keypoints, keypoint_loss, keypoint_targets
 from detection.mask_head import mask_loss, mask_probs, mask_targets
 from detection.matcher import BETWEEN_THRESHOLDS, match
@@ -62,7 +63,8 @@ class RoIHeads(nn.Module):
                  mask_loss_weight: float = 1.0,
                  keypoint_pooler: RoIPooler | None = None, keypoint_head: nn.Module | None = None,
                  keypoint_subpixel: bool = True, keypoint_loss_weight: float = 1.0,
-                 keypoint_classes: list[int] | None = None):
+                 keypoint_classes: list[int] | None = None, aux_grad_cap: float = 1.0,
+                 class_weights: Tensor | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.in_features = list(in_features)
@@ -84,6 +86,12 @@ class RoIHeads(nn.Module):
         self.keypoint_loss_weight = keypoint_loss_weight
         # labels whose detections get keypoints at inference (None: every detection)
         self.keypoint_classes = None if keypoint_classes is None else list(keypoint_classes)
+        # the mask / keypoint branches pull on the shared features at most aux_grad_cap times as
+        # hard as the box branch (detection/gradient_balance.py)
+        self.balance = TrunkGradientBalance(aux_grad_cap)
+        # (K + 1,) weights of the classification loss (rare classes count more), or None; training
+        # only, so not part of the checkpoint
+        self.register_buffer("class_weights", class_weights, persistent=False)
 
     @property
     def mask_on(self) -> bool:
@@ -115,7 +123,8 @@ class RoIHeads(nn.Module):
                                     self.batch_size_per_image, self.positive_fraction, self.add_gt_as_proposals)
                    for p, t in zip(proposals, targets)]
         boxes = [s["proposal_boxes"] for s in sampled]
-        class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pooler(feats, boxes)))
+        pooled = self.balance.reference(self.box_pooler(feats, boxes))  # (sampled RoIs, C, S, S)
+        class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
         target_deltas = []
         for s, t in zip(sampled, targets):
             fg = s["gt_classes"] < k
@@ -123,7 +132,7 @@ class RoIHeads(nn.Module):
             d[fg] = self.box_coder.encode(t["gt_boxes"][s["matched_idxs"][fg]], s["proposal_boxes"][fg])
             target_deltas.append(d)
         losses = fast_rcnn_losses(class_logits, box_deltas, torch.cat([s["gt_classes"] for s in sampled]),
-                                  torch.cat(target_deltas), self.smooth_l1_beta)
+                                  torch.cat(target_deltas), self.smooth_l1_beta, self.class_weights)
         # the mask and keypoint branches learn from foreground RoIs only, at most mask_rois_per_image
         # of them (the sampler puts positives first, in random order: the first ones are a random subset)
         fg = [s["gt_classes"] < k for s in sampled]
@@ -131,7 +140,7 @@ class RoIHeads(nn.Module):
             fg = [f & (torch.arange(len(f), device=f.device) < self.mask_rois_per_image) for f in fg]
         if self.mask_on:
             pos_boxes = [s["proposal_boxes"][f] for s, f in zip(sampled, fg)]
-            logits = self.mask_head(self.mask_pooler(feats, pos_boxes))  # (F, K, S, S)
+            logits = self.mask_head(self.balance.cap(self.mask_pooler(feats, pos_boxes)))  # (F, K, S, S)
             size = logits.shape[-1]
             tgt = torch.cat([mask_targets(t["gt_masks"], s["matched_idxs"][f], s["proposal_boxes"][f], size)
                              for s, f, t in zip(sampled, fg, targets)])
@@ -145,7 +154,7 @@ class RoIHeads(nn.Module):
                 kp_boxes.append(s["proposal_boxes"][f][has_kp])
                 kp_idx.append(idx[has_kp])
                 kp_gt.append(t["gt_keypoints"])
-            heatmaps = self.keypoint_head(self.keypoint_pooler(feats, kp_boxes))  # (F', P, S, S)
+            heatmaps = self.keypoint_head(self.balance.cap(self.keypoint_pooler(feats, kp_boxes)))  # (F', P, S, S)
             size = heatmaps.shape[-1]
             per_image = [keypoint_targets(g, i, b, size) for g, i, b in zip(kp_gt, kp_idx, kp_boxes)]
             losses["loss_keypoint"] = self.keypoint_loss_weight * keypoint_loss(

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.samplers import repeat_factors, repeat_indices
+from common.dataset_check import CheckResult, check_splits
 from segmentation.config import DataConfig, ModelConfig
-from segmentation.data import (SemSegDataset, build_transforms, load_coco_semantic, load_semantic_dir,
-                               load_voc)
+from segmentation.data import (SegDataError, SemSegDataset, build_transforms, load_coco_semantic,
+                               load_semantic_dir, load_voc)
 from segmentation.fcn import FCN, ConvClassifier, ConvHead
-from segmentation.losses import (class_pixel_stats, class_prior_bias, class_weights, repeat_factors,
-                                 repeat_indices)
+from segmentation.losses import class_pixel_stats, class_prior_bias, class_weights
 from segmentation.segmentor import SemanticSegmentor
 from segmentation.unet import ResNetUNet, UNet
 
@@ -73,19 +74,44 @@ def wrap_net(net: torch.nn.Module, cfg: ModelConfig, num_classes: int, *,
                              mirror_padding=cfg.mirror_padding)
 
 
+def layout_of(cfg: DataConfig) -> str:
+    """What a dataset folder of ``cfg.format`` holds (for messages)."""
+    t, v = cfg.train_split, cfg.val_split
+    return {"semantic_dir": f"semantic.json, {t}/, {t}_semantic/, {v}/ and {v}_semantic/",
+            "voc": "JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/",
+            "coco": f"{t}.json, {v}.json, {t}/ and {v}/"}.get(cfg.format, "?")
+
+
 def resolve_root(cfg: DataConfig) -> Path:
     """The dataset directory: ``cfg.root`` or the built-in shapes dataset (generated if missing)."""
     if cfg.root is not None:
         root = Path(cfg.root)
+        if root.is_file():
+            raise SegDataError(f"dataset folder {root} is a file, not a folder; a data.format={cfg.format} "
+                               f"dataset folder holds {layout_of(cfg)}")
         if not root.is_dir():
-            raise FileNotFoundError(f"dataset directory {root} does not exist")
+            raise SegDataError(f"dataset folder {root} does not exist (a data.format={cfg.format} dataset "
+                               f"folder holds {layout_of(cfg)})")
         return root
     from common.shapes import ensure_shapes_dataset
     return ensure_shapes_dataset()
 
 
-def build_dataset(cfg: DataConfig, split: str, train: bool, root: Path | None = None) -> SemSegDataset:
-    """One split with the training or evaluation transforms."""
+def check_data(cfg: DataConfig, root: Path, run_dir: Path | None) -> CheckResult:
+    """data.format=coco: the start-up dataset check of both splits (``common.dataset_check``, as
+    for the detectors): every image decoded, every annotation checked, before the first
+    iteration; stops with every problem listed unless ``data.skip_bad_images`` (then the images to
+    leave out, listed in ``run_dir``). Other layouts: nothing (their files are checked when read)."""
+    if cfg.format != "coco":
+        return CheckResult()
+    return check_splits([(root / f"{s}.json", root / s) for s in (cfg.train_split, cfg.val_split)],
+                        skip_bad_images=cfg.skip_bad_images, run_dir=run_dir)
+
+
+def build_dataset(cfg: DataConfig, split: str, train: bool, root: Path | None = None,
+                  checked: CheckResult | None = None) -> SemSegDataset:
+    """One split with the training or evaluation transforms (``checked``: what :func:`check_data`
+    found; its bad images are left out)."""
     root = resolve_root(cfg) if root is None else Path(root)
     tf = build_transforms(train, cfg.crop_size, tuple(cfg.scale_range), cfg.hflip, cfg.color_jitter)
     if cfg.format == "semantic_dir":
@@ -93,13 +119,16 @@ def build_dataset(cfg: DataConfig, split: str, train: bool, root: Path | None = 
     if cfg.format == "voc":
         return load_voc(root, split, tf)
     if cfg.format == "coco":
-        return load_coco_semantic(root / f"{split}.json", root / split, tf)
+        ann = root / f"{split}.json"
+        return load_coco_semantic(ann, root / split, tf, (checked or CheckResult()).skip_ids(ann))
     raise ValueError(f"data.format = {cfg.format!r} must be semantic_dir, voc or coco")
 
 
-def build_datasets(cfg: DataConfig, root: Path | None = None) -> tuple[SemSegDataset, SemSegDataset]:
+def build_datasets(cfg: DataConfig, root: Path | None = None,
+                   checked: CheckResult | None = None) -> tuple[SemSegDataset, SemSegDataset]:
     root = resolve_root(cfg) if root is None else Path(root)
-    return build_dataset(cfg, cfg.train_split, True, root), build_dataset(cfg, cfg.val_split, False, root)
+    return (build_dataset(cfg, cfg.train_split, True, root, checked),
+            build_dataset(cfg, cfg.val_split, False, root, checked))
 
 
 def init_classifier_bias(net: torch.nn.Module, bias: torch.Tensor) -> None:

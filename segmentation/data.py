@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from common.coco import DatasetError, load_coco_json, usable_polygons
 from common.image_list import ImageList, collate  # noqa: F401  (ImageList re-exported)
 from common.samplers import Batches, InfiniteSampler, SeededBatches, SeededDataset
 
@@ -41,7 +42,7 @@ VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-class SegDataError(ValueError):
+class SegDataError(DatasetError):
     """A dataset file that is missing or inconsistent; the message names the file and the value."""
 
 
@@ -122,6 +123,8 @@ class SemSegDataset(torch.utils.data.Dataset):
         anns = sorted(item.annotations, key=lambda a: -float(a.get("area", 0)))  # large first, small on top
         for ann in anns:
             seg = ann.get("segmentation")
+            if isinstance(seg, list):
+                seg = usable_polygons(seg)[0]  # shapes were checked on reading; < 3 points are dropped
             if not seg:
                 continue
             if isinstance(seg, list):
@@ -134,10 +137,7 @@ class SemSegDataset(torch.utils.data.Dataset):
             if ann.get("iscrowd", 0):
                 lab[m] = self.ignore_index
             else:
-                if ann["category_id"] not in self.coco_label_of:
-                    raise SegDataError(f"annotation {ann.get('id')} of image {item.image_id} has category_id "
-                                       f"{ann['category_id']}, not among the categories of the JSON")
-                lab[m] = self.coco_label_of[ann["category_id"]]
+                lab[m] = self.coco_label_of[ann["category_id"]]  # known: checked on reading
         return lab
 
 
@@ -198,24 +198,21 @@ def load_voc(root: str | Path, split: str, transforms=None, class_names: list[st
     return SemSegDataset(items, class_names or VOC_CLASSES, 255, transforms)
 
 
-def load_coco_semantic(json_path: str | Path, image_dir: str | Path, transforms=None) -> SemSegDataset:
-    """Label maps painted from COCO instances; classes = ["background"] + categories by id."""
-    from pycocotools.coco import COCO
-    import contextlib
-    import io
+def load_coco_semantic(json_path: str | Path, image_dir: str | Path, transforms=None,
+                       skip_image_ids=()) -> SemSegDataset:
+    """Label maps painted from COCO instances; classes = ["background"] + categories by id.
 
+    The JSON is read and checked by ``common.coco`` (the detectors' reader); ``skip_image_ids``
+    are left out first (the bad images ``common.dataset_check`` found, when they are skipped).
+    """
     json_path, image_dir = Path(json_path), Path(image_dir)
-    if not json_path.is_file():
-        raise SegDataError(f"COCO annotation file {json_path} does not exist")
-    with contextlib.redirect_stdout(io.StringIO()):                     # pycocotools prints progress
-        coco = COCO(str(json_path))
-    cats = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    coco = load_coco_json(json_path, skip_image_ids=skip_image_ids)
+    cats = sorted(coco.dataset["categories"], key=lambda c: c["id"])
     label_of = {c["id"]: i + 1 for i, c in enumerate(cats)}
     items = []
-    for img_id in sorted(coco.getImgIds()):
-        info = coco.loadImgs(img_id)[0]
-        anns = coco.loadAnns(coco.getAnnIds(imgIds=[img_id]))
-        items.append(SemSegItem(img_id, image_dir / info["file_name"], None, anns,
+    for img_id in sorted(coco.imgs):
+        info = coco.imgs[img_id]
+        items.append(SemSegItem(img_id, image_dir / info["file_name"], None, coco.imgToAnns.get(img_id, []),
                                 (int(info["height"]), int(info["width"]))))
     return SemSegDataset(items, ["background"] + [c["name"] for c in cats], 255, transforms, label_of)
 

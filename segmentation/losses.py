@@ -23,13 +23,11 @@ balance (softmax(b) = p) and its loss starts at the entropy of the labels instea
 Adam moves each parameter by about ``lr`` per step, so without it a from-scratch U-Net spends
 its first few hundred iterations just shifting its logits to the background-heavy prior.
 
-Image resampling (:func:`repeat_factors`) is the LVIS repeat-factor rule applied to classes
-present in an image: r_c = max(1, sqrt(t / f_c)) with f_c the fraction of training images that
-contain class c, and an image's factor is the max over its classes.
+Image resampling (``common.samplers.repeat_factors``, shared with detection) is the LVIS
+repeat-factor rule applied to the classes present in an image.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -159,34 +157,6 @@ def class_prior_bias(pixels: np.ndarray, min_share: float = 1e-4) -> Tensor:
         raise ValueError("class_prior_bias: no labelled pixel in the training set")
     share = np.maximum(pixels / pixels.sum(), min_share)
     return torch.as_tensor(np.log(share), dtype=torch.float32)
-
-
-def repeat_factors(classes_per_image: list[set[int]], threshold: float, ignore_classes=(0,)) -> list[float]:
-    """LVIS-style repeat factor per image from the classes it contains.
-
-    classes_per_image: for each image the set of class ids present. ``ignore_classes``
-    (background by default) do not drive repetition. Returns one factor >= 1 per image.
-    """
-    n = max(len(classes_per_image), 1)
-    count: dict[int, int] = {}
-    for cs in classes_per_image:
-        for c in cs:
-            count[c] = count.get(c, 0) + 1
-    r_class = {c: max(1.0, math.sqrt(threshold / (k / n))) for c, k in count.items()}
-    return [max([r_class[c] for c in cs if c not in ignore_classes], default=1.0) for cs in classes_per_image]
-
-
-def repeat_indices(factors: list[float], seed: int = 0) -> list[int]:
-    """Expand image indices by their repeat factors with seeded stochastic rounding.
-
-    An image with factor 2.3 appears twice, plus a third time with probability 0.3.
-    """
-    rng = np.random.default_rng(seed)
-    out = []
-    for i, r in enumerate(factors):
-        k = int(math.floor(r)) + int(rng.random() < r - math.floor(r))
-        out.extend([i] * k)
-    return out
 
 
 def segmentation_loss(logits: Tensor, labels: Tensor, *, kind: str = "ce", weight: Tensor | None = None,

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from common.visual import confusion_image  # noqa: F401  (moved to common: detection draws one too)
+
 
 def confusion_matrix(pred: Tensor, gt: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
     """(K, K) int64 counts; pred and gt are label tensors of the same shape."""
@@ -133,14 +135,23 @@ class SemSegEvaluator:
         out["per_class_IoU"] = out.pop("per_class_IoU")
         return out
 
-    def save(self, out_dir: str | Path, metrics: dict | None = None, json_name: str = "metrics.json") -> dict:
-        """Write ``metrics.json`` and ``confusion_matrix.png`` to ``out_dir``; returns the metrics."""
+    def save(self, out_dir: str | Path, metrics: dict | None = None, json_name: str = "metrics.json",
+             plots_dir: str | Path | None = None) -> dict:
+        """Write ``metrics.json`` to ``out_dir`` and ``confusion_matrix.png`` (row-normalised) to
+        ``plots_dir`` (default ``out_dir``), with ``confusion_matrix.json`` (pixel counts, rows =
+        ground truth) beside it when ``plots_dir`` is given; returns the metrics."""
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        plots = Path(plots_dir) if plots_dir is not None else out_dir
+        for d in (out_dir, plots):
+            d.mkdir(parents=True, exist_ok=True)
         metrics = metrics or self.summarize()
         (out_dir / json_name).write_text(json.dumps(_nan_to_none(metrics), indent=2, allow_nan=False))
-        cv2.imwrite(str(out_dir / "confusion_matrix.png"),
+        cv2.imwrite(str(plots / "confusion_matrix.png"),
                     cv2.cvtColor(confusion_image(self.cm, self.class_names), cv2.COLOR_RGB2BGR))
+        if plots_dir is not None:
+            counts = {"classes": list(self.class_names), "rows": "ground truth", "columns": "prediction",
+                      "counts": np.asarray(self.cm).astype(np.int64).tolist()}
+            (plots / "confusion_matrix.json").write_text(json.dumps(counts, indent=1) + "\n")
         return metrics
 
 
@@ -149,32 +160,6 @@ def _nan_to_none(d):
     if isinstance(d, dict):
         return {k: _nan_to_none(v) for k, v in d.items()}
     return None if isinstance(d, float) and math.isnan(d) else d
-
-
-def confusion_image(cm: Tensor | np.ndarray, class_names: list[str], cell: int = 48) -> np.ndarray:
-    """(H, W, 3) uint8 RGB picture of the row-normalised confusion matrix (rows = ground truth)."""
-    cm = np.asarray(cm, dtype=np.float64)
-    k = cm.shape[0]
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)                 # each gt row sums to 1
-    margin = 8 + 8 * max(len(n) for n in class_names)
-    img = np.full((margin + k * cell + 4, margin + k * cell + 4, 3), 255, np.uint8)
-    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)  # (K, K, 3) BGR
-    heat = cv2.resize(heat[:, :, ::-1], (k * cell, k * cell), interpolation=cv2.INTER_NEAREST)
-    img[margin:margin + k * cell, margin:margin + k * cell] = heat
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for i in range(k):
-        for j in range(k):
-            color = (0, 0, 0) if norm[i, j] > 0.6 else (255, 255, 255)
-            cv2.putText(img, f"{100 * norm[i, j]:.0f}", (margin + j * cell + 6, margin + i * cell + cell // 2 + 5),
-                        font, 0.4, color, 1, cv2.LINE_AA)
-        cv2.putText(img, class_names[i], (2, margin + i * cell + cell // 2 + 5), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-        # column labels, written vertically by rotating a text patch
-        patch = np.full((12, margin - 4, 3), 255, np.uint8)
-        cv2.putText(patch, class_names[i], (2, 10), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-        patch = cv2.rotate(patch, cv2.ROTATE_90_COUNTERCLOCKWISE)          # (margin-4, 12, 3)
-        x = margin + i * cell + cell // 2 - 6
-        img[2:2 + patch.shape[0], x:x + 12] = patch
-    return img
 
 
 @torch.no_grad()

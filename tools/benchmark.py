@@ -514,7 +514,7 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from common.engine import seed_everything
-    from detection.build import build_datasets, build_model, resolve_data_paths
+    from detection.build import build_datasets, build_model, check_data, resolve_data_paths
 
     gpu = args.gpu_r50
     device = torch.device(args.device or ("cuda" if gpu else "cpu"))
@@ -526,7 +526,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = gpu_config(args.iters, args.seeds[0], args.workers, args.overrides)
     else:
         cfg = cpu_config(args.size, args.iters, args.seeds[0], args.workers, args.overrides)
-    train_set, val_set = build_datasets(cfg, resolve_data_paths(cfg.data, args.data))
+    paths = resolve_data_paths(cfg.data, args.data)
+    train_set, val_set = build_datasets(cfg, paths, check_data(cfg, paths, None))  # every image, first
     if not train_set.has_masks:
         raise ValueError(f"{train_set.ann_file} has no instance masks; this benchmark compares Mask R-CNNs")
     meta = train_set.meta

@@ -58,7 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.test_min_size=640")
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES, default=list(IOU_TYPES),
                         help="which metrics to compute (default: all the results support)")
-    parser.add_argument("--out", help="write the metrics here as JSON")
+    parser.add_argument("--out", help="write the metrics here as JSON, and diagnostics into plots/ beside it "
+                        "(PR curves, confusion matrix, worst images; detection/diagnostics.py)")
+    parser.add_argument("--plot-score-thresh", type=float, default=0.5,
+                        help="score threshold of the confusion matrix and the worst images (default 0.5)")
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
@@ -87,6 +90,9 @@ def val_split(args: argparse.Namespace, data_cfg) -> tuple[Path, Path]:
     if args.gt:
         ann, images = Path(args.gt), Path(args.images)
     elif args.data:
+        if Path(args.data).is_file():
+            raise DatasetError(f"--data {args.data} is a file, not a folder; a dataset folder holds val.json "
+                               "and val/ (or give --gt JSON --images DIR)")
         ann, images = Path(args.data) / "val.json", Path(args.data) / "val"
     elif data_cfg.val_json:
         ann, images = Path(data_cfg.val_json), Path(data_cfg.val_images)
@@ -101,7 +107,9 @@ def val_split(args: argparse.Namespace, data_cfg) -> tuple[Path, Path]:
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
-    """(metrics, COCO results) of ``args.checkpoint`` on the val split (see the module docstring)."""
+    """(metrics, COCO results) of ``args.checkpoint`` on the val split (see the module docstring);
+    the split's (ground truth, image folder) is left in ``args.split`` for the plots."""
+    from common.dataset_check import check_splits
     from common.engine.distributed import parse_device
     from detection.build import build_detector, iou_types_for, read_checkpoint
     from detection.data import CocoDetection, build_test_loader, build_transforms
@@ -110,8 +118,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     device = parse_device(args.device)
     state, cfg, meta = read_checkpoint(args.checkpoint, args.config, args.overrides)
     ann, images = val_split(args, cfg.data)
+    checked = check_splits([(ann, images)], skip_bad_images=cfg.data.skip_bad_images)  # every image, first
     val = CocoDetection(ann, images, filter_empty=False, use_masks=cfg.model.mask_on,
-                        use_keypoints=cfg.model.keypoint_on)
+                        use_keypoints=cfg.model.keypoint_on, skip_image_ids=checked.skip_ids(ann))
+    args.split = (val.coco, images)  # without the skipped images
     if meta is None:
         print(f"note: {args.checkpoint} has no dataset metadata; classes are read from {ann}")
         meta = val.meta
@@ -147,6 +157,21 @@ def write_metrics(metrics: dict, path: str | Path) -> None:
     write_json(metrics_to_json(metrics), path)
 
 
+def write_plots(args: argparse.Namespace, metrics: dict, results: list[dict] | None) -> Path:
+    """PR curves, the confusion matrix and (model mode) the worst images in ``plots/`` beside --out."""
+    from detection.diagnostics import write_diagnostics
+    from detection.evaluation import load_coco_gt, load_results, polygons_as_rle
+
+    ann, images = getattr(args, "split", (args.gt, None))
+    gt = load_coco_gt(ann)
+    if results is None:
+        results = polygons_as_rle(gt, load_results(args.results)[0])
+    out = Path(args.out).parent / "plots"
+    iou_types = [t for t in ("bbox", "segm") if t in metrics]
+    write_diagnostics(gt, results, out, images, iou_types, score_thresh=args.plot_score_thresh)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -157,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.checkpoint:
                 metrics, results = evaluate_checkpoint(args)
             else:
-                metrics = evaluate_coco(args.gt, args.results, args.iou_types)
+                metrics, results = evaluate_coco(args.gt, args.results, args.iou_types), None
         for w in caught:
             print(f"eval_coco: warning: {w.message}", file=sys.stderr)
         if args.checkpoint and args.results:
@@ -166,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(results)} results written to {args.results}")
         if args.out:
             write_metrics(metrics, args.out)
-            print(f"metrics written to {args.out}")
+            print(f"metrics written to {args.out}; plots in {write_plots(args, metrics, results)}")
     except (ValueError, CheckpointError, OSError) as e:  # DatasetError, ConfigError, EvaluationError too
         print(f"eval_coco: error: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,9 @@ frequency-weighted IoU and boundary IoU (percent), a confusion-matrix PNG and dr
     python tools/eval_seg.py --config configs/segmentation/unet_shapes_cpu.yaml \
         --checkpoint runs/seg/model_best.pth [--data DIR] [--out metrics.json] [key=value ...]
 
-The confusion matrix and drawings go next to ``--out``. Errors: one line on stderr, exit 2.
+``--out`` gets the metrics; ``plots/`` beside it the confusion matrix (``confusion_matrix.png``
+row-normalised, ``confusion_matrix.json`` pixel counts) and the drawn predictions: the layout
+tools/eval_coco.py writes. Errors: one line on stderr, exit 2.
 """
 from __future__ import annotations
 
@@ -54,10 +56,10 @@ def run(args) -> dict:
     loader = build_test_loader(val_ds, size_divisibility=model.size_divisibility, pad_value=model.pixel_mean)
     evaluator = SemSegEvaluator(val_ds.num_classes, val_ds.class_names, val_ds.ignore_index)
     out = Path(args.out)
-    draw = PredictionDrawer(out.parent, val_ds.class_names, val_ds.ignore_index, cfg.data.num_vis)
+    draw = PredictionDrawer(out.parent / "plots", val_ds.class_names, val_ds.ignore_index, cfg.data.num_vis)
     metrics = evaluate_model(model, loader, evaluator, device, on_batch=draw)
     metrics = {k: v for k, v in metrics.items() if k != "val"}
-    evaluator.save(out.parent, metrics, json_name=out.name)
+    evaluator.save(out.parent, metrics, json_name=out.name, plots_dir=out.parent / "plots")
     print(json.dumps({k: round(v, 2) for k, v in metrics.items() if isinstance(v, float)}))
     return metrics
 

@@ -71,8 +71,8 @@ def train(args: argparse.Namespace) -> int:
     from common.engine.checkpoint import seed_everything
     from common.engine.curves import plot_curves
     from common.engine.trainer import Trainer
-    from detection.build import (adapt_to_dataset, build_datasets, build_model, iou_types_for,
-                                 resolve_data_paths)
+    from detection.build import (adapt_to_dataset, build_datasets, build_model, check_data, iou_types_for,
+                                 repeat_factor_indices, resolve_data_paths)
     from detection.config import DetConfig
     from detection.data import DatasetError, build_test_loader, build_train_loader
     from detection.evaluation import metrics_to_json
@@ -113,17 +113,18 @@ def train(args: argparse.Namespace) -> int:
     paths, problem = dist.broadcast_object((paths, problem))
     if problem:
         raise DatasetError(problem)
-    train_set, val_set = build_datasets(cfg, paths)
-    model_cfg, notes = adapt_to_dataset(cfg.model, train_set)
-    cfg = replace(cfg, model=model_cfg)
+    train_set, val_set = build_datasets(cfg, paths, check_data(cfg, paths, output))  # both splits, before training
+    cfg, notes = adapt_to_dataset(cfg, train_set)
+    train_indices, note = repeat_factor_indices(cfg.data, train_set, cfg.solver.seed)
+    notes += [note] if note else []
     if main_proc:
         for n in notes:
-            print(f"note: {n}")
+            print(n if n.startswith("warning:") else f"note: {n}")
     meta = train_set.meta
 
     seed_everything(cfg.solver.seed + rank, cfg.solver.deterministic)
     model = build_model(cfg.model, meta.num_classes, meta.num_keypoints, meta.flip_indices,
-                        keypoint_classes=meta.keypoint_classes)
+                        keypoint_classes=meta.keypoint_classes, class_counts=train_set.class_counts())
     if world > 1 and cfg.model.backbone.norm == "SyncBN":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg.solver)
@@ -135,7 +136,7 @@ def train(args: argparse.Namespace) -> int:
         return build_train_loader(train_set, batch_size=cfg.solver.ims_per_batch,
                                   num_workers=cfg.data.num_workers, seed=cfg.solver.seed, start_iter=start,
                                   aspect_ratio_grouping=cfg.data.aspect_ratio_grouping, rank=rank,
-                                  world_size=world, **loader_args)
+                                  world_size=world, indices=train_indices, **loader_args)
 
     def val_loader(workers: int | None = None):
         return build_test_loader(val_set, batch_size=cfg.test.ims_per_batch,

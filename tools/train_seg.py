@@ -65,7 +65,7 @@ def run(args) -> dict:
     from common.engine import init_distributed, seed_everything
     from common.engine.distributed import parse_device
     from segmentation.build import (build_class_prior, build_class_weight, build_datasets, build_model,
-                                    class_pixel_stats_of, needs_class_stats, resolve_root)
+                                    check_data, class_pixel_stats_of, needs_class_stats, resolve_root)
 
     cfg = load_cfg(args)
     out = Path(cfg.output_dir)
@@ -74,7 +74,8 @@ def run(args) -> dict:
                          f"--output to start a new one")
     device = parse_device(cfg.device, init_distributed())
     seed_everything(cfg.solver.seed, cfg.solver.deterministic)
-    train_ds, val_ds = build_datasets(cfg.data, resolve_root(cfg.data))
+    root = resolve_root(cfg.data)
+    train_ds, val_ds = build_datasets(cfg.data, root, check_data(cfg.data, root, out))  # coco: both splits, first
     stats = class_pixel_stats_of(train_ds) if needs_class_stats(cfg.model) else None
     model = build_model(cfg.model, train_ds.num_classes, class_weight=build_class_weight(cfg.model, stats),
                         class_prior=build_class_prior(cfg.model, stats), ignore_index=train_ds.ignore_index)

@@ -150,3 +150,27 @@ def set_rng_state(state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def checkpoint_task(state: dict, source: str, default: str | None = None) -> str:
+    """"detection" or "segmentation": which training tool wrote the checkpoint ``state``.
+
+    tools/train_det.py stores the dataset's classes as ``metadata["dataset"]``; tools/train_seg.py
+    stores a config whose model has an ``arch`` (fcn | unet | unet_resnet). A checkpoint with
+    neither gives ``default``, or a CheckpointError when there is none."""
+    import yaml
+
+    if (state.get("metadata") or {}).get("dataset"):
+        return "detection"
+    try:
+        model = (yaml.safe_load(state.get("config_yaml") or "") or {}).get("model") or {}
+    except yaml.YAMLError:
+        model = {}
+    if "arch" in model:
+        return "segmentation"
+    if "rpn" in model or "roi_heads" in model:
+        return "detection"
+    if default is not None:
+        return default
+    raise CheckpointError(f"checkpoint {source} has neither dataset metadata (tools/train_det.py) nor a "
+                          "segmentation config (tools/train_seg.py); pass --config")

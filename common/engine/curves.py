@@ -1,5 +1,10 @@
 """Training curves from ``metrics.csv``: ``loss_curve.png`` (training losses, solid; validation
-losses, dashed) and ``metric_curve.png`` (evaluation metrics), against the iteration."""
+losses, dashed) and ``metric_curve.png`` (evaluation metrics), against the iteration.
+
+``metric_curve.png`` has one panel per task: metrics named ``<task>/<name>`` (``bbox/AP``,
+``segm/AP50`` ...) are grouped by task, and a task with COCO metrics shows only AP, AP50 and
+AP75 (the size breakdowns stay in metrics.csv); metrics without a task prefix (mIoU, pixel
+accuracy ...) share one panel."""
 from __future__ import annotations
 
 import csv
@@ -56,14 +61,38 @@ def plot_curves(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for key, (xs, ys) in sorted(metrics.items()):
-        ax.plot(xs, ys, "-o", markersize=3, label=key)
-    _finish(ax, "metric", bool(metrics), "no evaluation logged yet")
+    panels = metric_panels(metrics)
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.5 * max(len(panels), 1) + 1, 4), squeeze=False)
+    for ax, (task, keys) in zip(axes[0], panels.items()):
+        for key in keys:
+            xs, ys = metrics[key]
+            ax.plot(xs, ys, "-o", markersize=3, label=key.split("/", 1)[-1])
+        ax.set_title(task)
+        _finish(ax, "metric", True, "")
+    if not panels:
+        _finish(axes[0, 0], "metric", False, "no evaluation logged yet")
     paths.append(out_dir / "metric_curve.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
     return paths
+
+
+COCO_CURVES = ("AP", "AP50", "AP75")
+TASK_ORDER = ("bbox", "segm", "keypoints")  # panels left to right; other tasks follow by name
+
+
+def metric_panels(metrics: dict) -> dict[str, list[str]]:
+    """{panel title: metric keys} in the order drawn: one panel per ``<task>/`` prefix (only
+    AP, AP50, AP75 for a task that has them), the unprefixed metrics in one panel "metrics"."""
+    panels: dict[str, list[str]] = {}
+    for key in sorted(metrics):
+        task = key.split("/", 1)[0] if "/" in key else "metrics"
+        panels.setdefault(task, []).append(key)
+    for task, keys in panels.items():
+        if f"{task}/AP" in keys:
+            panels[task] = [f"{task}/{name}" for name in COCO_CURVES if f"{task}/{name}" in keys]
+    order = {task: i for i, task in enumerate(TASK_ORDER)}
+    return dict(sorted(panels.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
 
 
 def _finish(ax, ylabel: str, has_data: bool, empty_note: str) -> None:

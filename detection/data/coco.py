@@ -17,8 +17,9 @@ All of these are counted in ``.stats`` and reported once as a single :class:`Dat
 
 Broken input is a :class:`DatasetError` naming the file, the image or annotation id and the
 value: a file that is not JSON or not COCO, an annotation pointing at an unknown image or
-category, a malformed segmentation or keypoint list, a missing/unreadable image, an image whose
-size on disk differs from the JSON.
+category, a malformed segmentation or keypoint list (all checked by ``common.coco``, the reader
+segmentation's COCO layout shares), a missing/unreadable image, an image whose size on disk
+differs from the JSON. The tools find all of these before training (``common.dataset_check``).
 
 Coordinates are continuous everywhere (pixel (i, j) covers [j, j+1) x [i, i+1), as boxes and
 polygons are in COCO). COCO keypoints are pixel indices (the pixel at index x has its centre at
@@ -29,24 +30,22 @@ semantics), so they match pycocotools exactly.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import cv2
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from common.coco import DatasetError, load_coco_json, usable_polygons
+
+from .keypoint_flip import derive_flip_map
+
 MIN_BOX_SIDE = 1.0  # px: a box narrower or shorter than this (after clipping) is degenerate
-
-
-class DatasetError(ValueError):
-    """Bad dataset input; the message names the file, the image/annotation id and the value."""
 
 
 class DatasetWarning(UserWarning):
@@ -99,7 +98,8 @@ def meta_from_coco(coco: dict | COCO, source_name: str = "<COCO dict>") -> Datas
 
     Keypoint names come from the categories that have ``"keypoints"`` (they must all share the
     same names). The flip map is the category's ``"flip_map"`` (pairs of names) if present,
-    else the pairs ``left_X`` / ``right_X``. The skeleton is converted from COCO's 1-based
+    else the pairs found from the names (``detection.data.keypoint_flip``: ``left_X`` /
+    ``right_X``, ``X_l`` / ``X_r``, ``LeftX`` / ``RightX``, ``left`` / ``right``). The skeleton is converted from COCO's 1-based
     indices to 0-based.
     """
     data = coco.dataset if isinstance(coco, COCO) else coco
@@ -123,9 +123,8 @@ def meta_from_coco(coco: dict | COCO, source_name: str = "<COCO dict>") -> Datas
                 if a not in names or b not in names:
                     raise DatasetError(f"{source_name}: flip_map pair ({a!r}, {b!r}) of category "
                                        f"{kp_cats[0]['id']} names an unknown keypoint (known: {names})")
-        else:
-            flip_map = [(n, "right_" + n[5:]) for n in names
-                        if n.startswith("left_") and "right_" + n[5:] in names]
+        else:  # COCO files carry no flip map: pairs from the names (left_X / right_X, ...)
+            flip_map = derive_flip_map(names)
         for edge in kp_cats[0].get("skeleton", []):
             a, b = int(edge[0]) - 1, int(edge[1]) - 1
             if not (0 <= a < len(names) and 0 <= b < len(names)):
@@ -135,61 +134,6 @@ def meta_from_coco(coco: dict | COCO, source_name: str = "<COCO dict>") -> Datas
     return DatasetMeta(class_names=[str(c["name"]) for c in cats], category_ids=[int(c["id"]) for c in cats],
                        keypoint_names=names, keypoint_flip_map=flip_map, skeleton=skeleton,
                        keypoint_classes=[i for i, c in enumerate(cats) if c.get("keypoints")])
-
-
-def load_coco_json(ann_file: str | Path) -> COCO:
-    """Read and check a COCO JSON; return a pycocotools ``COCO`` (built quietly)."""
-    ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise DatasetError(f"annotation file {ann_file} does not exist")
-    try:
-        data = json.loads(ann_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{ann_file} is not valid JSON ({e})") from None
-    check_coco_dict(data, str(ann_file))
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
-        coco.createIndex()
-    return coco
-
-
-def check_coco_dict(data: Any, source: str) -> None:
-    """Raise :class:`DatasetError` if ``data`` is not a COCO detection dict (names the key)."""
-    if not isinstance(data, dict):
-        raise DatasetError(f"{source}: the top level must be a JSON object with 'images', 'annotations' and "
-                           f"'categories', got {type(data).__name__}")
-    data.setdefault("annotations", [])  # test-set files have none
-    for key in ("images", "categories", "annotations"):
-        if key not in data:
-            raise DatasetError(f"{source}: not a COCO file: missing key '{key}'")
-        if not isinstance(data[key], list):
-            raise DatasetError(f"{source}: '{key}' must be a list, got {type(data[key]).__name__}")
-    for kind, items, keys in (("image", data["images"], ("id", "file_name", "width", "height")),
-                              ("category", data["categories"], ("id", "name")),
-                              ("annotation", data["annotations"], ("id", "image_id", "category_id", "bbox"))):
-        seen = set()
-        for item in items:
-            if not isinstance(item, dict):
-                raise DatasetError(f"{source}: every {kind} must be an object, got {item!r}")
-            for k in keys:
-                if k not in item:
-                    raise DatasetError(f"{source}: {kind} {item.get('id', '<no id>')} has no '{k}'")
-            if item["id"] in seen:
-                raise DatasetError(f"{source}: {kind} id {item['id']} appears twice")
-            seen.add(item["id"])
-    image_ids = {im["id"] for im in data["images"]}
-    cat_ids = {c["id"] for c in data["categories"]}
-    for ann in data["annotations"]:
-        if ann["image_id"] not in image_ids:
-            raise DatasetError(f"{source}: annotation {ann['id']} points at unknown image_id {ann['image_id']!r}")
-        if ann["category_id"] not in cat_ids:
-            raise DatasetError(f"{source}: annotation {ann['id']} has unknown category_id "
-                               f"{ann['category_id']!r} (known: {sorted(cat_ids)})")
-        bbox = ann["bbox"]
-        if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)):
-            raise DatasetError(f"{source}: annotation {ann['id']} has a bbox that is not 4 finite numbers: {bbox!r}")
 
 
 def read_image(path: str | Path, image_id: Any = None) -> np.ndarray:
@@ -221,35 +165,14 @@ def read_image(path: str | Path, image_id: Any = None) -> np.ndarray:
     raise DatasetError(f"image file {path} (image id {image_id}) has {img.shape[2]} channels; expected 1, 3 or 4")
 
 
-def _rle_string_counts(text: str | bytes) -> list[int] | None:
-    """Run lengths of a compressed COCO RLE string (pycocotools' rleFrString), None if malformed.
-
-    pycocotools decodes a corrupt string into a wrong mask without complaint; this lets us check.
-    Each count is a little-endian base-32 varint in chars '0'.. ('0' + 63); from the third count
-    on, the value is a difference to the count two places earlier.
-    """
-    if isinstance(text, bytes):
-        text = text.decode("ascii", errors="replace")
-    counts: list[int] = []
-    pos = 0
-    while pos < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(text):
-                return None
-            c = ord(text[pos]) - 48
-            if not 0 <= c < 64:
-                return None
-            value |= (c & 0x1F) << shift
-            more = bool(c & 0x20)
-            pos += 1
-            shift += 5
-            if not more and c & 0x10:
-                value |= -1 << shift  # sign extension
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-    return counts
+def _empty_reason(anns: list[dict]) -> str:
+    """Why an image without a usable instance has none (for the empty-training-set message)."""
+    if not anns:
+        return "have no annotations"
+    if all(a.get("iscrowd", 0) for a in anns):
+        return "have only crowd annotations"
+    return (f"have only degenerate boxes (side < {MIN_BOX_SIDE:g} px after clipping), crowd annotations "
+            "or instances without a valid polygon")
 
 
 @dataclass
@@ -276,16 +199,18 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Attributes: ``meta`` (:class:`DatasetMeta`), ``coco`` (pycocotools ``COCO``, crowd
     annotations included), ``ids`` (COCO image ids in dataset order, increasing),
-    ``stats`` (counts of clipped/dropped annotations).
+    ``stats`` (counts of clipped/dropped annotations), ``dropped_empty`` (images dropped by
+    ``filter_empty``, counted by reason). ``skip_image_ids``: images left out before anything
+    is checked (the bad images ``common.dataset_check`` found, when they are to be skipped).
     """
 
     def __init__(self, ann_file: str | Path, image_root: str | Path,
                  transforms: Callable | None = None, *, filter_empty: bool = False,
-                 use_masks: bool = True, use_keypoints: bool = True):
+                 use_masks: bool = True, use_keypoints: bool = True, skip_image_ids: Iterable = ()):
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root)
         self.transforms = transforms
-        self.coco = load_coco_json(self.ann_file)
+        self.coco = load_coco_json(self.ann_file, skip_image_ids=skip_image_ids)
         self.meta = meta_from_coco(self.coco, str(self.ann_file))
         self.stats = {"crowd": 0, "boxes_clipped": 0, "boxes_degenerate": 0,
                       "polygons_too_short": 0, "instances_without_polygon": 0, "images_dropped_empty": 0}
@@ -297,11 +222,13 @@ class CocoDetection(torch.utils.data.Dataset):
 
         self.ids: list[int] = []
         self._instances: list[list[_Instance]] = []
+        self.dropped_empty: Counter[str] = Counter()  # why images were dropped by filter_empty
         for image_id in sorted(self.coco.imgs):
-            instances = [inst for a in self.coco.imgToAnns.get(image_id, [])
-                         if (inst := self._clean(a)) is not None]
+            anns = self.coco.imgToAnns.get(image_id, [])
+            instances = [inst for a in anns if (inst := self._clean(a)) is not None]
             if filter_empty and not instances:
                 self.stats["images_dropped_empty"] += 1
+                self.dropped_empty[_empty_reason(anns)] += 1
                 continue
             self.ids.append(image_id)
             self._instances.append(instances)
@@ -324,53 +251,33 @@ class CocoDetection(torch.utils.data.Dataset):
             return None
         segm = None
         if self.has_masks:
-            segm = self._clean_segmentation(ann, h, w)
+            segm = self._clean_segmentation(ann)
             if segm is None:
                 return None
         kps = None
         if self.has_keypoints:
             kps = np.zeros((self.meta.num_keypoints, 3), np.float32)
             if ann["category_id"] in self._kp_cats and ann.get("keypoints") is not None:
-                raw = ann["keypoints"]
-                if len(raw) != 3 * self.meta.num_keypoints:
-                    raise DatasetError(
-                        f"{self.ann_file}: annotation {ann['id']} has {len(raw)} keypoint values; expected "
-                        f"3 x {self.meta.num_keypoints} = {3 * self.meta.num_keypoints}")
-                kps = np.asarray(raw, np.float32).reshape(-1, 3)
+                kps = np.asarray(ann["keypoints"], np.float32).reshape(-1, 3)  # length checked on reading
                 kps[kps[:, 2] > 0, :2] += 0.5  # pixel index -> continuous coordinates
         return _Instance(ann["id"], box, self._label_of[ann["category_id"]], segm, kps)
 
-    def _clean_segmentation(self, ann: dict, h: int, w: int) -> Any:
-        """Polygons with < 3 points are dropped (counted); RLE size/count checked against the image."""
+    def _clean_segmentation(self, ann: dict) -> Any:
+        """Polygons with < 3 points are dropped (counted); None if no polygon is left. The shape
+        of polygons and RLEs was checked by ``common.coco`` when the file was read."""
         segm = ann.get("segmentation")
-        where = f"{self.ann_file}: annotation {ann['id']} (image {ann['image_id']})"
         if not segm:
-            raise DatasetError(f"{where} has no segmentation while other annotations do; "
-                               f"pass use_masks=False to train on boxes only")
-        if isinstance(segm, list):
-            polygons = []
-            for poly in segm:
-                if not isinstance(poly, (list, tuple)) or len(poly) % 2:
-                    raise DatasetError(f"{where} has a polygon that is not an even-length list of "
-                                       f"coordinates: {str(poly)[:80]}")
-                if len(poly) < 6:
-                    self.stats["polygons_too_short"] += 1
-                    continue
-                polygons.append([float(v) for v in poly])
-            if not polygons:
-                self.stats["instances_without_polygon"] += 1
-                return None
-            return polygons
-        if isinstance(segm, dict) and "counts" in segm and "size" in segm:
-            if list(segm["size"]) != [h, w]:
-                raise DatasetError(f"{where} has an RLE of size {list(segm['size'])} but the image is {[h, w]}")
-            counts = segm["counts"] if isinstance(segm["counts"], list) else _rle_string_counts(segm["counts"])
-            if counts is None or any(c < 0 for c in counts) or sum(counts) != h * w:
-                shown = "unparsable" if counts is None else f"summing to {sum(counts)}"
-                kind = "uncompressed" if isinstance(segm["counts"], list) else "compressed"
-                raise DatasetError(f"{where} has {kind} RLE counts {shown}; expected h * w = {h * w}")
+            raise DatasetError(f"{self.ann_file}: annotation {ann['id']} (image {ann['image_id']}) has no "
+                               f"segmentation while other annotations do; set model.mask_on=false to "
+                               f"train on boxes only")
+        if isinstance(segm, dict):
             return segm
-        raise DatasetError(f"{where} has a segmentation that is neither polygons nor RLE: {str(segm)[:80]}")
+        polygons, dropped = usable_polygons(segm)
+        self.stats["polygons_too_short"] += dropped
+        if not polygons:
+            self.stats["instances_without_polygon"] += 1
+            return None
+        return polygons
 
     def _warn_once(self) -> None:
         s = self.stats
@@ -394,6 +301,25 @@ class CocoDetection(torch.utils.data.Dataset):
     def aspect_ratios(self) -> list[float]:
         """Width / height of each item, from the JSON (no image is opened)."""
         return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.ids]
+
+    def classes_per_image(self) -> list[set[int]]:
+        """The labels present in each item (from the JSON; no image is opened)."""
+        return [{inst.label for inst in instances} for instances in self._instances]
+
+    def class_counts(self) -> list[int]:
+        """Training instances (non-crowd) per label."""
+        counts = [0] * self.meta.num_classes
+        for instances in self._instances:
+            for inst in instances:
+                counts[inst.label] += 1
+        return counts
+
+    def instance_boxes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every training instance as (boxes (M, 4) float32 xyxy pixels of the image on disk,
+        image indices (M,) int64), from the JSON (no image is opened)."""
+        boxes = [inst.box for instances in self._instances for inst in instances]
+        index = [i for i, instances in enumerate(self._instances) for _ in instances]
+        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(index, np.int64)
 
     def load_numpy(self, index: int) -> tuple[np.ndarray, dict]:
         """The image (H, W, 3) uint8 RGB and its target as numpy arrays, before transforms."""

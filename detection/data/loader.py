@@ -48,25 +48,29 @@ class AspectRatioGroupedBatches:
 
 def build_train_loader(dataset: Dataset, *, batch_size: int, num_workers: int, size_divisibility: int,
                        pad_value: float | Sequence[float], seed: int = 0, start_iter: int = 0,
-                       aspect_ratio_grouping: bool = True, rank: int = 0,
-                       world_size: int = 1) -> Iterator[tuple[ImageList, list[dict]]]:
+                       aspect_ratio_grouping: bool = True, rank: int = 0, world_size: int = 1,
+                       indices: Sequence[int] | None = None) -> Iterator[tuple[ImageList, list[dict]]]:
     """An infinite iterator of training batches (``batch_size`` images per process).
 
     ``start_iter`` restores the data position: the first batch yielded is the one a fresh loader
     would yield as batch number ``start_iter``. Grouping needs ``dataset.aspect_ratios()``.
+    ``indices``: the dataset items an epoch is made of (default: each once; a repeat-factor list,
+    ``common.samplers.repeat_indices``, holds rare-class images several times).
     """
     if start_iter < 0:
         raise ValueError(f"start_iter must be >= 0; got {start_iter}")
+    indices = list(range(len(dataset))) if indices is None else list(indices)
     if aspect_ratio_grouping:
-        sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
-        grouped = AspectRatioGroupedBatches(sampler, dataset.aspect_ratios(), batch_size)
+        sampler = InfiniteSampler(len(indices), seed=seed, rank=rank, world_size=world_size)
+        ratios = dataset.aspect_ratios()
+        grouped = AspectRatioGroupedBatches((indices[i] for i in sampler), ratios, batch_size)
         # bucket leftovers make the index position of batch t data-dependent: replay the
         # grouping (integers only, no image is read) up to it
         batches: Iterable[list[int]] = itertools.islice(grouped, start_iter, None)
     else:
-        sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size,
+        sampler = InfiniteSampler(len(indices), seed=seed, rank=rank, world_size=world_size,
                                   start=start_iter * batch_size)
-        batches = Batches(sampler, batch_size)
+        batches = ([indices[i] for i in batch] for batch in Batches(sampler, batch_size))
     loader = DataLoader(
         SeededDataset(dataset),
         batch_sampler=SeededBatches(batches, seed, rank, start_iter),

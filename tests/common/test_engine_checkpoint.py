@@ -104,3 +104,14 @@ def test_seed_everything_deterministic_switch():
         assert torch.equal(a, torch.rand(3))
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_checkpoint_task_tells_detection_from_segmentation():
+    from common.engine.checkpoint import CheckpointError, checkpoint_task
+
+    assert checkpoint_task({"metadata": {"dataset": {"class_names": ["a"]}}}, "d.pth") == "detection"
+    assert checkpoint_task({"config_yaml": "model:\n  arch: unet\n"}, "s.pth") == "segmentation"
+    assert checkpoint_task({"config_yaml": "model:\n  rpn: {}\n"}, "old.pth") == "detection"
+    assert checkpoint_task({"model": {}}, "bare.pth", default="detection") == "detection"
+    with pytest.raises(CheckpointError, match=r"checkpoint bare.pth has neither dataset metadata"):
+        checkpoint_task({"model": {}}, "bare.pth")

@@ -281,3 +281,18 @@ def test_amp_on_cuda_saves_and_resumes_the_grad_scaler(tmp_path):
     assert resumed.resume() == 2
     assert resumed.scaler.get_scale() == state["scaler"]["scale"]
     assert resumed.train()["iteration"] == 3
+
+
+def test_metric_curve_has_one_panel_per_task_with_ap_ap50_ap75():
+    from common.engine.curves import metric_panels
+
+    names = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    metrics = {f"{t}/{n}": ([1], [0.0]) for t in ("bbox", "segm") for n in names}
+    metrics.update({"keypoints/AP": ([1], [0.0]), "keypoints/APm": ([1], [0.0]), "mIoU": ([1], [0.0]),
+                    "pixel_acc": ([1], [0.0])})
+    panels = metric_panels(metrics)
+    assert panels == {
+        "bbox": ["bbox/AP", "bbox/AP50", "bbox/AP75"], "keypoints": ["keypoints/AP"],
+        "metrics": ["mIoU", "pixel_acc"], "segm": ["segm/AP", "segm/AP50", "segm/AP75"]}
+    assert list(panels) == ["bbox", "segm", "keypoints", "metrics"]  # left to right
+    assert metric_panels({}) == {}

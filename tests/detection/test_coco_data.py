@@ -304,17 +304,17 @@ def test_unknown_image_or_category(tmp_path):
     with pytest.raises(DatasetError, match=r"annotation 11 points at unknown image_id 99"):
         CocoDetection(ann, root)
     ann, root = _with(tmp_path, lambda d: d["annotations"][3].update(category_id=4))
-    with pytest.raises(DatasetError, match=r"annotation 21 has unknown category_id 4 \(known: \[3, 7, 10\]\)"):
+    with pytest.raises(DatasetError, match=r"ann\.json: annotation 21 \(image 2\) has unknown category_id 4 \(known: \[3, 7, 10\]\)"):
         CocoDetection(ann, root)
 
 
 def test_malformed_annotations(tmp_path):
     cases = [
-        (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"annotation 11 has a bbox that is not 4 finite"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"annotation 11 \(image 1\) has a bbox that is not 4 finite numbers: \[1, 2, 3\]$"),
         (lambda d: d["annotations"][0].pop("bbox"), r"annotation 11 has no 'bbox'"),
         (lambda d: d["annotations"][1].update(id=11), r"annotation id 11 appears twice"),
         (lambda d: d["annotations"][4].update(keypoints=[1, 2, 2]),
-         r"annotation 22 has 3 keypoint values; expected 3 x 3 = 9"),
+         r"annotation 22 \(image 2\) has 3 keypoint values; expected 3 x 3 = 9"),
         (lambda d: d["annotations"][1]["segmentation"].update(size=[10, 10]),
          r"annotation 12 \(image 1\) has an RLE of size \[10, 10\] but the image is \[64, 96\]"),
         (lambda d: d["annotations"][3]["segmentation"]["counts"].append(5),
@@ -322,7 +322,8 @@ def test_malformed_annotations(tmp_path):
         (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5]]),
          r"annotation 11 \(image 1\) has a polygon that is not an even-length list"),
         (lambda d: d["annotations"][0].update(segmentation=[]),
-         r"annotation 11 \(image 1\) has no segmentation while other annotations do; pass use_masks=False"),
+         r"annotation 11 \(image 1\) has no segmentation while other annotations do; set model.mask_on=false "
+         r"to train on boxes only$"),
     ]
     for edit, message in cases:
         ann, root = _with(tmp_path, edit)
@@ -331,7 +332,7 @@ def test_malformed_annotations(tmp_path):
 
 
 def test_corrupt_compressed_rle_is_a_clear_error(tmp_path):
-    from detection.data.coco import _rle_string_counts
+    from common.coco import rle_string_counts as _rle_string_counts
     for h, w, box in ((64, 96, (20, 50, 40, 70)), (7, 5, (0, 7, 0, 5)), (9, 9, (3, 4, 0, 9))):
         rle = _rle_compressed(h, w, *box)  # our parser agrees with pycocotools' run lengths
         assert sum(_rle_string_counts(rle["counts"])) == h * w

@@ -41,3 +41,37 @@ def test_train_and_val_must_share_categories(shapes_dir, tmp_path):
     cfg = load_config(DetConfig, None, ["model.mask_on=true"])
     with pytest.raises(DatasetError, match=r"has categories \[1, 3, 5\] but .*train.json has \[1, 3, 5, 7\]"):
         build_datasets(cfg, resolve_data_paths(cfg.data, str(data)))
+
+
+def test_data_that_is_a_file_says_so(shapes_dir):
+    with pytest.raises(DatasetError, match=rf"^dataset folder {shapes_dir / 'train.json'} is a file, not a folder; "
+                                           r"a dataset folder holds train\.json, val\.json, train/ and val/ \(or give "
+                                           r"data\.train_json, data\.train_images, data\.val_json and data\.val_images\)$"):
+        resolve_data_paths(DataConfig(), str(shapes_dir / "train.json"))
+
+
+def _one_split_dataset(shapes_dir, tmp_path, edit):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    train = json.loads((data / "train.json").read_text())
+    edit(train)
+    (data / "train.json").write_text(json.dumps(train))
+    return data
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda d: d.pop("annotations"), r" \(it has no annotations at all\): data\.filter_empty=true drops images "
+                                     r"without a usable instance, and 12 have no annotations;"),
+    (lambda d: [a.update(bbox=[1, 1, 0.5, 0.5]) for a in d["annotations"]],
+     r": data\.filter_empty=true drops images without a usable instance, and 12 have only degenerate boxes "
+     r"\(side < 1 px after clipping\), crowd annotations or instances without a valid polygon;"),
+    (lambda d: [a.update(iscrowd=1) for a in d["annotations"]],
+     r": data\.filter_empty=true drops images without a usable instance, and 12 have only crowd annotations;"),
+])
+@pytest.mark.filterwarnings("ignore::detection.data.DatasetWarning")
+def test_empty_training_set_names_the_file_the_reasons_and_the_setting(shapes_dir, tmp_path, edit, why):
+    data = _one_split_dataset(shapes_dir, tmp_path, edit)
+    cfg = load_config(DetConfig, None, ["model.mask_on=false", "model.keypoint_on=false"])
+    with pytest.raises(DatasetError, match=rf"^{data / 'train.json'}: none of its 12 images is left for training"
+                                           rf"{why} set data\.filter_empty=false to train on them as background only$"):
+        build_datasets(cfg, resolve_data_paths(cfg.data, str(data)))

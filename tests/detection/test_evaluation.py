@@ -255,3 +255,35 @@ def test_missing_field_for_iou_type(gt_path):
         evaluate_coco(gt, results, verbose=False)
     with pytest.raises(EvaluationError, match="unknown iou type 'mask'"):
         evaluate_coco(gt, results, ("mask",), verbose=False)
+
+
+def test_polygon_results_are_evaluated_as_rle_at_the_gt_size(gt_path):
+    gt = COCO(str(gt_path))
+    rle_results = perfect_results(gt)
+    polygon_results = [{**r, "segmentation": ann["segmentation"]}  # the ground truth's own polygons
+                       for r, ann in zip(rle_results, [a for a in gt.loadAnns(gt.getAnnIds()) if not a["iscrowd"]])]
+    by_polygon = evaluate_coco(gt, polygon_results, ("segm",), verbose=False)
+    assert by_polygon["segm"] == evaluate_coco(gt, rle_results, ("segm",), verbose=False)["segm"]
+    assert by_polygon["segm"]["AP"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("index, field, value, message", [
+    (1, "score", float("nan"), r"detection #1 \(image_id 1\) has score nan, expected a finite number$"),
+    (2, "bbox", [1, float("nan"), 3, 4], r"detection #2 \(image_id 2\) has bbox \[1, nan, 3, 4\], expected "
+                                         r"\[x, y, w, h\] of finite numbers$"),
+    (3, "bbox", [1, 2, float("inf"), 4], r"detection #3 \(image_id 2\) has bbox \[1, 2, inf, 4\]"),
+    (0, "segmentation", [[1, 2, 3, 4]], r"detection #0 \(image_id 1\) has a polygon that is not an even-length "
+                                        r"list of at least 6 finite coordinates: \[1, 2, 3, 4\]$"),
+    (0, "segmentation", [], r"detection #0 \(image_id 1\) has an empty segmentation \(no polygon\)$"),
+    (0, "segmentation", {"size": [10, 10], "counts": "0"},
+     r"detection #0 \(image_id 1\) has an RLE of size \[10, 10\] but the image is \[64, 64\]$"),
+])
+def test_bad_results_refused_before_any_evaluation(gt_path, tmp_path, capsys, index, field, value, message):
+    gt = COCO(str(gt_path))
+    results = perfect_results(gt)
+    results[index][field] = value
+    path = tmp_path / "res.json"
+    path.write_text(json.dumps(results))  # NaN/inf are written as the NaN / Infinity tokens Python reads back
+    with pytest.raises(EvaluationError, match=rf"^results file {path}: " + message):
+        evaluate_coco(gt, path)
+    assert "Average Precision" not in capsys.readouterr().out  # no table printed before the error

@@ -107,3 +107,17 @@ def test_test_loader_is_finite_ordered_and_sharded(tmp_path):
     assert sorted(sum(shards, [])) == list(range(1, 9)) and shards[1] == [2, 5, 8]
     with pytest.raises(ValueError, match=r"rank must be in \[0, world_size\); got rank=3, world_size=3"):
         build_test_loader(ds, num_workers=0, size_divisibility=32, pad_value=0.0, rank=3, world_size=3)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_image_error_in_a_worker_is_the_one_line_dataset_error(tmp_path, workers):
+    from detection.data import DatasetError
+
+    ds = make_dataset(tmp_path)
+    missing = ds.image_root / "3.png"
+    missing.unlink()
+    loader = build_train_loader(ds, batch_size=8, num_workers=workers, size_divisibility=32, pad_value=0.0,
+                                aspect_ratio_grouping=False)
+    with pytest.raises(DatasetError) as info:
+        next(loader)
+    assert str(info.value) == f"image file {missing} (image id 4) does not exist"

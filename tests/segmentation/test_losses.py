@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.samplers import repeat_factors, repeat_indices
 from segmentation.losses import (class_pixel_stats, class_prior_bias, class_weights, cross_entropy, dice_loss, focal_loss,
-                                 repeat_factors, repeat_indices, segmentation_loss)
+                                 segmentation_loss)
 
 
 def _two_pixels():

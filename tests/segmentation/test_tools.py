@@ -66,7 +66,11 @@ def test_train_resume_and_eval(train_seg, shapes_dir, tmp_path):
                           "--out", str(out), "--device", "cpu", "model.unet_width=4", "model.unet_depth=2"]) == 0
     again = json.loads(out.read_text())
     assert again["mIoU"] == pytest.approx(metrics["mIoU"])   # same weights, same val set, same numbers
-    assert (out.parent / "confusion_matrix.png").is_file()
+    # the layout of tools/eval_coco.py: metrics beside plots/
+    assert (out.parent / "plots" / "confusion_matrix.png").is_file()
+    counts = json.loads((out.parent / "plots" / "confusion_matrix.json").read_text())["counts"]
+    assert len(counts) == 5 and sum(map(sum, counts)) > 0
+    assert list((out.parent / "plots").glob("vis_*.jpg"))
 
 
 def test_errors_are_one_line_exit_2(shapes_dir, tmp_path):

@@ -92,3 +92,40 @@ def test_empty_results_warn_one_line(shapes_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"eval_coco: warning: results file {empty}: no detections; every metric is 0\n"
     assert json.loads(out.read_text())["segm"]["AP"] == 0.0
+
+
+def test_polygon_results_give_every_table_and_the_out_file(shapes_dir, tmp_path, capsys):
+    results = json.loads(write_perfect_results(shapes_dir / "val.json", tmp_path / "r.json").read_text())
+    gt = COCO(str(shapes_dir / "val.json"))
+    polygons = [a["segmentation"] for a in gt.loadAnns(gt.getAnnIds()) if not a["iscrowd"]]
+    assert sum(isinstance(p, list) for p in polygons) >= 5  # the ground truth's polygons, as results
+    for r, p in zip(results, polygons):
+        if isinstance(p, list):
+            r["segmentation"] = p
+    path = tmp_path / "polygons.json"
+    path.write_text(json.dumps(results))
+    out = tmp_path / "metrics.json"
+    assert load_tool().main(["--gt", str(shapes_dir / "val.json"), "--results", str(path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["segm"]["AP"] > 90
+
+
+def test_nan_score_is_one_line_naming_the_detection(shapes_dir, tmp_path, capsys):
+    results = json.loads(write_perfect_results(shapes_dir / "val.json", tmp_path / "r.json").read_text())
+    results[4]["score"] = float("nan")
+    path = tmp_path / "nan.json"
+    path.write_text(json.dumps(results))
+    out = tmp_path / "metrics.json"
+    assert load_tool().main(["--gt", str(shapes_dir / "val.json"), "--results", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"eval_coco: error: results file {path}: detection #4 (image_id {results[4]['image_id']}) has "
+                   f"score nan, expected a finite number\n")
+    assert not out.exists()
+def test_results_file_mode_writes_plots(shapes_dir, tmp_path):
+    results = write_perfect_results(shapes_dir / "val.json", tmp_path / "results.json")
+    out = tmp_path / "metrics.json"
+    assert load_tool().main(["--gt", str(shapes_dir / "val.json"), "--results", str(results),
+                             "--out", str(out)]) == 0
+    names = {p.name for p in (tmp_path / "plots").iterdir()}
+    assert names == {"pr_bbox.png", "pr_segm.png", "confusion_matrix.json", "confusion_matrix.png"}  # no images: no worst/
+    cm = json.loads((tmp_path / "plots" / "confusion_matrix.json").read_text())["counts"]
+    assert sum(cm[i][i] for i in range(len(cm) - 1)) == sum(map(sum, cm))  # perfect: all on the diagonal

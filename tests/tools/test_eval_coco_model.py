@@ -134,3 +134,43 @@ def test_bad_paths_and_modes(tool, run, shapes_dir, tmp_path, capsys):
     assert tool.main(["--checkpoint", str(ckpt), "--gt", str(other), "--images", str(shapes_dir / "val")]) == 2
     assert one_error(capsys) == (f"{other} has category ids [101, 103, 105, 107] but {ckpt} was trained on "
                                  "[1, 3, 5, 7] (circle, square, triangle, star)")
+
+
+def test_val_split_is_checked_before_the_model_runs(tool, run, shapes_dir, tmp_path, capsys):
+    import shutil
+
+    ckpt = run / "model_final.pth"
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    truncated = sorted((data / "val").iterdir())[4]
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    out = tmp_path / "metrics.json"
+    assert tool.main(["--checkpoint", str(ckpt), "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith(f"problem: image file {truncated} (image id 5) is truncated or corrupt")
+    assert err[1] == (f"eval_coco: error: 1 problem in {data / 'val.json'} (listed above, one per line); fix them or "
+                      "set data.skip_bad_images=true to leave those images out")
+    assert not out.exists()
+    # skipped on request: evaluated on the other 5, the skipped one printed
+    assert tool.main(["--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
+                      "data.skip_bad_images=true"]) == 0
+    printed = capsys.readouterr().out
+    assert f"  skipped: image file {truncated} (image id 5) is truncated or corrupt" in printed
+    assert f"on 5 images of {data / 'val.json'}" in printed
+
+    assert tool.main(["--checkpoint", str(ckpt), "--data", str(data / "val.json")]) == 2
+    assert one_error(capsys) == (f"--data {data / 'val.json'} is a file, not a folder; a dataset folder holds "
+                                 "val.json and val/ (or give --gt JSON --images DIR)")
+def test_diagnostics_beside_metrics_json(tool, run, shapes_dir, tmp_path):
+    out = tmp_path / "eval" / "metrics.json"
+    assert tool.main(["--checkpoint", str(run / "model_final.pth"), "--device", "cpu", "--out", str(out),
+                      "--plot-score-thresh", "0.1"]) == 0
+    plots = out.parent / "plots"
+    assert {p.name for p in plots.iterdir()} == {"pr_bbox.png", "pr_segm.png", "confusion_matrix.json",
+                                                 "confusion_matrix.png", "worst"}
+    cm = json.loads((plots / "confusion_matrix.json").read_text())
+    assert cm["score_thresh"] == 0.1 and cm["classes"][-1] == "background"
+    gt = json.loads((shapes_dir / "val.json").read_text())
+    gt_boxes = sum(1 for a in gt["annotations"] if not a["iscrowd"])
+    assert sum(sum(row) for row in cm["counts"][:-1]) == gt_boxes  # every gt box is in one row cell
+    assert len(list((plots / "worst").glob("*.jpg"))) == 6

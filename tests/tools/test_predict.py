@@ -8,21 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from tool_helpers import ROOT, TINY_DET, load_tool
+from tool_helpers import ROOT, load_tool, train_tiny_detector
 
-# one image per test batch so the run's results.json is computed exactly as predict computes
-# (no batch padding)
-TINY = TINY_DET + ["test.ims_per_batch=1"]
 CLASSES = ["circle", "square", "triangle", "star"]
 
 
 @pytest.fixture(scope="module")
 def ckpt(shapes_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("predict") / "run"
-    torch.manual_seed(0)
-    assert load_tool("train_det").main(["--data", str(shapes_dir), "--output", str(out), "--max-iters", "2",
-                                        *TINY]) == 0
-    return out / "model_final.pth"
+    # one image per test batch so the run's results.json is computed exactly as predict computes
+    # (no batch padding)
+    return train_tiny_detector(shapes_dir, tmp_path_factory.mktemp("predict") / "run", "test.ims_per_batch=1")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +88,7 @@ def test_unreadable_image_in_a_folder_is_skipped_with_one_warning(tool, ckpt, sh
     err = capsys.readouterr().err
     assert err == (f"predict: warning: skipped 1 of 2 images that could not be read; first: image file "
                    f"{folder / 'b.jpg'} (image id b.jpg) could not be read as an image\n")
-    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["a.jpg", "predictions.json"]
+    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["a.jpg", "predictions.json", "results.json"]
 
 
 def one_error(capsys) -> str:
@@ -124,3 +119,86 @@ def test_bad_paths_are_one_line_exit_2(tool, ckpt, tmp_path, capsys):
 
     assert predict(tool, ckpt, tmp_path / "o", "model.mask_on=false") == 2
     assert "does not fit GeneralizedRCNN (another architecture?)" in one_error(capsys)
+
+
+def test_glob_batches_and_coco_results(tool, ckpt, shapes_dir, tmp_path):
+    one = tmp_path / "one"
+    assert predict(tool, ckpt, one, "--input", str(shapes_dir / "val" / "00000[1-4].jpg"), "--score-thresh", "0") == 0
+    batched = tmp_path / "batched"
+    assert predict(tool, ckpt, batched, "--input", str(shapes_dir / "val" / "00000[1-4].jpg"), "--score-thresh", "0",
+                   "--batch-size", "3") == 0
+    listing = json.loads((one / "predictions.json").read_text())
+    assert [Path(item["file"]).name for item in listing] == [f"00000{i}.jpg" for i in range(1, 5)]
+    results = json.loads((one / "results.json").read_text())
+    # COCO results: one per detection, xywh boxes, category ids of the dataset, RLE masks, keypoints
+    assert len(results) == sum(len(item["instances"]) for item in listing) > 0
+    for item in listing:
+        mine = [r for r in results if r["image_id"] == item["image_id"]]
+        for inst, r in zip(item["instances"], mine):
+            x, y, w, h = r["bbox"]
+            assert inst["box"] == pytest.approx([x, y, x + w, y + h], abs=0.01)
+            assert r["category_id"] == [1, 3, 5, 7][inst["label"]] and "counts" in r["segmentation"]
+            assert len(r["keypoints"]) == 5 * 3  # the star has 5 keypoints
+    # batches of 3 pad images together: the same detections up to padding effects on the features
+    other = json.loads((batched / "results.json").read_text())
+    assert len(other) == len(results)
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(results, other)) < 0.05
+
+
+def test_video_in_drawn_video_out(tool, ckpt, shapes_dir, tmp_path):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 7.0, (96, 72))
+    for i in (1, 3, 1, 3, 1):
+        writer.write(cv2.imread(str(shapes_dir / "val" / f"00000{i}.jpg")))  # 72 x 96 frames
+    writer.release()
+    assert predict(tool, ckpt, tmp_path / "vis", "--input", str(video), "--score-thresh", "0",
+                   "--batch-size", "2") == 0
+    cap = cv2.VideoCapture(str(tmp_path / "vis" / "clip.mp4"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(7.0)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    assert len(frames) == 5 and frames[0].shape == (72, 96, 3)
+    source = cv2.imread(str(shapes_dir / "val" / "000001.jpg")).astype(np.int16)
+    assert np.abs(frames[0].astype(np.int16) - source).mean() > 3.0  # predictions drawn on it
+
+
+def test_tiles_on_a_large_canvas(tool, ckpt, shapes_dir, tmp_path):
+    canvas = np.zeros((400, 600, 3), np.uint8)
+    for i in range(6):
+        image = cv2.imread(str(shapes_dir / "val" / f"00000{i + 1}.jpg"))
+        h, w = image.shape[:2]
+        canvas[20 + 190 * (i // 3):20 + 190 * (i // 3) + h, 20 + 190 * (i % 3):20 + 190 * (i % 3) + w] = image
+    cv2.imwrite(str(tmp_path / "canvas.png"), canvas)
+    assert predict(tool, ckpt, tmp_path / "vis", "--input", str(tmp_path / "canvas.png"), "--score-thresh", "0",
+                   "--tile", "128", "--overlap", "48", "--batch-size", "4") == 0
+    results = json.loads((tmp_path / "vis" / "results.json").read_text())
+    assert results and all(r["image_id"] == 1 for r in results)
+    boxes = np.array([r["bbox"] for r in results])
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 600.01).all()
+    assert (boxes[:, 1] + boxes[:, 3] <= 400.01).all()
+    assert boxes[:, 0].max() > 300 and boxes[:, 1].max() > 200  # tiles beyond the first one contribute
+
+    assert predict(tool, ckpt, tmp_path / "o", "--input", str(tmp_path / "canvas.png"), "--tile", "64",
+                   "--overlap", "64") == 2
+
+
+def test_segmentation_checkpoint_draws_label_maps(tool, shapes_dir, tmp_path):
+    run = tmp_path / "seg"
+    torch.manual_seed(0)
+    assert load_tool("train_seg").main([
+        "--data", str(shapes_dir), "--output", str(run), "--max-iters", "2", "--device", "cpu",
+        "model.unet_width=4", "model.unet_depth=2", "data.crop_size=48", "solver.ims_per_batch=2",
+        "solver.warmup_iters=1", "solver.eval_period=0", "data.num_vis=0"]) == 0
+    out = tmp_path / "vis"
+    assert tool.main(["--checkpoint", str(run / "model_final.pth"), "--input", str(shapes_dir / "val"),
+                      "--out", str(out), "--device", "cpu"]) == 0
+    listing = json.loads((out / "predictions.json").read_text())
+    assert len(listing) == 6 and not (out / "results.json").exists()
+    for item in listing:
+        assert sum(c["pixels"] for c in item["instances"]) == item["height"] * item["width"]
+        drawn = cv2.imread(str(out / item["drawn"]))
+        assert drawn.shape[0] == item["height"] and drawn.shape[1] > item["width"]  # the legend panel

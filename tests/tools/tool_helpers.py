@@ -25,3 +25,13 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def train_tiny_detector(shapes_dir, out: Path, *extra: str, iters: int = 2) -> Path:
+    """A seeded tools/train_det.py run of the tiny recipe; returns its model_final.pth."""
+    import torch
+
+    torch.manual_seed(0)
+    assert load_tool("train_det").main(["--data", str(shapes_dir), "--output", str(out), "--max-iters", str(iters),
+                                        *TINY_DET, *extra]) == 0
+    return out / "model_final.pth"

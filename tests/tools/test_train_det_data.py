@@ -1,0 +1,84 @@
+"""tools/train_det.py and bad data: every problem of both splits found before the first iteration
+(one line each), skipping them on request, the empty training set, --data FILE."""
+import json
+import shutil
+
+import pytest
+
+from tool_helpers import TINY_DET, load_tool
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return load_tool("train_det")
+
+
+@pytest.fixture
+def bad_data(shapes_dir, tmp_path):
+    """A copy of the shapes data with a missing val image, an empty and a truncated train image."""
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    train, val = sorted((data / "train").iterdir()), sorted((data / "val").iterdir())
+    val[2].unlink()
+    train[0].write_bytes(b"")
+    train[5].write_bytes(train[5].read_bytes()[:400])
+    return data, [train[0], train[5], val[2]]
+
+
+def test_problems_of_both_splits_stop_before_training(tool, bad_data, tmp_path, capsys):
+    data, (empty, truncated, missing) = bad_data
+    out = tmp_path / "run"
+    assert tool.main(["--data", str(data), "--output", str(out), "--max-iters", "2", *TINY_DET]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4
+    assert err[0].startswith(f"problem: image file {empty} (image id ") and err[0].endswith(") is empty (0 bytes)")
+    assert err[1].startswith(f"problem: image file {truncated} (image id ") and ") is truncated or corrupt (" in err[1]
+    assert err[2].startswith(f"problem: image file {missing} (image id ") and err[2].endswith(") does not exist")
+    assert err[3] == (f"error: 3 problems in {data / 'train.json'}, {data / 'val.json'} (listed above, one per line); "
+                      "fix them or set data.skip_bad_images=true to leave those images out")
+    assert not any(out.glob("*.pth"))  # nothing trained
+
+
+def test_skip_bad_images_trains_without_them_and_lists_them(tool, bad_data, tmp_path, capsys):
+    data, bad = bad_data
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--output", str(out), "--max-iters", "1", *TINY_DET, "data.skip_bad_images=true"]
+    assert tool.main(args) == 0
+    printed = capsys.readouterr().out
+    assert (f"dataset check: skipping 3 bad images (data.skip_bad_images=true); the list is in "
+            f"{out / 'skipped_images.txt'}") in printed
+    skipped = (out / "skipped_images.txt").read_text().splitlines()
+    assert [line.split(" (image id")[0] for line in skipped] == [f"image file {p}" for p in bad]
+    results = json.loads((out / "results.json").read_text())
+    assert (out / "model_final.pth").is_file() and results is not None
+
+
+def test_second_run_reads_the_check_from_the_cache(tool, shapes_dir, tmp_path, capsys):
+    args = ["--data", str(shapes_dir), "--max-iters", "0", *TINY_DET]
+    tool.main(args + ["--output", str(tmp_path / "a")])
+    tool.main(args + ["--output", str(tmp_path / "b")])
+    printed = capsys.readouterr().out
+    assert f"dataset check: {shapes_dir / 'val.json'}: 6 images, no problems (cached)" in printed
+
+
+def test_empty_training_set_is_one_line_without_the_head_notes(tool, shapes_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    train = json.loads((data / "train.json").read_text())
+    del train["annotations"]
+    (data / "train.json").write_text(json.dumps(train))
+    assert tool.main(["--data", str(data), "--output", str(tmp_path / "run"), "--max-iters", "2", *TINY_DET]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"error: {data / 'train.json'}: none of its 12 images is left for training (it has no "
+                            "annotations at all): data.filter_empty=true drops images without a usable instance, and "
+                            "12 have no annotations; set data.filter_empty=false to train on them as background only\n")
+    assert "note:" not in captured.out
+
+
+def test_data_file_is_one_line(tool, shapes_dir, tmp_path, capsys):
+    assert tool.main(["--data", str(shapes_dir / "train.json"), "--output", str(tmp_path / "r"), *TINY_DET]) == 2
+    assert capsys.readouterr().err == (f"error: dataset folder {shapes_dir / 'train.json'} is a file, not a folder; "
+                                       "a dataset folder holds train.json, val.json, train/ and val/ (or give "
+                                       "data.train_json, data.train_images, data.val_json and data.val_images)\n")
