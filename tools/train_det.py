@@ -69,6 +69,7 @@ def train(args: argparse.Namespace) -> int:
     from common.engine import distributed as dist
     from common.engine.build import build_optimizer, build_scheduler
     from common.engine.checkpoint import seed_everything
+    from common.engine.precision import emulation_note
     from common.engine.curves import plot_curves
     from common.engine.trainer import Trainer
     from detection.build import (adapt_to_dataset, build_datasets, build_model, check_data, iou_types_for,
@@ -117,6 +118,8 @@ def train(args: argparse.Namespace) -> int:
     cfg, notes = adapt_to_dataset(cfg, train_set)
     train_indices, note = repeat_factor_indices(cfg.data, train_set, cfg.solver.seed)
     notes += [note] if note else []
+    notes += [n for n in (emulation_note(k, v, device) for k, v in (("solver.amp", cfg.solver.amp),
+                                                                     ("test.amp", cfg.test.amp))) if n]
     if main_proc:
         for n in notes:
             print(n if n.startswith("warning:") else f"note: {n}")

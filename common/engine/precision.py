@@ -63,6 +63,15 @@ def autocast(dtype: torch.dtype | None, device: str | torch.device):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+def emulation_note(key: str, setting: bool | str, device: str | torch.device) -> str | None:
+    """A sentence when ``setting`` asks for bf16 on a CPU that would only emulate it, else None."""
+    if torch.device(device).type == "cpu" and autocast_dtype(setting, device) == torch.bfloat16 \
+            and not cpu_has_native_bf16():
+        return (f"{key}={setting}: this CPU has no native bf16 (AVX-512 BF16 or AMX), so autocast "
+                f"emulates it and runs several times slower than float32 (use {key}=auto or off)")
+    return None
+
+
 def describe(setting: bool | str, device: str | torch.device) -> str:
     """'fp32', 'bf16' or 'fp16': what a setting resolves to, for logs and benchmark tables."""
     dtype = autocast_dtype(setting, device)

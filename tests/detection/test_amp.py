@@ -164,3 +164,15 @@ def test_anatomy_times_backbone_and_whole_prediction():
     assert 0 <= out["detections_per_image"] <= 4
     with pytest.raises(ValueError, match="anatomy needs more batches than the warmup ones"):
         anatomy(model, [(images, targets)], "cpu", warmup=1)
+
+
+def test_bf16_on_a_cpu_without_it_gets_a_note(monkeypatch):
+    import common.engine.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.emulation_note("solver.amp", "bf16", "cpu") == (
+        "solver.amp=bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), so autocast emulates it and "
+        "runs several times slower than float32 (use solver.amp=auto or off)")
+    assert precision.emulation_note("solver.amp", "auto", "cpu") is None
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.emulation_note("test.amp", "bf16", "cpu") is None
