@@ -65,8 +65,9 @@ def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0
     rpn = build_rpn(cfg, backbone) if cfg.proposal_generator == "rpn" else None
     roi_heads = build_roi_heads(cfg, backbone, num_classes, num_keypoints if cfg.keypoint_on else 0, res5,
                                 keypoint_classes, class_counts)
-    return GeneralizedRCNN(backbone, rpn, roi_heads, num_classes, num_keypoints if cfg.keypoint_on else 0,
-                           keypoint_flip_indices)
+    model = GeneralizedRCNN(backbone, rpn, roi_heads, num_classes, num_keypoints if cfg.keypoint_on else 0,
+                            keypoint_flip_indices, channels_last=cfg.channels_last)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 def _check_features(backbone: nn.Module, names: tuple[str, ...], key: str) -> tuple[int, list[int]]:

@@ -149,3 +149,30 @@ def test_bad_targets_name_the_image_and_value(field, value, message):
         model(images, [targets[0], t])
     with pytest.raises(ValueError, match="needs targets"):
         model(images)
+
+
+def test_channels_last_model_trains_and_predicts_like_the_nchw_one():
+    torch.manual_seed(0)
+    nchw = build_model(shapes_cfg(), K, P)
+    torch.manual_seed(0)
+    nhwc = build_model(shapes_cfg(channels_last=True), K, P)
+    convs = [p for p in nhwc.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    images, targets = batch()
+    for m in (nchw, nhwc):
+        m.train()
+    torch.manual_seed(1)
+    _, a = nchw(images, targets)
+    torch.manual_seed(1)
+    _, b = nhwc(images, targets)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+    sum(b.values()).backward()
+    nchw.eval(), nhwc.eval()
+    with torch.no_grad():
+        pa, _ = nchw(images)
+        pb, _ = nhwc(images)
+    for p, q in zip(pa, pb):
+        torch.testing.assert_close(p["pred_boxes"], q["pred_boxes"], rtol=1e-3, atol=1e-2)
+        torch.testing.assert_close(p["pred_mask_probs"], q["pred_mask_probs"], rtol=1e-3, atol=1e-3)
