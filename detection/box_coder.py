@@ -44,8 +44,10 @@ class BoxCoder:
 
     def decode(self, deltas: Tensor, reference: Tensor) -> Tensor:
         """(R, 4k) deltas (k boxes per reference, e.g. one per class), (R, 4) xyxy reference
-        boxes -> (R, 4k) xyxy boxes."""
-        ref = reference.to(deltas.dtype)
+        boxes -> (R, 4k) xyxy float32 boxes (float32 whatever the deltas' dtype: a float16 x of
+        1000.3 would come out as 1000.0)."""
+        deltas = deltas.float()
+        ref = reference.float()
         rw = (ref[:, 2] - ref[:, 0])[:, None]
         rh = (ref[:, 3] - ref[:, 1])[:, None]
         rx = ref[:, 0:1] + 0.5 * rw

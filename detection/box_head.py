@@ -105,6 +105,7 @@ def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, gt_classes: Tenso
     target_deltas (R, 4) -> {"loss_cls", "loss_box"}. ``class_weights`` (K + 1,): per-class
     weights of the cross-entropy (a weighted mean, so the loss keeps its scale), or None.
     """
+    class_logits, box_deltas = class_logits.float(), box_deltas.float()  # losses in float32
     num_rois = max(len(gt_classes), 1)
     k = class_logits.shape[1] - 1
     if len(gt_classes) == 0:
@@ -144,7 +145,7 @@ def fast_rcnn_inference(class_logits: Tensor, box_deltas: Tensor, proposals: lis
     -> N dicts {"pred_boxes" (D, 4), "scores" (D,), "pred_classes" (D,)}, sorted by score.
     """
     k = class_logits.shape[1] - 1
-    probs = F.softmax(class_logits, dim=-1)[:, :k]                     # (R, K) drop background
+    probs = F.softmax(class_logits.float(), dim=-1)[:, :k]                    # (R, K) drop background
     counts = [len(p) for p in proposals]
     out = []
     for scores, deltas, props, size in zip(probs.split(counts), box_deltas.split(counts), proposals, image_sizes):

@@ -64,8 +64,9 @@ def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0
     rpn = build_rpn(cfg, backbone) if cfg.proposal_generator == "rpn" else None
     roi_heads = build_roi_heads(cfg, backbone, num_classes, num_keypoints if cfg.keypoint_on else 0, res5,
                                 keypoint_classes, class_counts)
-    return GeneralizedRCNN(backbone, rpn, roi_heads, num_classes, num_keypoints if cfg.keypoint_on else 0,
-                           keypoint_flip_indices)
+    model = GeneralizedRCNN(backbone, rpn, roi_heads, num_classes, num_keypoints if cfg.keypoint_on else 0,
+                            keypoint_flip_indices, channels_last=cfg.channels_last)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 def _check_features(backbone: nn.Module, names: tuple[str, ...], key: str) -> tuple[int, list[int]]:
@@ -204,8 +205,8 @@ def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num
                     add_gt_as_proposals=rh.add_gt_as_proposals,
                     mask_rois_per_image=rh.mask_rois_per_image, smooth_l1_beta=bh.smooth_l1_beta,
                     score_thresh=rh.score_thresh, nms_thresh=rh.nms_thresh,
-                    detections_per_img=rh.detections_per_img, aux_grad_cap=rh.aux_grad_cap,
-                    class_weights=class_weights, **kwargs)
+                    detections_per_img=rh.detections_per_img, branch_score_thresh=rh.branch_score_thresh,
+                    aux_grad_cap=rh.aux_grad_cap, class_weights=class_weights, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,22 +19,32 @@ Predictions (``predictions[i]``), written by the model, in the model's frame:
     pred_boxes     (R, 4) float32 xyxy
     scores         (R,) float32
     pred_classes   (R,) int64 contiguous labels
-    pred_masks     (R, H, W) float32 probabilities pasted into the image (mask models)
+    pred_mask_probs (R, S, S) float32 mask probabilities of the predicted class inside
+                   pred_boxes (mask models)
     pred_keypoints (R, P, 3) float32 (x, y, score) (keypoint models)
 
-:func:`rescale_predictions` maps predictions to the frame of the image on disk for evaluation.
+:func:`rescale_predictions` maps predictions to another frame (the image on disk, for
+evaluation and drawing); it pastes the masks into that frame, once, as
+    pred_masks     (R, H', W') uint8 0/1 (mask probability >= 0.5)
+(A prediction that already holds float ``pred_masks`` (R, H, W), e.g. torchvision's, has them
+resized bilinearly instead.)
 """
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from detection.mask_head import paste_masks
+
+MASK_THRESHOLD = 0.5  # a pixel belongs to the instance when its mask probability is at least this
+
 
 def rescale_predictions(pred: dict[str, Tensor], from_size: tuple[int, int],
                         to_size: tuple[int, int]) -> dict[str, Tensor]:
     """Map one image's predictions from the model's frame (h, w) to another frame (h', w').
 
-    Boxes and keypoints are scaled; masks are resized bilinearly (still probabilities).
+    Boxes and keypoints are scaled; ``pred_mask_probs`` are pasted into the (h', w') frame as
+    binary uint8 ``pred_masks``, on the device they are on; float ``pred_masks`` are resized.
     """
     sy = to_size[0] / from_size[0]
     sx = to_size[1] / from_size[1]
@@ -46,7 +56,9 @@ def rescale_predictions(pred: dict[str, Tensor], from_size: tuple[int, int],
         kp[..., 0] *= sx
         kp[..., 1] *= sy
         out["pred_keypoints"] = kp
-    if "pred_masks" in pred:
+    if "pred_mask_probs" in pred:
+        out["pred_masks"] = paste_masks(out.pop("pred_mask_probs"), out["pred_boxes"], to_size, MASK_THRESHOLD)
+    elif "pred_masks" in pred:
         m = pred["pred_masks"]
         if m.numel() > 0:
             m = F.interpolate(m[:, None].float(), size=to_size, mode="bilinear", align_corners=False)[:, 0]

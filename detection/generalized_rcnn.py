@@ -17,9 +17,11 @@ class GeneralizedRCNN(nn.Module):
     """``forward(images, targets=None) -> (predictions, losses)`` in train and eval mode alike."""
 
     def __init__(self, backbone: nn.Module, proposal_generator: nn.Module | None, roi_heads: nn.Module,
-                 num_classes: int, num_keypoints: int = 0, keypoint_flip_indices: list[int] | None = None):
+                 num_classes: int, num_keypoints: int = 0, keypoint_flip_indices: list[int] | None = None,
+                 channels_last: bool = False):
         """keypoint_flip_indices: index of the mirrored keypoint (kept for flip test-time
-        augmentation and tools; the model itself does not use it)."""
+        augmentation and tools; the model itself does not use it). channels_last: feed the
+        backbone NHWC images (its weights must be NHWC too: ``model.to(memory_format=...)``)."""
         super().__init__()
         self.backbone = backbone
         self.proposal_generator = proposal_generator
@@ -27,6 +29,7 @@ class GeneralizedRCNN(nn.Module):
         self.num_classes = num_classes
         self.num_keypoints = num_keypoints
         self.keypoint_flip_indices = list(keypoint_flip_indices) if keypoint_flip_indices else None
+        self.channels_last = channels_last
 
     def forward(self, images: ImageList, targets: list[dict[str, Tensor]] | None = None
                 ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
@@ -40,7 +43,10 @@ class GeneralizedRCNN(nn.Module):
         if targets is not None:
             self._check_targets(images, targets)
         has_gt = targets is not None and all("gt_boxes" in t for t in targets)
-        features = self.backbone(self.backbone.normalize(images.tensor))
+        x = images.tensor
+        if self.channels_last:  # the weights are NHWC too (build_model): oneDNN's faster layout
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(self.backbone.normalize(x))
         losses: dict[str, Tensor] = {}
         if self.proposal_generator is not None:
             gt_boxes = [t["gt_boxes"] for t in targets] if has_gt else None

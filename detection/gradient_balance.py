@@ -60,6 +60,14 @@ class TrunkGradientBalance(nn.Module):
         # a buffer, so a resumed run continues with the same value
         self.register_buffer("box_grad_norm", torch.zeros(()))
 
+    optional_state = ("box_grad_norm",)  # common.engine.checkpoint.load_model_state: may be absent
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before this module existed have no running mean: start from 0, as a
+        # fresh run does (the first backward pass sets it)
+        state_dict.setdefault(prefix + "box_grad_norm", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def reference(self, x: Tensor) -> Tensor:
         if self.ratio <= 0 or not (self.training and x.requires_grad):
             return x

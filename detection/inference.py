@@ -7,12 +7,14 @@ the evaluation tool and the benchmark share one path from a model to ``metrics.j
 """
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
+from common.engine.precision import autocast, autocast_dtype, describe
 from detection.evaluation import CocoEvaluator
 from detection.fields import rescale_predictions
 
@@ -22,20 +24,32 @@ def _to(targets: list[dict], device) -> list[dict]:
             for t in targets]
 
 
+def _predict_batch(model: nn.Module, images, targets, device, dtype) -> list[dict]:
+    """One batch's predictions in the frame on disk (``orig_size`` of each target), on the CPU."""
+    with autocast(dtype, device):
+        predictions, _ = model(images.to(device))
+    out = []
+    for pred, size, target in zip(predictions, images.image_sizes, targets):
+        orig = tuple(int(v) for v in target["orig_size"])
+        # masks are pasted on the model's device at the size on disk, then copied as uint8
+        out.append({k: v.cpu() for k, v in rescale_predictions(pred, size, orig).items()})
+    return out
+
+
 @torch.no_grad()
-def predict(model: nn.Module, loader: Iterable, device, limit: int = 0) -> Iterable[tuple[int, dict]]:
+def predict(model: nn.Module, loader: Iterable, device, limit: int = 0,
+            amp: bool | str = False) -> Iterable[tuple[int, dict]]:
     """Yield ``(image_id, prediction)`` per image, the prediction mapped to the frame on disk.
 
     loader yields (ImageList, targets) with ``image_id`` and ``orig_size`` in each target.
-    ``limit`` > 0 stops after that many images.
+    ``limit`` > 0 stops after that many images. ``amp``: the precision setting (``test.amp``,
+    see common.engine.precision).
     """
     model.eval()
+    dtype = autocast_dtype(amp, device)
     seen = 0
     for images, targets in loader:
-        predictions, _ = model(images.to(device))
-        for pred, size, target in zip(predictions, images.image_sizes, targets):
-            orig = tuple(int(v) for v in target["orig_size"])
-            pred = rescale_predictions({k: v.cpu() for k, v in pred.items()}, size, orig)
+        for pred, target in zip(_predict_batch(model, images, targets, device, dtype), targets):
             yield int(target["image_id"]), pred
             seen += 1
             if limit and seen >= limit:
@@ -44,10 +58,10 @@ def predict(model: nn.Module, loader: Iterable, device, limit: int = 0) -> Itera
 
 def evaluate_detector(model: nn.Module, loader: Iterable, coco_gt, category_ids: Sequence[int],
                       iou_types: Sequence[str], device, limit: int = 0,
-                      verbose: bool = False) -> tuple[dict, list[dict]]:
+                      verbose: bool = False, amp: bool | str = False) -> tuple[dict, list[dict]]:
     """COCO metrics (percent, see detection.evaluation) and the COCO results list."""
     evaluator = CocoEvaluator(coco_gt, category_ids, iou_types, verbose=verbose)
-    for image_id, pred in predict(model, loader, device, limit):
+    for image_id, pred in predict(model, loader, device, limit, amp):
         evaluator.process([image_id], [pred])
     return evaluator.evaluate(), evaluator.results
 
@@ -66,3 +80,49 @@ def validation_loss(model: nn.Module, loader: Iterable, device, limit: int = 0) 
         if limit and batches >= limit:
             break
     return {k: v / max(batches, 1) for k, v in sums.items()}
+
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def anatomy(model: nn.Module, loader: Iterable, device, n: int = 50, amp: bool | str = False,
+            warmup: int = 2) -> dict:
+    """How much inference costs beyond its backbone: the backbone + FPN forward alone against the
+    whole prediction (model forward and the masks pasted at the size on disk, what evaluation
+    pays), interleaved batch by batch so that a busy machine slows both alike.
+
+    Runs ``warmup`` batches untimed, then batches until ``n`` images. Returns {"images",
+    "backbone_ms" and "full_ms" (per image), "ratio" (full / backbone), "detections_per_image",
+    "precision" ('fp32', 'bf16' or 'fp16')}.
+    """
+    model.eval()
+    dtype = autocast_dtype(amp, device)
+    backbone_s = full_s = 0.0
+    images_seen = detections = 0
+    for i, (images, targets) in enumerate(loader):
+        if i >= warmup and images_seen >= n:
+            break
+        x = images.to(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        with autocast(dtype, device):
+            model.backbone(model.backbone.normalize(x.tensor))
+        _sync(device)
+        t1 = time.perf_counter()
+        preds = _predict_batch(model, images, targets, device, dtype)
+        t2 = time.perf_counter()
+        if i < warmup:
+            continue
+        backbone_s += t1 - t0
+        full_s += t2 - t1
+        images_seen += len(images)
+        detections += sum(len(p["scores"]) for p in preds)
+    if images_seen == 0:
+        raise ValueError("anatomy needs more batches than the warmup ones")
+    return {"images": images_seen, "backbone_ms": 1000 * backbone_s / images_seen,
+            "full_ms": 1000 * full_s / images_seen, "ratio": full_s / backbone_s,
+            "detections_per_image": detections / images_seen, "precision": describe(amp, device)}

@@ -55,8 +55,9 @@ def keypoint_loss(heatmaps: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
 
     heatmaps (R, P, S, S) logits, targets (R, P) flat cell indices, valid (R, P) bool.
     """
+    heatmaps = heatmaps.float()  # the loss in float32
     r, p, s, _ = heatmaps.shape
-    logits = heatmaps.reshape(r * p, s * s)                                # one softmax per keypoint map
+    logits = heatmaps.reshape(r * p, s * s)                               # one softmax per keypoint map
     keep = valid.reshape(-1)
     zero = heatmaps.sum() * 0.0                                            # keeps the head in the graph
     if not bool(keep.any()):

@@ -59,6 +59,7 @@ def mask_loss(mask_logits: Tensor, gt_classes: Tensor, targets: Tensor) -> Tenso
 
     mask_logits (R, K, S, S) (K = 1: class-agnostic), gt_classes (R,), targets (R, S, S).
     """
+    mask_logits = mask_logits.float()  # the loss in float32
     if len(mask_logits) == 0:
         return mask_logits.sum() * 0.0
     cls = gt_classes if mask_logits.shape[1] > 1 else torch.zeros_like(gt_classes)
@@ -69,7 +70,7 @@ def mask_loss(mask_logits: Tensor, gt_classes: Tensor, targets: Tensor) -> Tenso
 def mask_probs(mask_logits: Tensor, pred_classes: Tensor) -> Tensor:
     """(R, K, S, S) logits, (R,) classes -> (R, S, S) probabilities of the predicted class."""
     cls = pred_classes if mask_logits.shape[1] > 1 else torch.zeros_like(pred_classes)
-    return mask_logits[torch.arange(len(mask_logits), device=cls.device), cls].sigmoid()
+    return mask_logits[torch.arange(len(mask_logits), device=cls.device), cls].float().sigmoid()
 
 
 def _interp_weights(start: Tensor, end: Tensor, size: int, length: int) -> Tensor:
@@ -86,19 +87,36 @@ def _interp_weights(start: Tensor, end: Tensor, size: int, length: int) -> Tenso
     return (1 - (u[:, :, None] - j).abs()).clamp(min=0)                     # (R, length, size)
 
 
-def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], chunk: int = 64) -> Tensor:
+def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float | None = None,
+                max_pixels: int = 2**22) -> Tensor:
     """Paste S x S masks into their boxes of an (h, w) image, bilinearly resampled.
 
     Vectorised as two small matrix products per box: out = Wy @ mask @ Wx^T, where Wy (h, S) and
-    Wx (w, S) are the 1-D interpolation weights (zero outside the box's half-cell border).
-    masks (R, S, S), boxes (R, 4) xyxy -> (R, h, w) float32.
+    Wx (w, S) are the 1-D interpolation weights (zero outside the box's half-cell border). Boxes
+    go in chunks of about ``max_pixels`` output pixels (the float32 working memory), each chunk
+    computed only over the rows and columns its boxes touch.
+    masks (R, S, S), boxes (R, 4) xyxy in the (h, w) frame -> (R, h, w) float32 probabilities, or
+    uint8 0/1 (``>= threshold``) when a threshold is given (a quarter of the memory).
     """
     h, w = image_size
-    out = masks.new_zeros((len(masks), h, w), dtype=torch.float32)
+    out = masks.new_zeros((len(masks), h, w), dtype=torch.float32 if threshold is None else torch.uint8)
     s = masks.shape[-1]
-    for i in range(0, len(masks), chunk):
-        m, b = masks[i:i + chunk].float(), boxes[i:i + chunk].float()
-        wy = _interp_weights(b[:, 1], b[:, 3], s, h)                        # (r, h, S)
-        wx = _interp_weights(b[:, 0], b[:, 2], s, w)                        # (r, w, S)
-        torch.bmm(torch.bmm(wy, m), wx.transpose(1, 2), out=out[i:i + chunk])  # (r, h, w)
+    chunk = max(1, max_pixels // max(h * w, 1))
+    with torch.autocast(masks.device.type, enabled=False):  # interpolation weights in float32
+        for i in range(0, len(masks), chunk):
+            m, b = masks[i:i + chunk].float(), boxes[i:i + chunk].float()
+            # the chunk's rows/columns that any of its boxes (+ the half-cell border) reaches
+            border = 0.5 * (b[:, 2:] - b[:, :2]) / s                           # (r, 2) x, y
+            lo = (b[:, :2] - border).amin(dim=0).floor().clamp(min=0)
+            hi = (b[:, 2:] + border).amax(dim=0).ceil()
+            x0, y0 = int(lo[0]), int(lo[1])
+            x1, y1 = min(int(hi[0]), w), min(int(hi[1]), h)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            wy = _interp_weights(b[:, 1] - y0, b[:, 3] - y0, s, y1 - y0)     # (r, y1 - y0, S)
+            wx = _interp_weights(b[:, 0] - x0, b[:, 2] - x0, s, x1 - x0)     # (r, x1 - x0, S)
+            pasted = torch.bmm(torch.bmm(wy, m), wx.transpose(1, 2))           # (r, y1 - y0, x1 - x0)
+            if threshold is not None:
+                pasted = pasted >= threshold
+            out[i:i + chunk, y0:y1, x0:x1] = pasted
     return out

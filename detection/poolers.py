@@ -25,7 +25,9 @@ def assign_levels(boxes: Tensor, min_level: int, max_level: int, canonical_size:
     """FPN paper, eq. 1: k = floor(k0 + log2(sqrt(wh) / 224)), clamped to [min_level, max_level].
 
     boxes (R, 4) xyxy -> (R,) int64 level index relative to ``min_level`` (0 = finest).
+    Computed in float32 whatever the boxes' dtype.
     """
+    boxes = boxes.float()
     size = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
     level = torch.floor(canonical_level + torch.log2(size / canonical_size + 1e-8))
     return (level.clamp(min=min_level, max=max_level) - min_level).to(torch.int64)
@@ -57,6 +59,11 @@ class RoIPooler(nn.Module):
         self.canonical_box_size = canonical_box_size
         self.canonical_level = canonical_level
 
+    def settings(self) -> tuple:
+        """Everything that decides the output: two poolers with equal settings pool alike."""
+        return (self.output_size, tuple(self.scales), self.sampling_ratio, self.kind, self.aligned,
+                self.canonical_box_size, self.canonical_level)
+
     def _pool(self, x: Tensor, rois: Tensor, scale: float) -> Tensor:
         if self.kind == "pool":
             return roi_pool(x, rois, (self.output_size, self.output_size), scale)
@@ -67,7 +74,10 @@ class RoIPooler(nn.Module):
         pixels -> (R, C, S, S), rows in the order of the concatenated boxes."""
         if len(features) != len(self.scales):
             raise ValueError(f"RoIPooler has {len(self.scales)} scales but got {len(features)} feature maps")
-        rois = boxes_to_rois([b.to(features[0].dtype) for b in boxes])  # (R, 5)
+        # boxes and level assignment stay float32 under autocast: w * h overflows float16 above
+        # 65504 px^2 and bf16 rounds a 300 px coordinate to 2 px; the features are pooled in float32
+        rois = boxes_to_rois([b.float() for b in boxes])  # (R, 5)
+        features = [x.float() for x in features]
         if len(features) == 1:
             return self._pool(features[0], rois, self.scales[0])
         levels = assign_levels(rois[:, 1:], self.min_level, self.max_level, self.canonical_box_size,

@@ -35,7 +35,8 @@ def predict_batch(model: nn.Module, images_rgb: list[np.ndarray], transforms, de
         tensors.append(torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1))  # HWC -> CHW
     batch = ImageList.from_tensors(tensors, model.backbone.size_divisibility, model.backbone.pixel_mean)
     predictions, _ = model(batch.to(device))
-    return [rescale_predictions({k: v.cpu() for k, v in p.items()}, size, image.shape[:2])
+    # masks are pasted once, on the model's device, at the image's size (uint8), then copied
+    return [{k: v.cpu() for k, v in rescale_predictions(p, size, image.shape[:2]).items()}
             for p, size, image in zip(predictions, batch.image_sizes, images_rgb)]
 
 
@@ -106,7 +107,7 @@ def predict_tiled(model: nn.Module, image_rgb: np.ndarray, transforms, device, t
     if keypoints:
         out["pred_keypoints"] = torch.cat(keypoints)[keep]
     if "pred_masks" in parts[0][0]:
-        masks = torch.zeros((len(keep), h, w), dtype=torch.float32)         # (R, H, W)
+        masks = torch.zeros((len(keep), h, w), dtype=parts[0][0]["pred_masks"].dtype)  # (R, H, W)
         for r, (j, row) in enumerate(owners[keep].tolist()):
             y0, x0, y1, x1 = parts[j][1]
             masks[r, y0:y1, x0:x1] = parts[j][0]["pred_masks"][row]

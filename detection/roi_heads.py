@@ -16,7 +16,7 @@ from detection.box_head import FastRCNNPredictor, fast_rcnn_inference, fast_rcnn
 from detection.box_ops import pairwise_iou
 from detection.gradient_balance import TrunkGradientBalance
 from detection.keypoint_head import heatmaps_to_keypoints, keypoint_loss, keypoint_targets
-from detection.mask_head import mask_loss, mask_probs, mask_targets, paste_masks
+from detection.mask_head import mask_loss, mask_probs, mask_targets
 from detection.matcher import BETWEEN_THRESHOLDS, match
 from detection.poolers import RoIPooler
 from detection.sampler import sample_balanced
@@ -58,7 +58,7 @@ class RoIHeads(nn.Module):
                  iou_thresholds: tuple[float, float] = (0.5, 0.5), batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, add_gt_as_proposals: bool = True, mask_rois_per_image: int = 0,
                  smooth_l1_beta: float = 1.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 detections_per_img: int = 100,
+                 detections_per_img: int = 100, branch_score_thresh: float = 0.0,
                  mask_pooler: RoIPooler | None = None, mask_head: nn.Module | None = None,
                  mask_loss_weight: float = 1.0,
                  keypoint_pooler: RoIPooler | None = None, keypoint_head: nn.Module | None = None,
@@ -77,6 +77,8 @@ class RoIHeads(nn.Module):
         self.mask_rois_per_image = mask_rois_per_image
         self.smooth_l1_beta = smooth_l1_beta
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+        # inference: the mask / keypoint heads cost in proportion to the detections they see
+        self.branch_score_thresh = branch_score_thresh
         self.mask_pooler, self.mask_head = mask_pooler, mask_head
         self.mask_loss_weight = mask_loss_weight
         self.keypoint_pooler, self.keypoint_head = keypoint_pooler, keypoint_head
@@ -167,30 +169,35 @@ class RoIHeads(nn.Module):
                                    self.score_thresh, self.nms_thresh, self.detections_per_img)
         boxes = [d["pred_boxes"] for d in dets]
         counts = [len(b) for b in boxes]
-        total = sum(counts)
+        all_boxes = torch.cat(boxes)                                      # (D, 4) the batch's detections
+        classes = torch.cat([d["pred_classes"] for d in dets])            # (D,)
+        run = torch.cat([d["scores"] for d in dets]) >= self.branch_score_thresh  # (D,) go through the branches
+        pooled = None  # mask-pooled features of the `run` detections, reused by an identical keypoint pooler
         if self.mask_on:
-            if total > 0:
-                logits = self.mask_head(self.mask_pooler(feats, boxes))
-                probs = mask_probs(logits, torch.cat([d["pred_classes"] for d in dets])).split(counts)
-            else:
-                probs = [feats[0].new_zeros((0, 1, 1))] * len(dets)
-            for d, p, size in zip(dets, probs, image_sizes):
-                d["pred_masks"] = paste_masks(p, d["pred_boxes"], size)
+            probs = all_boxes.new_zeros((len(all_boxes), 1, 1))            # empty masks where the head does not run
+            if bool(run.any()):
+                pooled = self.mask_pooler(feats, [b[r] for b, r in zip(boxes, run.split(counts))])
+                sub = mask_probs(self.mask_head(pooled), classes[run])     # (D', S, S)
+                probs = all_boxes.new_zeros((len(all_boxes), *sub.shape[1:]))
+                probs[run] = sub
+            # pasted into an image only by rescale_predictions, once, at the size that is wanted
+            for d, p in zip(dets, probs.split(counts)):
+                d["pred_mask_probs"] = p
         if self.keypoint_on:
             num_kp = self.keypoint_head.num_keypoints
             # only detections of classes that have keypoints go through the (costly) keypoint head
             if self.keypoint_classes is None:
-                sel = [torch.ones_like(d["pred_classes"], dtype=torch.bool) for d in dets]
+                sel = torch.ones_like(classes, dtype=torch.bool)
             else:
-                kp_classes = torch.as_tensor(self.keypoint_classes, device=feats[0].device)
-                sel = [torch.isin(d["pred_classes"], kp_classes) for d in dets]
-            kp_boxes = [b[s] for b, s in zip(boxes, sel)]
-            kp_counts = [len(b) for b in kp_boxes]
-            if sum(kp_counts) > 0:
-                heatmaps = self.keypoint_head(self.keypoint_pooler(feats, kp_boxes)).split(kp_counts)
-            for i, (d, s) in enumerate(zip(dets, sel)):
-                kp = feats[0].new_zeros((len(s), num_kp, 3))  # (R_i, P, 3); zeros for classes without keypoints
-                if kp_counts[i] > 0:
-                    kp[s] = heatmaps_to_keypoints(heatmaps[i], kp_boxes[i], self.keypoint_subpixel)
-                d["pred_keypoints"] = kp
+                sel = torch.isin(classes, torch.as_tensor(self.keypoint_classes, device=classes.device))
+            sel = sel & run
+            kp = all_boxes.new_zeros((len(all_boxes), num_kp, 3))         # (D, P, 3); zeros where no keypoints
+            if bool(sel.any()):
+                if pooled is not None and self.keypoint_pooler.settings() == self.mask_pooler.settings():
+                    kp_feats = pooled[sel[run]]
+                else:
+                    kp_feats = self.keypoint_pooler(feats, [b[s] for b, s in zip(boxes, sel.split(counts))])
+                kp[sel] = heatmaps_to_keypoints(self.keypoint_head(kp_feats), all_boxes[sel], self.keypoint_subpixel)
+            for d, k in zip(dets, kp.split(counts)):
+                d["pred_keypoints"] = k
         return dets

@@ -83,6 +83,7 @@ def rpn_losses(objectness_logits: Tensor, pred_deltas: Tensor, labels: Tensor, t
     objectness_logits (N, T), pred_deltas (N, T, 4), labels (N, T) with 1/0/-1 (-1: not sampled),
     target_deltas (N, T, 4) -> {"loss_rpn_cls", "loss_rpn_box"} scalars.
     """
+    objectness_logits, pred_deltas = objectness_logits.float(), pred_deltas.float()  # losses in float32
     sampled = labels >= 0
     positive = labels == 1
     normalizer = sampled.sum().clamp(min=1).float()
@@ -114,7 +115,7 @@ def find_top_proposals(anchors: list[Tensor], logits: list[Tensor], deltas: list
     boxes_all, scores_all, levels_all = [], [], []
     for lvl, (a, lg, dl) in enumerate(zip(anchors, logits, deltas)):
         k = min(pre_nms_topk, lg.shape[1])
-        scores, idx = lg.topk(k, dim=1)                                    # (N, k)
+        scores, idx = lg.float().topk(k, dim=1)                                  # (N, k)
         picked = dl.gather(1, idx[..., None].expand(-1, -1, 4))            # (N, k, 4)
         ref = a[idx]                                                       # (N, k, 4)
         boxes = box_coder.decode(picked.reshape(-1, 4), ref.reshape(-1, 4)).view(n, k, 4)

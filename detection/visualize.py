@@ -23,7 +23,7 @@ def prediction_to_numpy(pred: dict, score_thresh: float) -> dict:
     out = {"boxes": pred["pred_boxes"][keep].numpy(), "labels": pred["pred_classes"][keep].numpy(),
            "scores": pred["scores"][keep].numpy()}
     if "pred_masks" in pred:
-        out["masks"] = (pred["pred_masks"][keep] >= 0.5).numpy().astype(np.uint8)
+        out["masks"] = (pred["pred_masks"][keep] >= 0.5).numpy().astype(np.uint8)  # float or 0/1
     if "pred_keypoints" in pred:
         out["keypoints"] = pred["pred_keypoints"][keep].numpy()
     return out
@@ -52,8 +52,8 @@ def predict_image(model: nn.Module, image_rgb: np.ndarray, transforms, device) -
     tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)  # HWC -> CHW
     images = ImageList.from_tensors([tensor], model.backbone.size_divisibility, model.backbone.pixel_mean)
     predictions, _ = model(images.to(device))
-    pred = {k: v.cpu() for k, v in predictions[0].items()}
-    return rescale_predictions(pred, images.image_sizes[0], (h, w))
+    pred = rescale_predictions(predictions[0], images.image_sizes[0], (h, w))
+    return {k: v.cpu() for k, v in pred.items()}
 
 
 def draw_predictions(model: nn.Module, dataset, device, out_dir: str | Path, count: int = 8,

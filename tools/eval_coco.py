@@ -141,7 +141,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         print(f"note: the model produces no {' or '.join(skipped)}; skipped")
     iou_types = [t for t in args.iou_types if t in produced]
     print(f"evaluating {args.checkpoint} on {len(val)} images of {ann} ({device})")
-    return evaluate_detector(model, loader, val.coco, meta.category_ids, iou_types, device, verbose=True)
+    return evaluate_detector(model, loader, val.coco, meta.category_ids, iou_types, device, verbose=True,
+                             amp=cfg.test.amp)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ def main(argv=None) -> int:
 def train(args: argparse.Namespace) -> int:
     from common.engine import distributed as dist
     from common.engine.build import build_optimizer, build_scheduler
+    from common.engine.precision import emulation_note
     from common.engine.trainer import Trainer
     from common.loaders import build_test_loader
     from common.tooling import (load_run_config, overrides_of, prepare_run_dir, print_log, seed_process,
@@ -97,6 +98,8 @@ def train(args: argparse.Namespace) -> int:
     cfg, data_notes = adapt_to_dataset(cfg, train_set)
     train_indices, note = repeat_factor_indices(cfg.data, train_set, cfg.solver.seed)
     data_notes += [note] if note else []
+    data_notes += [n for n in (emulation_note(k, v, device) for k, v in (("solver.amp", cfg.solver.amp),
+                                                                          ("test.amp", cfg.test.amp))) if n]
     if main_proc:
         for n in notes + data_notes:
             print(n if n.startswith("warning:") else f"note: {n}")
@@ -127,7 +130,7 @@ def train(args: argparse.Namespace) -> int:
         if not main_proc:  # rank 0 evaluates; the trainer broadcasts its answer
             return {}
         metrics, _ = evaluate_detector(m, val_loader(), val_set.coco, meta.category_ids, iou_types,
-                                       device, limit=cfg.test.eval_images)
+                                       device, limit=cfg.test.eval_images, amp=cfg.test.amp)
         metrics.pop("per_category", None)
         return metrics
 
@@ -156,7 +159,7 @@ def train(args: argparse.Namespace) -> int:
 
     if main_proc:  # the final, complete evaluation with the per-category table
         metrics, results = evaluate_detector(trainer.model, val_loader(), val_set.coco, meta.category_ids,
-                                             iou_types, device, verbose=True)
+                                             iou_types, device, verbose=True, amp=cfg.test.amp)
         run.write_metrics(metrics)  # NaN -> null
         (run.root / "results.json").write_text(json.dumps(results))
         run.plot_curves()

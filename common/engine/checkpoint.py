@@ -98,12 +98,15 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 def load_model_state(model: nn.Module, state_dict: dict, source: str, max_keys: int = 5) -> None:
     """Load ``state_dict`` into ``model`` strictly; on a mismatch raise one CheckpointError that lists
     the first few missing, unexpected and shape-mismatched keys. A ``module.`` prefix (from a DDP
-    model) is stripped first. ``source`` names where the weights came from (a path).
+    model) is stripped first. ``source`` names where the weights came from (a path). A module may
+    name buffers that older checkpoints lack in ``optional_state`` (it then fills them itself).
     """
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
+    optional = {f"{name}.{key}" if name else key for name, m in model.named_modules()
+                for key in getattr(m, "optional_state", ())}
+    missing = [k for k in own if k not in state_dict and k not in optional]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
               if k in state_dict and hasattr(state_dict[k], "shape") and state_dict[k].shape != v.shape]

@@ -26,7 +26,7 @@ class SolverConfig:
     gamma: float = 0.1  # "step": decay factor at each of `steps`
     clip_grad_norm: float = 0.0  # clip the global gradient L2 norm to this value (0 = off)
     accumulate: int = 1  # batches whose gradients are summed per optimizer step
-    amp: bool = False  # float16 autocast + gradient scaling (used on CUDA only)
+    amp: bool | Literal["off", "bf16", "fp16", "auto"] = False  # mixed precision: off, bf16, fp16 (+ gradient scaling) or auto (bf16 on GPUs and CPUs with native bf16, else fp16 on CUDA / off on the CPU); true = the old fp16-on-CUDA-only (common/engine/precision.py)
     ims_per_batch: int = 4  # images per batch on each process
     checkpoint_period: int = 500  # save a resumable checkpoint every this many iterations (0 = off)
     keep_checkpoints: int = 3  # how many periodic checkpoints to keep on disk

@@ -5,7 +5,8 @@
     summary = trainer.train()
 
 One iteration = one optimizer step over ``accumulate`` batches:
-    forward -> check every loss term is finite -> backward (scaled for AMP, / accumulate)
+    forward (under autocast when ``amp`` asks for it, see precision.py) -> check every loss term
+    is finite -> backward (scaled for fp16, / accumulate)
     -> [unscale, clip the gradient norm] -> optimizer step -> scheduler step.
 The model follows the contract in ARCHITECTURE.md: ``model(images, targets) -> (predictions,
 losses)`` with ``losses`` a dict of scalar tensors. Iteration numbers are 1-based counts of
@@ -37,6 +38,7 @@ from common.engine.checkpoint import (CheckpointError, get_rng_state, load_check
                                       load_model_state, save_checkpoint, set_rng_state,
                                       write_text_atomic)
 from common.engine.metrics_log import MetricsLog, flatten_metrics
+from common.engine.precision import autocast, autocast_dtype
 
 PERIODIC = re.compile(r"model_(\d{7})\.pth")
 
@@ -95,7 +97,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                  make_data_iter: Callable[[int], Iterator], *, output_dir: str | Path,
-                 max_iters: int, device: str | torch.device = "cpu", amp: bool = False,
+                 max_iters: int, device: str | torch.device = "cpu", amp: bool | str = False,
                  clip_grad_norm: float = 0.0, accumulate: int = 1, checkpoint_period: int = 1000,
                  eval_period: int = 0, log_period: int = 20,
                  evaluate: Callable[[nn.Module], dict] | None = None,
@@ -129,7 +131,9 @@ class Trainer:
         self.make_data_iter = make_data_iter
         self.output_dir = Path(output_dir)
         self.max_iters = max_iters
-        self.amp = bool(amp) and self.device.type == "cuda"
+        # autocast dtype (None: float32); only float16 needs its gradients scaled
+        self.amp_dtype = autocast_dtype(amp, self.device)
+        self.amp = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.clip_grad_norm = clip_grad_norm
         self.accumulate = accumulate
@@ -347,7 +351,7 @@ class Trainer:
             # inside an accumulation, let DDP skip the gradient all-reduce until the last batch
             sync = contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync()
             with sync:
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                with autocast(self.amp_dtype, self.device):
                     _, losses = self.net(images, targets)
                 losses = self._check_losses(losses, iteration)
                 total = sum(losses.values())

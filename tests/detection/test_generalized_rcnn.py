@@ -11,6 +11,7 @@ from common.config import merge
 from detection.build import build_model
 from detection.config import ModelConfig
 from common.image_list import ImageList
+from detection.fields import rescale_predictions
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
 K, P = 3, 5
@@ -73,8 +74,10 @@ def train_and_eval(model, expected_losses):
         assert p["scores"].shape == (r,) and p["pred_classes"].dtype == torch.int64
         if r:
             assert p["pred_boxes"][:, 2].max() <= w and p["pred_boxes"][:, 3].max() <= h
-        if "pred_masks" in p:
-            assert p["pred_masks"].shape == (r, h, w)
+        if "pred_mask_probs" in p:
+            assert p["pred_mask_probs"].shape[0] == r and p["pred_mask_probs"].dtype == torch.float32
+            masks = rescale_predictions(p, (h, w), (h, w))["pred_masks"]
+            assert masks.shape == (r, h, w) and masks.dtype == torch.uint8
         if "pred_keypoints" in p:
             assert p["pred_keypoints"].shape == (r, P, 3)
     return preds
@@ -86,7 +89,7 @@ def test_mask_keypoint_rcnn_fpn():
     assert model.keypoint_flip_indices == [0, 2, 1, 4, 3]
     preds = train_and_eval(model, {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask",
                                    "loss_keypoint"})
-    assert "pred_masks" in preds[0] and "pred_keypoints" in preds[0]
+    assert "pred_mask_probs" in preds[0] and "pred_keypoints" in preds[0]
 
 
 def test_faster_rcnn_fpn_all_empty_targets():
@@ -106,7 +109,7 @@ def test_mask_rcnn_c4():
     assert "c5" not in model.backbone.out_features
     assert any(n.startswith("roi_heads.box_head.res5.") for n, _ in model.named_parameters())
     preds = train_and_eval(model, {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"})
-    assert "pred_masks" in preds[0]
+    assert "pred_mask_probs" in preds[0]
 
 
 def test_fast_rcnn_precomputed_proposals():
@@ -147,3 +150,30 @@ def test_bad_targets_name_the_image_and_value(field, value, message):
         model(images, [targets[0], t])
     with pytest.raises(ValueError, match="needs targets"):
         model(images)
+
+
+def test_channels_last_model_trains_and_predicts_like_the_nchw_one():
+    torch.manual_seed(0)
+    nchw = build_model(shapes_cfg(), K, P)
+    torch.manual_seed(0)
+    nhwc = build_model(shapes_cfg(channels_last=True), K, P)
+    convs = [p for p in nhwc.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    images, targets = batch()
+    for m in (nchw, nhwc):
+        m.train()
+    torch.manual_seed(1)
+    _, a = nchw(images, targets)
+    torch.manual_seed(1)
+    _, b = nhwc(images, targets)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+    sum(b.values()).backward()
+    nchw.eval(), nhwc.eval()
+    with torch.no_grad():
+        pa, _ = nchw(images)
+        pb, _ = nhwc(images)
+    for p, q in zip(pa, pb):
+        torch.testing.assert_close(p["pred_boxes"], q["pred_boxes"], rtol=1e-3, atol=1e-2)
+        torch.testing.assert_close(p["pred_mask_probs"], q["pred_mask_probs"], rtol=1e-3, atol=1e-3)

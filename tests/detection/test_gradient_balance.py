@@ -34,6 +34,12 @@ def test_cap_is_off_at_ratio_zero_and_in_eval_mode():
     bal = TrunkGradientBalance().eval()
     assert bal.cap(x) is x and bal.reference(x) is x
     assert "box_grad_norm" in bal.state_dict()              # resumed runs keep the running mean
+    from common.engine.checkpoint import load_model_state
+
+    old = torch.nn.Sequential(TrunkGradientBalance())
+    old[0].box_grad_norm.fill_(3.0)
+    load_model_state(old, {}, "a checkpoint from before the balance existed")
+    assert old[0].box_grad_norm.item() == 0.0
 
 
 P = 3

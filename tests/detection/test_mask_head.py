@@ -43,7 +43,7 @@ def test_paste_matches_grid_sample_reference():
     masks = torch.rand(3, 7, 7)
     boxes = torch.tensor([[2.0, 3, 20, 15], [-4, -4, 10, 30], [10.5, 0.5, 31.5, 9.5]])
     h, w = 24, 32
-    out = paste_masks(masks, boxes, (h, w), chunk=2)
+    out = paste_masks(masks, boxes, (h, w), max_pixels=2 * h * w)  # chunks of 2 boxes
     assert out.shape == (3, h, w)
     # reference: grid_sample of each mask over the whole image (align_corners=False, zero padding)
     ys = torch.arange(h) + 0.5
@@ -56,3 +56,37 @@ def test_paste_matches_grid_sample_reference():
         torch.testing.assert_close(o, ref, atol=1e-5, rtol=1e-4)
     assert out[0, 0, 0] == 0 and out[0, 9, 11] > 0
     assert paste_masks(masks[:0], boxes[:0], (h, w)).shape == (0, h, w)
+    # one box per chunk (each computed over its own rows and columns only), and thresholded
+    torch.testing.assert_close(paste_masks(masks, boxes, (h, w), max_pixels=1), out, atol=1e-6, rtol=0)
+    binary = paste_masks(masks, boxes, (h, w), threshold=0.5, max_pixels=1)
+    assert binary.dtype == torch.uint8 and torch.equal(binary, (out >= 0.5).to(torch.uint8))
+    outside = paste_masks(masks[:1], torch.tensor([[40.0, 30, 50, 40]]), (h, w))
+    assert outside.shape == (1, h, w) and outside.abs().sum() == 0
+
+
+def test_masks_pasted_at_output_size_match_paste_then_resize():
+    """rescale_predictions pastes once at the size on disk (uint8); the old path pasted float
+    masks in the model's frame and resized them bilinearly. Same frame: identical; 2.5x larger:
+    at most 1.5% of the pixels inside the boxes differ (resampling the 28x28 mask once instead of
+    twice)."""
+    from detection.fields import rescale_predictions
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 1, 7, 7) * 4
+    probs = F.interpolate(logits, size=28, mode="bilinear", align_corners=False)[:, 0].sigmoid()
+    boxes = torch.tensor([[2.0, 3, 60, 45], [10, 10, 30, 70], [0, 0, 96, 80], [50.5, 20.5, 90, 79.5],
+                          [40, 40, 41.5, 42], [70, 5, 95, 30]])
+    pred = {"pred_boxes": boxes, "scores": torch.ones(6), "pred_classes": torch.zeros(6, dtype=torch.int64),
+            "pred_mask_probs": probs}
+    model_frame = (80, 96)
+    old = paste_masks(probs, boxes, model_frame)
+    same = rescale_predictions(pred, model_frame, model_frame)
+    assert "pred_mask_probs" not in same and same["pred_masks"].dtype == torch.uint8
+    assert torch.equal(same["pred_masks"], (old >= 0.5).to(torch.uint8))
+    big = (200, 240)
+    new = rescale_predictions(pred, model_frame, big)["pred_masks"]
+    old_big = F.interpolate(old[:, None], size=big, mode="bilinear", align_corners=False)[:, 0] >= 0.5
+    assert new.shape == (6, *big)
+    inside = paste_masks(torch.ones_like(probs), boxes * 2.5, big) > 0
+    differ = ((new.bool() != old_big) & inside).sum() / inside.sum()
+    assert differ < 0.015, float(differ)

@@ -65,7 +65,7 @@ def test_train_and_eval_with_half_empty_targets():
     p = preds[1]
     r = len(p["pred_boxes"])
     assert 0 < r <= 10
-    assert p["pred_masks"].shape == (r, 48, 40) and p["pred_keypoints"].shape == (r, P, 3)
+    assert p["pred_mask_probs"].shape[0] == r and p["pred_keypoints"].shape == (r, P, 3)
     assert p["pred_boxes"][:, 2].max() <= 40 and p["pred_classes"].max() < K
     preds, losses = heads(feats, props, [(64, 64), (48, 40)])
     assert losses == {} and len(preds) == 2
@@ -146,3 +146,45 @@ def test_mask_rois_per_image_caps_the_mask_and_keypoint_rois_only():
         _, losses = heads(feats, props, [(64, 64), (64, 64)], make_targets())
         assert seen == {"box_head": 5 + 1, "mask_head": mask_rois, "keypoint_head": mask_rois}
         assert torch.isfinite(sum(losses.values()))
+
+
+def test_keypoints_reuse_the_mask_pooling_and_match_a_separate_pooler():
+    heads = make_heads().eval()
+    feats = {"p2": torch.randn(2, 8, 16, 16), "p3": torch.randn(2, 8, 8, 8)}
+    props = [torch.tensor([[6.0, 8, 28, 42], [30, 30, 60, 60]]), torch.tensor([[0.0, 0, 20, 20]])]
+    calls = []
+    heads.keypoint_pooler.register_forward_hook(lambda *a: calls.append(1))
+    shared, _ = heads(feats, props, [(64, 64), (48, 40)])
+    assert calls == []  # same settings as the mask pooler: its features are reused
+    heads.keypoint_classes = [1, 2]  # a subset of the detections: rows of the shared pooling
+    subset, _ = heads(feats, props, [(64, 64), (48, 40)])
+    heads.keypoint_pooler.settings = lambda: ()  # force the keypoint pooler's own call
+    own, _ = heads(feats, props, [(64, 64), (48, 40)])
+    assert len(calls) == 1
+    for a, b, c in zip(shared, subset, own):
+        assert len(a["pred_keypoints"]) > 0
+        keep = (a["pred_classes"] >= 1)[:, None, None]
+        torch.testing.assert_close(c["pred_keypoints"], torch.where(keep, a["pred_keypoints"], 0.0))
+        torch.testing.assert_close(b["pred_keypoints"], c["pred_keypoints"])
+        assert torch.equal(a["pred_mask_probs"], c["pred_mask_probs"])
+
+
+def test_branch_score_thresh_runs_the_mask_and_keypoint_heads_on_confident_detections_only():
+    heads = make_heads().eval()
+    feats = {"p2": torch.randn(2, 8, 16, 16), "p3": torch.randn(2, 8, 8, 8)}
+    props = [torch.tensor([[6.0, 8, 28, 42], [30, 30, 60, 60]]), torch.tensor([[0.0, 0, 20, 20]])]
+    every, _ = heads(feats, props, [(64, 64), (48, 40)])
+    heads.branch_score_thresh = float(torch.cat([p["scores"] for p in every]).median())
+    seen = []
+    heads.mask_head.register_forward_hook(lambda m, a, out: seen.append(len(out)))
+    some, _ = heads(feats, props, [(64, 64), (48, 40)])
+    run = [p["scores"] >= heads.branch_score_thresh for p in every]
+    assert seen == [int(sum(r.sum() for r in run))] and 0 < seen[0] < sum(len(r) for r in run)
+    for a, b, r in zip(every, some, run):
+        assert torch.equal(a["pred_boxes"], b["pred_boxes"])
+        torch.testing.assert_close(b["pred_mask_probs"][r], a["pred_mask_probs"][r])
+        torch.testing.assert_close(b["pred_keypoints"][r], a["pred_keypoints"][r])
+        assert b["pred_mask_probs"][~r].abs().sum() == 0 and b["pred_keypoints"][~r].abs().sum() == 0
+    heads.branch_score_thresh = 2.0  # no detection qualifies
+    none, _ = heads(feats, props, [(64, 64), (48, 40)])
+    assert all(p["pred_mask_probs"].abs().sum() == 0 and p["pred_keypoints"].abs().sum() == 0 for p in none)

@@ -39,10 +39,16 @@ def eager_detector(ckpt, overrides=()):
 def eager_predict(model, image: np.ndarray) -> dict:
     from common.image_list import ImageList
 
+    from detection.mask_head import paste_masks
+
     with torch.no_grad():
-        preds, _ = model(ImageList.from_tensors([torch.from_numpy(image)], model.backbone.size_divisibility,
-                                                model.backbone.pixel_mean))
-    return preds[0]
+        images = ImageList.from_tensors([torch.from_numpy(image)], model.backbone.size_divisibility,
+                                        model.backbone.pixel_mean)
+        preds, _ = model(images)
+    p = preds[0]
+    if "pred_mask_probs" in p:  # the exported model pastes float probabilities in the image's frame
+        p["pred_masks"] = paste_masks(p["pred_mask_probs"], p["pred_boxes"], images.image_sizes[0])
+    return p
 
 
 def test_wrapper_matches_the_eager_detector(det_ckpt, shapes_dir):
