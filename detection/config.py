@@ -73,7 +73,8 @@ class BoxHeadConfig:
     fc_dim: int = 1024  # FC width
     norm: Literal["", "GN", "BN"] = ""  # norm after each conv
     bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # delta weights
-    smooth_l1_beta: float = 1.0  # box loss: smooth-L1 beta (0 = L1)
+    smooth_l1_beta: float = 0.0  # box loss: smooth-L1 beta (0 = L1, detectron2's default, which its
+    # published R50-FPN AP was trained with; the Fast R-CNN paper and the CPU shapes recipe use 1.0)
 
 
 @dataclass

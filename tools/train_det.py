@@ -67,8 +67,9 @@ def main(argv=None) -> int:
 def train(args: argparse.Namespace) -> int:
     from common.config import load_config, to_yaml
     from common.engine import distributed as dist
-    from common.engine.build import build_optimizer, build_scheduler
+    from common.engine.build import build_optimizer, build_scheduler, scale_to_batch
     from common.engine.checkpoint import seed_everything
+    from common.engine.distributed import check_sync_bn
     from common.engine.curves import plot_curves
     from common.engine.trainer import Trainer
     from detection.build import (adapt_to_dataset, build_datasets, build_model, iou_types_for,
@@ -97,6 +98,11 @@ def train(args: argparse.Namespace) -> int:
         device = torch.device("cuda")
     rank, world = dist.get_rank(), dist.get_world_size()
     main_proc = dist.is_main_process()
+    solver, scaling = scale_to_batch(cfg.solver, world)  # recipes written for another total batch
+    cfg = replace(cfg, solver=solver)
+    if scaling and main_proc:
+        print(f"note: {scaling}")
+    check_sync_bn(cfg.model.backbone.norm, device, world)
     output = Path(args.output or ROOT / "runs" / Path(args.config).stem)
 
     # before anything is written: the Trainer would overwrite the old run's config.yaml (every rank

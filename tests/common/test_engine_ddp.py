@@ -5,6 +5,7 @@ import os
 import socket
 import time
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
@@ -118,3 +119,13 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(tmp_path):
     state = torch.load(run / "model_0000003.pth", weights_only=True)
     assert len(state["rng"]) == WORLD  # each rank's RNG state, for an exact resume
     assert sum(1 for line in open(run / "metrics.csv")) == 1 + ITERS + 1  # header, 3 train, 1 eval
+
+
+def test_sync_bn_on_cpu_is_refused_at_start_up():
+    from common.engine.distributed import check_sync_bn
+
+    with pytest.raises(ValueError, match=r"^backbone norm SyncBN needs CUDA \(torch's SyncBatchNorm has no CPU "
+                       r"kernel\), but this run has 2 processes on cpu; use model.backbone.norm=BN \(or GN\)"):
+        check_sync_bn("SyncBN", torch.device("cpu"), 2)
+    check_sync_bn("SyncBN", torch.device("cpu"), 1)  # one process: plain BN, nothing to sync
+    check_sync_bn("BN", torch.device("cpu"), 2)
