@@ -137,6 +137,8 @@ class TestConfig:
     val_loss_batches: int = 10  # batches of val images for the validation loss (0 = off)
     num_vis: int = 8  # val images drawn with their predictions at the end of training
     vis_score_thresh: float = 0.5  # predictions drawn need at least this score
+    coco_backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"  # COCOeval implementation:
+    # faster_coco_eval (pip install faster-coco-eval) gives the same metrics, minutes faster on COCO val
 
 
 @dataclass

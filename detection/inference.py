@@ -45,9 +45,10 @@ def predict(model: nn.Module, loader: Iterable, device, limit: int = 0) -> Itera
 
 def evaluate_detector(model: nn.Module, loader: Iterable, coco_gt, category_ids: Sequence[int],
                       iou_types: Sequence[str], device, limit: int = 0,
-                      verbose: bool = False) -> tuple[dict, list[dict]]:
-    """COCO metrics (percent, see detection.evaluation) and the COCO results list."""
-    evaluator = CocoEvaluator(coco_gt, category_ids, iou_types, verbose=verbose)
+                      verbose: bool = False, backend: str = "pycocotools") -> tuple[dict, list[dict]]:
+    """COCO metrics (percent, see detection.evaluation) and the COCO results list.
+    ``backend``: the COCOeval implementation (detection.evaluation.BACKENDS)."""
+    evaluator = CocoEvaluator(coco_gt, category_ids, iou_types, verbose=verbose, backend=backend)
     for image_id, pred in predict(model, loader, device, limit):
         evaluator.process([image_id], [pred])
     return evaluator.evaluate(), evaluator.results

@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES, default=list(IOU_TYPES),
                         help="which metrics to compute (default: all the results support)")
     parser.add_argument("--out", help="write the metrics here as JSON")
+    parser.add_argument("--coco-backend", choices=("pycocotools", "faster_coco_eval"), default=None,
+                        help="COCOeval implementation (default: test.coco_backend, pycocotools); "
+                             "faster_coco_eval needs `pip install faster-coco-eval`, same metrics")
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
@@ -130,7 +133,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         print(f"note: the model produces no {' or '.join(skipped)}; skipped")
     iou_types = [t for t in args.iou_types if t in produced]
     print(f"evaluating {args.checkpoint} on {len(val)} images of {ann} ({device})")
-    return evaluate_detector(model, loader, val.coco, meta.category_ids, iou_types, device, verbose=True)
+    return evaluate_detector(model, loader, val.coco, meta.category_ids, iou_types, device, verbose=True,
+                             backend=args.coco_backend or cfg.test.coco_backend)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.checkpoint:
                 metrics, results = evaluate_checkpoint(args)
             else:
-                metrics = evaluate_coco(args.gt, args.results, args.iou_types)
+                metrics = evaluate_coco(args.gt, args.results, args.iou_types,
+                                        backend=args.coco_backend or "pycocotools")
         for w in caught:
             print(f"eval_coco: warning: {w.message}", file=sys.stderr)
         if args.checkpoint and args.results:

@@ -153,7 +153,7 @@ def train(args: argparse.Namespace) -> int:
         if not main_proc:  # rank 0 evaluates; the trainer broadcasts its answer
             return {}
         metrics, _ = evaluate_detector(m, val_loader(), val_set.coco, meta.category_ids, iou_types,
-                                       device, limit=cfg.test.eval_images)
+                                       device, limit=cfg.test.eval_images, backend=cfg.test.coco_backend)
         metrics.pop("per_category", None)
         return metrics
 
@@ -180,7 +180,7 @@ def train(args: argparse.Namespace) -> int:
 
     if main_proc:  # the final, complete evaluation with the per-category table
         metrics, results = evaluate_detector(trainer.model, val_loader(), val_set.coco, meta.category_ids,
-                                             iou_types, device, verbose=True)
+                                             iou_types, device, verbose=True, backend=cfg.test.coco_backend)
         (output / "metrics.json").write_text(json.dumps(metrics_to_json(metrics), indent=2))
         (output / "results.json").write_text(json.dumps(results))
         plot_curves(output / "metrics.csv", output)

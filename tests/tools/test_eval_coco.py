@@ -92,3 +92,29 @@ def test_empty_results_warn_one_line(shapes_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"eval_coco: warning: results file {empty}: no detections; every metric is 0\n"
     assert json.loads(out.read_text())["segm"]["AP"] == 0.0
+
+
+def test_coco_backend_flag_gives_the_same_metrics(shapes_dir, tmp_path):
+    pytest.importorskip("faster_coco_eval")
+    results = write_perfect_results(shapes_dir / "val.json", tmp_path / "results.json", shift=1.5)
+    outs = []
+    for backend in ("pycocotools", "faster_coco_eval"):
+        out = tmp_path / f"{backend}.json"
+        assert load_tool().main(["--gt", str(shapes_dir / "val.json"), "--results", str(results),
+                                 "--coco-backend", backend, "--out", str(out)]) == 0
+        outs.append(json.loads(out.read_text()))
+    assert outs[0]["bbox"]["AP"] < 100
+    for t in ("bbox", "segm", "keypoints"):
+        for name, value in outs[0][t].items():
+            assert outs[1][t][name] == pytest.approx(value, abs=0.01), (t, name)
+
+
+def test_backend_benchmark_runs_and_both_backends_agree(capsys):
+    pytest.importorskip("faster_coco_eval")
+    bench = tool_helpers.load_tool("bench_coco_eval")
+    assert bench.main(["--images", "6", "--dets", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("6 images,") and "30 detections" in lines[0]
+    for line in lines[2:]:
+        ours, theirs = line.split()[-3], line.split()[-1]
+        assert ours == theirs  # the same AP to 0.01
