@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from common.engine import distributed as dist
 from detection.evaluation import CocoEvaluator
 from detection.structures import rescale_predictions
 
@@ -47,10 +48,24 @@ def evaluate_detector(model: nn.Module, loader: Iterable, coco_gt, category_ids:
                       iou_types: Sequence[str], device, limit: int = 0,
                       verbose: bool = False, backend: str = "pycocotools") -> tuple[dict, list[dict]]:
     """COCO metrics (percent, see detection.evaluation) and the COCO results list.
-    ``backend``: the COCOeval implementation (detection.evaluation.BACKENDS)."""
+
+    ``backend``: the COCOeval implementation (detection.evaluation.BACKENDS). In a multi-process
+    run call it on every rank, each with a loader over its shard of the val set
+    (``build_test_loader(..., rank=r, world_size=w)``: images r, r + w, ...): each rank predicts its
+    shard, the results are gathered, rank 0 scores them and returns (metrics, all results); the
+    other ranks return ({}, []). ``limit`` > 0 counts images over all ranks (the first ``limit``).
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
     evaluator = CocoEvaluator(coco_gt, category_ids, iou_types, verbose=verbose, backend=backend)
-    for image_id, pred in predict(model, loader, device, limit):
-        evaluator.process([image_id], [pred])
+    shard_limit = len(range(rank, limit, world)) if limit else 0  # this rank's part of the first `limit`
+    if not (limit and shard_limit == 0):
+        for image_id, pred in predict(model, loader, device, shard_limit):
+            evaluator.process([image_id], [pred])
+    shards = dist.all_gather_object((evaluator.results, evaluator.image_ids))  # [(results, ids)] per rank
+    if rank != 0:
+        return {}, []
+    evaluator.results = [r for results, _ in shards for r in results]
+    evaluator.image_ids = [i for _, ids in shards for i in ids]
     return evaluator.evaluate(), evaluator.results
 
 

@@ -143,16 +143,15 @@ def train(args: argparse.Namespace) -> int:
                                   aspect_ratio_grouping=cfg.data.aspect_ratio_grouping, rank=rank,
                                   world_size=world, **loader_args)
 
-    def val_loader(workers: int | None = None):
+    def val_loader(workers: int | None = None, shard: bool = False):  # shard: this rank's images only
         return build_test_loader(val_set, batch_size=cfg.test.ims_per_batch,
-                                 num_workers=cfg.data.num_workers if workers is None else workers, **loader_args)
+                                 num_workers=cfg.data.num_workers if workers is None else workers,
+                                 rank=rank if shard else 0, world_size=world if shard else 1, **loader_args)
 
     iou_types = iou_types_for(cfg.model)
 
-    def evaluate(m):
-        if not main_proc:  # rank 0 evaluates; the trainer broadcasts its answer
-            return {}
-        metrics, _ = evaluate_detector(m, val_loader(), val_set.coco, meta.category_ids, iou_types,
+    def evaluate(m):  # every rank predicts its shard; rank 0 scores, the trainer broadcasts its answer
+        metrics, _ = evaluate_detector(m, val_loader(shard=True), val_set.coco, meta.category_ids, iou_types,
                                        device, limit=cfg.test.eval_images, backend=cfg.test.coco_backend)
         metrics.pop("per_category", None)
         return metrics
@@ -178,9 +177,10 @@ def train(args: argparse.Namespace) -> int:
             print(f"resuming from iteration {start}" if start else f"nothing to resume in {output}; starting fresh")
     trainer.train()
 
-    if main_proc:  # the final, complete evaluation with the per-category table
-        metrics, results = evaluate_detector(trainer.model, val_loader(), val_set.coco, meta.category_ids,
-                                             iou_types, device, verbose=True, backend=cfg.test.coco_backend)
+    # the final, complete evaluation with the per-category table, sharded like the periodic ones
+    metrics, results = evaluate_detector(trainer.model, val_loader(shard=True), val_set.coco, meta.category_ids,
+                                         iou_types, device, verbose=main_proc, backend=cfg.test.coco_backend)
+    if main_proc:
         (output / "metrics.json").write_text(json.dumps(metrics_to_json(metrics), indent=2))
         (output / "results.json").write_text(json.dumps(results))
         plot_curves(output / "metrics.csv", output)
