@@ -87,14 +87,18 @@ def validation_loss(model: nn.Module, loader: Iterable, device, limit: int = 0) 
 
 @torch.no_grad()
 def time_inference(model: nn.Module, batches: Sequence, device, warmup: int = 1) -> float:
-    """Seconds per image over ``batches`` (a list of (ImageList, targets)), after ``warmup`` batches."""
+    """Seconds per image of the model call over ``batches`` (a list of (ImageList, targets)) after
+    ``warmup`` of them (all of them are timed when there are no more); CUDA is synchronised."""
     model.eval()
     for images, _ in batches[:warmup]:
         model(images.to(device))
-    images_seen, t0 = 0, time.perf_counter()
-    for images, _ in batches[warmup:]:
-        model(images.to(device))
-        images_seen += len(images)
-    if device is not None and torch.device(device).type == "cuda":
+    timed = batches[warmup:] or batches
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda:
         torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / max(images_seen, 1)
+    t0 = time.perf_counter()
+    for images, _ in timed:
+        model(images.to(device))
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / max(sum(len(images) for images, _ in timed), 1)

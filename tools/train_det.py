@@ -65,20 +65,14 @@ def main(argv=None) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from common.config import load_config, to_yaml
+    from common.config import load_config
     from common.engine import distributed as dist
-    from common.engine.build import build_optimizer, build_scheduler, scale_to_batch
+    from common.engine.build import scale_to_batch
     from common.engine.checkpoint import seed_everything
     from common.engine.distributed import check_sync_bn
-    from common.engine.curves import plot_curves
-    from common.engine.trainer import Trainer
-    from detection.build import (adapt_to_dataset, build_datasets, build_model, iou_types_for,
-                                 resolve_data_paths)
+    from detection.build import adapt_to_dataset, build_datasets, build_model, resolve_data_paths
     from detection.config import DetConfig
-    from detection.data import DatasetError, build_test_loader, build_train_loader
-    from detection.evaluation import metrics_to_json
-    from detection.inference import evaluate_detector, validation_loss
-    from detection.visualize import draw_predictions
+    from detection.data import DatasetError
 
     overrides = list(args.overrides)
     if args.max_iters is not None:
@@ -132,10 +126,36 @@ def train(args: argparse.Namespace) -> int:
                         keypoint_classes=meta.keypoint_classes)
     if world > 1 and cfg.model.backbone.norm == "SyncBN":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    fit(cfg, model, train_set, val_set, device, output, resume=args.resume, progress=not args.no_progress)
+    dist.cleanup()
+    return 0
+
+
+def fit(cfg, model: torch.nn.Module, train_set, val_set, device: torch.device, output: Path, *,
+        resume: bool = False, progress: bool = True, tensorboard: bool = True, pad: dict | None = None) -> dict:
+    """Train ``model`` (ours, or anything with its ``forward(images, targets)`` contract; ``pad``:
+    the batches' size_divisibility and pad_value, default its backbone's) with ``cfg.solver``, then evaluate
+    it on the whole val set and write the run folder. Call on every rank. Returns the Trainer's
+    summary (``seconds``: training and its evaluations) with ``metrics`` replaced by the final,
+    complete evaluation's ({} off rank 0).
+    """
+    from common.config import to_yaml
+    from common.engine import distributed as dist
+    from common.engine.build import build_optimizer, build_scheduler
+    from common.engine.curves import plot_curves
+    from common.engine.trainer import Trainer
+    from detection.build import iou_types_for
+    from detection.data import build_test_loader, build_train_loader
+    from detection.evaluation import metrics_to_json
+    from detection.inference import evaluate_detector, validation_loss
+    from detection.visualize import draw_predictions
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    main_proc = dist.is_main_process()
+    meta = train_set.meta
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_scheduler(optimizer, cfg.solver)
-    backbone = model.backbone
-    loader_args = dict(size_divisibility=backbone.size_divisibility, pad_value=backbone.pixel_mean)
+    loader_args = pad or dict(size_divisibility=model.backbone.size_divisibility, pad_value=model.backbone.pixel_mean)
 
     def make_data_iter(start: int):
         return build_train_loader(train_set, batch_size=cfg.solver.ims_per_batch,
@@ -170,12 +190,12 @@ def train(args: argparse.Namespace) -> int:
                       # class names and keypoints, so a checkpoint is usable alone (JSON round trip:
                       # plain lists, strings and ints, loadable with weights_only=True)
                       metadata={"dataset": json.loads(json.dumps(meta.to_dict()))},
-                      progress=not args.no_progress)
-    if args.resume:
+                      progress=progress, tensorboard=tensorboard)
+    if resume:
         start = trainer.resume()
         if main_proc:
             print(f"resuming from iteration {start}" if start else f"nothing to resume in {output}; starting fresh")
-    trainer.train()
+    summary = trainer.train()
 
     # the final, complete evaluation with the per-category table, sharded like the periodic ones
     metrics, results = evaluate_detector(trainer.model, val_loader(shard=True), val_set.coco, meta.category_ids,
@@ -186,10 +206,10 @@ def train(args: argparse.Namespace) -> int:
         plot_curves(output / "metrics.csv", output)
         draw_predictions(trainer.model, val_set, device, output / "vis", count=cfg.test.num_vis,
                          score_thresh=cfg.test.vis_score_thresh)
-        summary = "  ".join(f"{t} AP {metrics[t]['AP']:.1f}" for t in iou_types if t in metrics)
-        print(f"done: {summary}; everything is in {output}")
-    dist.cleanup()
-    return 0
+        line = "  ".join(f"{t} AP {metrics[t]['AP']:.1f}" for t in iou_types if t in metrics)
+        print(f"done: {line}; everything is in {output}")
+    summary["metrics"] = metrics
+    return summary
 
 
 if __name__ == "__main__":
