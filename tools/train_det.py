@@ -155,7 +155,8 @@ def fit(cfg, model: torch.nn.Module, train_set, val_set, device: torch.device, o
     meta = train_set.meta
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_scheduler(optimizer, cfg.solver)
-    loader_args = pad or dict(size_divisibility=model.backbone.size_divisibility, pad_value=model.backbone.pixel_mean)
+    pad = pad or dict(size_divisibility=model.backbone.size_divisibility, pad_value=model.backbone.pixel_mean)
+    loader_args = dict(pad, pin_memory=device.type == "cuda")  # uint8 batches, page-locked for async copies
 
     def make_data_iter(start: int):
         return build_train_loader(train_set, batch_size=cfg.solver.ims_per_batch,

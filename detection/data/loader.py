@@ -48,9 +48,10 @@ class AspectRatioGroupedBatches:
 
 def build_train_loader(dataset: Dataset, *, batch_size: int, num_workers: int, size_divisibility: int,
                        pad_value: float | Sequence[float], seed: int = 0, start_iter: int = 0,
-                       aspect_ratio_grouping: bool = True, rank: int = 0,
-                       world_size: int = 1) -> Iterator[tuple[ImageList, list[dict]]]:
-    """An infinite iterator of training batches (``batch_size`` images per process).
+                       aspect_ratio_grouping: bool = True, rank: int = 0, world_size: int = 1,
+                       pin_memory: bool = False) -> Iterator[tuple[ImageList, list[dict]]]:
+    """An infinite iterator of training batches (``batch_size`` images per process), uint8 until the
+    model reads them (see ``ImageList``); ``pin_memory`` (for CUDA) page-locks them for async copies.
 
     ``start_iter`` restores the data position: the first batch yielded is the one a fresh loader
     would yield as batch number ``start_iter``. Grouping needs ``dataset.aspect_ratios()``.
@@ -72,14 +73,16 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, num_workers: int, s
         batch_sampler=SeededBatches(batches, seed, rank, start_iter),
         num_workers=num_workers,
         collate_fn=partial(collate, size_divisibility=size_divisibility, pad_value=pad_value),
+        pin_memory=pin_memory,
     )
     return iter(loader)
 
 
 def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int, size_divisibility: int,
-                      pad_value: float | Sequence[float], rank: int = 0, world_size: int = 1) -> DataLoader:
+                      pad_value: float | Sequence[float], rank: int = 0, world_size: int = 1,
+                      pin_memory: bool = False) -> DataLoader:
     """A finite loader over the dataset in order; with ``world_size > 1`` rank ``r`` gets the
-    items ``r, r + world_size, ...`` (every item on exactly one rank)."""
+    items ``r, r + world_size, ...`` (every item on exactly one rank). ``pin_memory``: as above."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
     return DataLoader(
@@ -88,4 +91,5 @@ def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int
         sampler=range(rank, len(dataset), world_size),
         num_workers=num_workers,
         collate_fn=partial(collate, size_divisibility=size_divisibility, pad_value=pad_value),
+        pin_memory=pin_memory,
     )
