@@ -2,11 +2,8 @@
 gives the metrics of one process evaluating everything."""
 import hashlib
 import os
-import socket
-import time
 
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 WORLD = 2
@@ -68,21 +65,8 @@ def _worker(rank, port, shapes_dir, out_dir):
     distributed.cleanup()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_process_evaluation_matches_one_process(shapes_dir, tmp_path):
-    ctx = mp.start_processes(_worker, args=(_free_port(), shapes_dir, str(tmp_path)), nprocs=WORLD,
-                             join=False, start_method="fork")
-    deadline = time.time() + 120
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            raise AssertionError("the 2-process evaluation did not finish in 120 s")
+def test_two_process_evaluation_matches_one_process(shapes_dir, tmp_path, run_ranks):
+    run_ranks(_worker, shapes_dir, str(tmp_path), world=WORLD)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
     assert r1["full"] == ({}, []) and r1["first3"] == ({}, [])  # rank 0 scores, the others wait
 
