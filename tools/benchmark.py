@@ -11,9 +11,8 @@ Equal iterations: each column trains --iters steps from scratch, same seed, batc
 constructor exposes copied from it; torchvision stock on ResNet-18-FPN. Rows: train s/iter (median
 after --warmup, data loading included), inference img/s (batch 1), box and mask AP (val split), and
 with --gpu-r50 (ours from mask_rcnn_R50_FPN.yaml, BN, vs maskrcnn_resnet50_fpn) peak CUDA memory.
---budget-s S --data DIR: ours is ``tools/train_det.py --data DIR`` (its own schedule; wall time
-reported), torchvision's lean recipe (detection.torchvision_ref.torchvision_r18_lean; AdamW 1e-3,
-100 warm-up iterations, x0.1 for the last 15%, batch 4, flips, 160 px) trains for S seconds.
+--budget-s S --data DIR: ours is ``tools/train_det.py --data DIR [key=value ...]`` (its own schedule,
+wall time reported); torchvision's lean recipe (torchvision_ref.torchvision_r18_lean) trains S seconds.
 """
 from __future__ import annotations
 
@@ -129,6 +128,8 @@ def run_compare(args, device) -> tuple[dict, dict, tuple]:
     if not train_set.has_masks:
         raise ValueError(f"{train_set.ann_file} has no instance masks; this benchmark compares Mask R-CNNs")
     sides = ("ours", "torchvision") if args.gpu_r50 else tuple(args.sides.split(","))
+    if cfg.solver.lr_mults and sides != ("ours",):  # prefixes of our module names; torchvision's differ
+        raise ValueError("solver.lr_mults names our modules, not torchvision's; measure it with --sides ours")
     with tempfile.TemporaryDirectory() as tmp:
         columns = {side: measure(side, cfg, train_set, val_set, device, args, Path(tmp)) for side in sides}
     precision = {f"{k}.amp": str(getattr(cfg, k).amp) for k in ("solver", "test") if hasattr(getattr(cfg, k), "amp")}
@@ -172,7 +173,6 @@ def run_budget(args, device) -> tuple[dict, dict, tuple]:
     if not train_set.has_masks:
         raise ValueError(f"{train_set.ann_file} has no instance masks; this benchmark compares Mask R-CNNs")
     with tempfile.TemporaryDirectory() as tmp:
-        print("ours: tools/train_det.py --data ...", file=sys.stderr, flush=True)
         t0, run = time.perf_counter(), Path(tmp) / "ours"
         if train_det.main(["--data", args.data, "--output", str(run), "--no-progress", *args.overrides]) != 0:
             raise ValueError("tools/train_det.py failed (its error is printed above)")
@@ -255,7 +255,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu; cuda with --gpu-r50)")
     p.add_argument("--out", default=None, help="write this run's settings and columns here as JSON")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (solver ones reach torchvision)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="our recipe's overrides (--budget-s: train_det's)")
     return p.parse_args(argv)
 
 

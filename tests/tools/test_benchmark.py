@@ -170,3 +170,9 @@ def test_anatomy_times_backbone_and_whole_model(bench, shapes_dir, tmp_path, cap
     assert 0 < col["backbone_ms"] < col["full_ms"] and col["ratio"] == pytest.approx(col["full_ms"] / col["backbone_ms"])
     assert result["settings"]["images"] == 3 and result["settings"]["keypoint_on"]
     assert "| whole / backbone |" in capsys.readouterr().out
+
+
+def test_lr_multipliers_are_refused_for_torchvision_columns(bench, shapes_dir, capsys):
+    assert bench.main(["--data", str(shapes_dir), "--iters", "1", "solver.lr_mults={roi_heads: 2.0}"]) == 2
+    assert error_line(capsys) == ("benchmark.py: error: solver.lr_mults names our modules, not torchvision's; "
+                                  "measure it with --sides ours")
