@@ -97,8 +97,8 @@ class FastRCNNPredictor(nn.Module):
 
 
 def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, gt_classes: Tensor, target_deltas: Tensor,
-                     smooth_l1_beta: float = 1.0, class_weights: Tensor | None = None) -> dict[str, Tensor]:
-    """Cross-entropy over K + 1 classes, and smooth-L1 on the deltas of the gt class of each
+                     smooth_l1_beta: float = 0.0, class_weights: Tensor | None = None) -> dict[str, Tensor]:
+    """Cross-entropy over K + 1 classes, and smooth-L1 (L1 when ``smooth_l1_beta`` is 0) on the deltas of the gt class of each
     foreground RoI; both averaged over all R sampled RoIs.
 
     class_logits (R, K + 1), box_deltas (R, 4K), gt_classes (R,) int64 in 0..K (K = background),

@@ -19,6 +19,10 @@ Metrics are in percent (0-100), the ``metrics.json`` format of ARCHITECTURE.md::
      "keypoints": {"AP", "AP50", "AP75", "APm", "APl"},
      "per_category": {"bbox": {name: AP}, "segm": {...}, "keypoints": {...}}}
 
+Two backends compute the same numbers: ``pycocotools`` (the default and the reference) and
+``faster_coco_eval`` (the optional ``faster-coco-eval`` package, a C++ COCOeval; extra ``fast-eval``),
+chosen by ``backend`` / ``test.coco_backend``; the tests hold them to 0.01 AP of each other.
+
 ``per_category`` is an extra top-level key, kept apart from the iou-type keys so that
 ``metrics[iou_type]`` always holds exactly the standard numbers. A metric that pycocotools cannot
 compute (no ground truth in that area range, a category with no ground truth) is NaN.
@@ -49,6 +53,9 @@ METRIC_NAMES = {
     "segm": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
     "keypoints": ("AP", "AP50", "AP75", "APm", "APl"),
 }
+
+# The COCOeval implementations evaluate_coco can run (see the module docstring).
+BACKENDS = ("pycocotools", "faster_coco_eval")
 
 # The result field each iou type reads.
 RESULT_FIELD = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
@@ -278,7 +285,8 @@ def _gt_has_masks(coco_gt: COCO) -> bool:
 
 def evaluate_coco(coco_gt: COCO | str | Path, results: list[dict] | str | Path,
                   iou_types: Sequence[str] = IOU_TYPES, *, kpt_oks_sigmas=None,
-                  image_ids: Sequence[int] | None = None, verbose: bool = True) -> dict:
+                  image_ids: Sequence[int] | None = None, verbose: bool = True,
+                  backend: str = "pycocotools") -> dict:
     """Run the official COCO evaluation for each iou type.
 
     coco_gt:        pycocotools COCO or the path of the ground-truth JSON.
@@ -292,10 +300,12 @@ def evaluate_coco(coco_gt: COCO | str | Path, results: list[dict] | str | Path,
                     about 0.067) for every keypoint.
     image_ids:      evaluate only these images (default: every ground-truth image).
     verbose:        print pycocotools' summaries and a per-category AP table.
+    backend:        "pycocotools" or "faster_coco_eval" (same metrics, faster on large sets).
 
     Returns metrics in percent (see the module docstring), with ``per_category``. No detections at
     all gives zeros for every iou type the ground truth supports, with a warning.
     """
+    cocoeval = cocoeval_class(backend)
     gt = load_coco_gt(coco_gt)
     dets, source = load_results(results)
     for t in iou_types:
@@ -348,7 +358,7 @@ def evaluate_coco(coco_gt: COCO | str | Path, results: list[dict] | str | Path,
             metrics["per_category"][iou_type] = {c["name"]: 0.0 for c in gt.loadCats(cat_ids)}
             continue
         stats, per_cat = _run_cocoeval(gt, dets_t, iou_type, source, kpt_cats, kpt_oks_sigmas,
-                                       image_ids, verbose)
+                                       image_ids, verbose, cocoeval)
         metrics[iou_type] = stats
         metrics["per_category"][iou_type] = per_cat
     return metrics
@@ -370,10 +380,22 @@ def _check_keypoints(gt: COCO, dets: list[dict], kpt_cats: dict[int, int], sourc
             raise EvaluationError(f"ground-truth annotation {ann.get('id')} (image_id "
                                   f"{ann.get('image_id')}) of a keypoint category has no "
                                   f"'keypoints'/'num_keypoints'")
+def cocoeval_class(backend: str):
+    """The COCOeval class of ``backend`` (see ``BACKENDS``); a missing package is one sentence."""
+    if backend == "pycocotools":
+        return COCOeval
+    if backend != "faster_coco_eval":
+        raise EvaluationError(f"coco backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    try:
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        raise EvaluationError("coco backend 'faster_coco_eval' needs the faster-coco-eval package: "
+                              "pip install faster-coco-eval (or the toolkit's fast-eval extra)") from None
+    return COCOeval_faster
 
 
 def _run_cocoeval(gt: COCO, dets: list[dict], iou_type: str, source: str,
-                  kpt_cats: dict[int, int], kpt_oks_sigmas, image_ids, verbose: bool):
+                  kpt_cats: dict[int, int], kpt_oks_sigmas, image_ids, verbose: bool, cocoeval=COCOeval):
     """One COCOeval run -> ({metric: percent}, {category name: AP percent})."""
     dets = copy.deepcopy(dets)  # loadRes writes into the dicts
     if iou_type == "segm":
@@ -387,8 +409,12 @@ def _run_cocoeval(gt: COCO, dets: list[dict], iou_type: str, source: str,
         (p,) = set(kpt_cats.values())  # one count: checked by _check_keypoints
 
     with _quiet(not verbose):
+        if cocoeval is not COCOeval:  # faster-coco-eval wants its own COCO (same dataset dict)
+            from faster_coco_eval import COCO as FasterCOCO
+
+            gt = FasterCOCO(gt.dataset)
         dt = gt.loadRes(dets)
-        ev = COCOeval(gt, dt, iou_type)
+        ev = cocoeval(gt, dt, iou_type)
         if image_ids is not None:
             ev.params.imgIds = sorted(int(i) for i in image_ids)
         if iou_type == "keypoints":
@@ -480,7 +506,10 @@ class CocoEvaluator:
     """
 
     def __init__(self, coco_gt: COCO | str | Path, category_ids: Sequence[int],
-                 iou_types: Sequence[str] = IOU_TYPES, *, kpt_oks_sigmas=None, verbose: bool = True):
+                 iou_types: Sequence[str] = IOU_TYPES, *, kpt_oks_sigmas=None, verbose: bool = True,
+                 backend: str = "pycocotools"):
+        cocoeval_class(backend)  # a bad or missing backend fails before any inference
+        self.backend = backend
         self.coco_gt = load_coco_gt(coco_gt)
         self.category_ids = list(category_ids)
         self.iou_types = tuple(iou_types)
@@ -503,4 +532,4 @@ class CocoEvaluator:
         image_ids = sorted(set(self.image_ids)) if self.image_ids else None
         return evaluate_coco(self.coco_gt, self.results, self.iou_types,
                              kpt_oks_sigmas=self.kpt_oks_sigmas, image_ids=image_ids,
-                             verbose=self.verbose)
+                             verbose=self.verbose, backend=self.backend)

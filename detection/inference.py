@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from common.engine import distributed as dist
 from common.engine.precision import autocast, autocast_dtype, describe
 from detection.evaluation import CocoEvaluator
 from detection.fields import rescale_predictions
@@ -58,11 +59,28 @@ def predict(model: nn.Module, loader: Iterable, device, limit: int = 0,
 
 def evaluate_detector(model: nn.Module, loader: Iterable, coco_gt, category_ids: Sequence[int],
                       iou_types: Sequence[str], device, limit: int = 0,
-                      verbose: bool = False, amp: bool | str = False) -> tuple[dict, list[dict]]:
-    """COCO metrics (percent, see detection.evaluation) and the COCO results list."""
-    evaluator = CocoEvaluator(coco_gt, category_ids, iou_types, verbose=verbose)
-    for image_id, pred in predict(model, loader, device, limit, amp):
-        evaluator.process([image_id], [pred])
+                      verbose: bool = False, amp: bool | str = False,
+                      backend: str = "pycocotools") -> tuple[dict, list[dict]]:
+    """COCO metrics (percent, see detection.evaluation) and the COCO results list.
+
+    ``amp``: the precision setting (``test.amp``). ``backend``: the COCOeval implementation
+    (detection.evaluation.BACKENDS). In a multi-process run call it on every rank, each with a
+    loader over its shard of the val set (``build_test_loader(..., rank=r, world_size=w)``: images
+    r, r + w, ...): each rank predicts its shard, the results are gathered, rank 0 scores them and
+    returns (metrics, all results); the other ranks return ({}, []). ``limit`` > 0 counts images
+    over all ranks (the first ``limit``).
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    evaluator = CocoEvaluator(coco_gt, category_ids, iou_types, verbose=verbose, backend=backend)
+    shard_limit = len(range(rank, limit, world)) if limit else 0  # this rank's part of the first `limit`
+    if not (limit and shard_limit == 0):
+        for image_id, pred in predict(model, loader, device, shard_limit, amp):
+            evaluator.process([image_id], [pred])
+    shards = dist.all_gather_object((evaluator.results, evaluator.image_ids))  # [(results, ids)] per rank
+    if rank != 0:
+        return {}, []
+    evaluator.results = [r for results, _ in shards for r in results]
+    evaluator.image_ids = [i for _, ids in shards for i in ids]
     return evaluator.evaluate(), evaluator.results
 
 
@@ -82,6 +100,23 @@ def validation_loss(model: nn.Module, loader: Iterable, device, limit: int = 0) 
     return {k: v / max(batches, 1) for k, v in sums.items()}
 
 
+@torch.no_grad()
+def time_inference(model: nn.Module, batches: Sequence, device, warmup: int = 1) -> float:
+    """Seconds per image of the model call over ``batches`` (a list of (ImageList, targets)) after
+    ``warmup`` of them (all of them are timed when there are no more); CUDA is synchronised."""
+    model.eval()
+    for images, _ in batches[:warmup]:
+        model(images.to(device))
+    timed = batches[warmup:] or batches
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for images, _ in timed:
+        model(images.to(device))
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / max(sum(len(images) for images, _ in timed), 1)
 
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":

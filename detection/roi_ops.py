@@ -236,16 +236,17 @@ class _RoIAlignFunction(torch.autograd.Function):
     def forward(ctx, input, ph, pw, index, weight, sizes, entry, k):
         n, c, h, w = input.shape
         r = sizes.numel() // (ph * pw)
-        per_pixel = torch.bincount(index, minlength=n * h * w)  # (P,) entries per pixel
-        touched = per_pixel > 0
-        if 2 * int(touched.sum()) < n * h * w:
-            pixels = touched.nonzero().squeeze(1)  # (U,) touched pixels, ascending
-            index = (touched.cumsum(0) - 1).to(index.dtype).index_select(0, index)  # into 0..U-1
-            per_pixel = per_pixel.index_select(0, pixels)
+        # (U,) touched pixels ascending, (E,) each entry's rank among them, (U,) entries per pixel:
+        # a sort of the E entries, so the cost follows the boxes, not N*H*W (a full-size bincount
+        # and cumsum would, e.g. for mask targets read from full-resolution gt masks)
+        pixels, rank, per_pixel = torch.unique(index, sorted=True, return_inverse=True, return_counts=True)
+        if 2 * pixels.numel() < n * h * w:
+            index = rank.to(index.dtype)  # into 0..U-1
             # (N, C, H*W) at (image, :, pixel) -> (U, C)
             x = input.reshape(n, c, h * w)[pixels // (h * w), :, pixels % (h * w)]
         else:
             pixels = None
+            per_pixel = torch.bincount(index, minlength=n * h * w)  # (P,) entries per pixel
             # (N, C, H, W) -> (N, H*W, C) -> (N*H*W, C): one row of channels per pixel
             x = input.reshape(n, c, h * w).transpose(1, 2).reshape(n * h * w, c)
         offsets = (sizes.cumsum(0) - sizes).to(index.dtype)

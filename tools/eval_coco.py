@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(PR curves, confusion matrix, worst images; detection/diagnostics.py)")
     parser.add_argument("--plot-score-thresh", type=float, default=0.5,
                         help="score threshold of the confusion matrix and the worst images (default 0.5)")
+    parser.add_argument("--coco-backend", choices=("pycocotools", "faster_coco_eval"), default=None,
+                        help="COCOeval implementation (default: test.coco_backend, pycocotools); "
+                             "faster_coco_eval needs `pip install faster-coco-eval`, same metrics")
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
@@ -142,7 +145,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     iou_types = [t for t in args.iou_types if t in produced]
     print(f"evaluating {args.checkpoint} on {len(val)} images of {ann} ({device})")
     return evaluate_detector(model, loader, val.coco, meta.category_ids, iou_types, device, verbose=True,
-                             amp=cfg.test.amp)
+                             amp=cfg.test.amp, backend=args.coco_backend or cfg.test.coco_backend)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         metrics, results = evaluate_checkpoint(args)
     else:
-        metrics, results = evaluate_coco(args.gt, args.results, args.iou_types), None
+        metrics = evaluate_coco(args.gt, args.results, args.iou_types, backend=args.coco_backend or "pycocotools")
+        results = None
     if args.checkpoint and args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(json.dumps(results))

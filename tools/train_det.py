@@ -57,20 +57,18 @@ def main(argv=None) -> int:
     return run_tool("train_det", train, parse_args(argv))
 
 
+
 def train(args: argparse.Namespace) -> int:
     from common.engine import distributed as dist
-    from common.engine.build import build_optimizer, build_scheduler
+    from common.engine.build import scale_to_batch
+    from common.engine.distributed import check_sync_bn
     from common.engine.precision import emulation_note
-    from common.engine.trainer import Trainer
-    from common.loaders import build_test_loader
-    from common.tooling import (load_run_config, overrides_of, prepare_run_dir, print_log, seed_process,
-                                select_device, show_bar, sync_batchnorm)
-    from detection.build import (adapt_to_dataset, build_datasets, build_model, check_data, iou_types_for,
+    from common.tooling import (load_run_config, overrides_of, prepare_run_dir, seed_process, select_device,
+                                sync_batchnorm)
+    from detection.build import (adapt_to_dataset, build_datasets, build_model, check_data,
                                  repeat_factor_indices, resolve_data_paths)
     from detection.config import DetConfig
-    from detection.data import DatasetError, build_train_loader
-    from detection.inference import evaluate_detector, validation_loss
-    from detection.visualize import draw_predictions
+    from detection.data import DatasetError
 
     overrides = overrides_of(args, train_json="data.train_json", train_images="data.train_images",
                              val_json="data.val_json", val_images="data.val_images")
@@ -82,8 +80,12 @@ def train(args: argparse.Namespace) -> int:
     run = prepare_run_dir(args.output or ROOT / "runs" / Path(args.config).stem, resume=resume,
                           config_cls=DetConfig, tool="train_det")
     device = select_device(args.device)
-    rank, world = dist.get_rank(), dist.get_world_size()
+    world = dist.get_world_size()
     main_proc = dist.is_main_process()
+    solver, scaling = scale_to_batch(cfg.solver, world)  # recipes written for another total batch
+    cfg = replace(cfg, solver=solver)
+    notes += [scaling] if scaling else []
+    check_sync_bn(cfg.model.backbone.norm, device, world)
 
     paths = problem = None
     if main_proc:  # rank 0 may generate the built-in dataset; a bad path stops every rank alike
@@ -109,10 +111,42 @@ def train(args: argparse.Namespace) -> int:
     model = build_model(cfg.model, meta.num_classes, meta.num_keypoints, meta.flip_indices,
                         keypoint_classes=meta.keypoint_classes, class_counts=train_set.class_counts())
     model = sync_batchnorm(model, cfg.model.backbone.norm)
+    fit(cfg, model, train_set, val_set, device, run, resume=resume, resume_from=args.resume_from, args=args,
+        train_indices=train_indices)
+    dist.cleanup()
+    return 0
+
+
+def fit(cfg, model, train_set, val_set, device, run, *, resume: bool = False, resume_from: str | None = None,
+        args: argparse.Namespace | None = None, train_indices: list[int] | None = None,
+        tensorboard: bool = True, pad: dict | None = None) -> dict:
+    """Train ``model`` (ours, or anything with its ``forward(images, targets)`` contract; ``pad``:
+    the batches' size_divisibility and pad_value, default its backbone's) with ``cfg.solver``, then
+    evaluate it on the whole val set and write the run folder ``run`` (``common.tooling.RunDir``).
+    ``args``: the command line, for progress and logging (None: logs only). Call on every rank.
+    Returns the Trainer's summary (``seconds``: training and its evaluations) with ``metrics``
+    replaced by the final, complete evaluation's ({} off rank 0).
+    """
+    import torch
+
+    from common.config import to_yaml
+    from common.engine import distributed as dist
+    from common.engine.build import build_optimizer, build_scheduler
+    from common.engine.trainer import Trainer
+    from common.loaders import build_test_loader
+    from common.tooling import print_log, show_bar
+    from detection.build import iou_types_for
+    from detection.data import build_train_loader
+    from detection.inference import evaluate_detector, validation_loss
+    from detection.visualize import draw_predictions
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    main_proc = dist.is_main_process()
+    meta = train_set.meta
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_scheduler(optimizer, cfg.solver)
-    backbone = model.backbone
-    loader_args = dict(size_divisibility=backbone.size_divisibility, pad_value=backbone.pixel_mean)
+    pad = pad or dict(size_divisibility=model.backbone.size_divisibility, pad_value=model.backbone.pixel_mean)
+    loader_args = dict(pad, pin_memory=torch.device(device).type == "cuda")  # uint8 batches, page-locked on CUDA
 
     def make_data_iter(start: int):
         return build_train_loader(train_set, batch_size=cfg.solver.ims_per_batch,
@@ -120,24 +154,22 @@ def train(args: argparse.Namespace) -> int:
                                   aspect_ratio_grouping=cfg.data.aspect_ratio_grouping, rank=rank,
                                   world_size=world, indices=train_indices, **loader_args)
 
-    def val_loader(workers: int | None = None):
+    def val_loader(workers: int | None = None, shard: bool = False):  # shard: this rank's images only
         return build_test_loader(val_set, batch_size=cfg.test.ims_per_batch,
-                                 num_workers=cfg.data.num_workers if workers is None else workers, **loader_args)
+                                 num_workers=cfg.data.num_workers if workers is None else workers,
+                                 rank=rank if shard else 0, world_size=world if shard else 1, **loader_args)
 
     iou_types = iou_types_for(cfg.model)
 
-    def evaluate(m):
-        if not main_proc:  # rank 0 evaluates; the trainer broadcasts its answer
-            return {}
-        metrics, _ = evaluate_detector(m, val_loader(), val_set.coco, meta.category_ids, iou_types,
-                                       device, limit=cfg.test.eval_images, amp=cfg.test.amp)
+    def evaluate(m):  # every rank predicts its shard; rank 0 scores, the trainer broadcasts its answer
+        metrics, _ = evaluate_detector(m, val_loader(shard=True), val_set.coco, meta.category_ids, iou_types,
+                                       device, limit=cfg.test.eval_images, amp=cfg.test.amp,
+                                       backend=cfg.test.coco_backend)
         metrics.pop("per_category", None)
         return metrics
 
     def val_loss(m):
         return validation_loss(m, val_loader(0), device, limit=cfg.test.val_loss_batches)
-
-    from common.config import to_yaml
 
     trainer = Trainer(model, optimizer, scheduler, make_data_iter, output_dir=run.root,
                       max_iters=cfg.solver.max_iters, device=device, amp=cfg.solver.amp,
@@ -150,25 +182,28 @@ def train(args: argparse.Namespace) -> int:
                       # class names and keypoints, so a checkpoint is usable alone (JSON round trip:
                       # plain lists, strings and ints, loadable with weights_only=True)
                       metadata={"dataset": json.loads(json.dumps(meta.to_dict()))},
-                      progress=show_bar(args), print_log=print_log(args))
+                      progress=show_bar(args) if args is not None else False,
+                      print_log=print_log(args) if args is not None else True, tensorboard=tensorboard)
     if resume:
-        start = trainer.resume(args.resume_from)
+        start = trainer.resume(resume_from)
         if main_proc:
             print(f"resuming from iteration {start}" if start else f"nothing to resume in {run.root}; starting fresh")
-    trainer.train()  # writes model_final.pth before its last evaluation
+    summary = trainer.train()  # writes model_final.pth before its last evaluation
 
-    if main_proc:  # the final, complete evaluation with the per-category table
-        metrics, results = evaluate_detector(trainer.model, val_loader(), val_set.coco, meta.category_ids,
-                                             iou_types, device, verbose=True, amp=cfg.test.amp)
+    # the final, complete evaluation with the per-category table, sharded like the periodic ones
+    metrics, results = evaluate_detector(trainer.model, val_loader(shard=True), val_set.coco, meta.category_ids,
+                                         iou_types, device, verbose=main_proc, amp=cfg.test.amp,
+                                         backend=cfg.test.coco_backend)
+    if main_proc:
         run.write_metrics(metrics)  # NaN -> null
         (run.root / "results.json").write_text(json.dumps(results))
         run.plot_curves()
         draw_predictions(trainer.model, val_set, device, run.vis, count=cfg.test.num_vis,
                          score_thresh=cfg.test.vis_score_thresh)
-        summary = "  ".join(f"{t} AP {metrics[t]['AP']:.1f}" for t in iou_types if t in metrics)
-        print(f"done: {summary}; everything is in {run.root}")
-    dist.cleanup()
-    return 0
+        line = "  ".join(f"{t} AP {metrics[t]['AP']:.1f}" for t in iou_types if t in metrics)
+        print(f"done: {line}; everything is in {run.root}")
+    summary["metrics"] = metrics
+    return summary
 
 
 if __name__ == "__main__":

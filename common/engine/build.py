@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -50,12 +51,41 @@ def check_solver(cfg: SolverConfig) -> None:
             bad(key, "must be >= 0 (0 turns it off)")
     if cfg.log_period < 1:
         bad("log_period", "must be at least 1")
+    if cfg.reference_batch < 0:
+        bad("reference_batch", "must be >= 0 (0 uses the schedule as written)")
     if cfg.early_stop_patience > 0 and not cfg.best_metric:
         bad("early_stop_patience", "needs solver.best_metric (the metric that must improve)")
     if list(cfg.steps) != sorted(cfg.steps) or any(s <= 0 for s in cfg.steps):
         bad("steps", "must be positive and increasing")
     if not 0 <= cfg.warmup_iters <= cfg.max_iters:
         bad("warmup_iters", f"must be between 0 and max_iters ({cfg.max_iters})")
+
+
+def scale_to_batch(cfg: SolverConfig, world_size: int) -> tuple[SolverConfig, str | None]:
+    """The solver for this run's total batch when ``cfg.reference_batch`` names another one.
+
+    total = ims_per_batch x accumulate x world_size; k = total / reference_batch. base_lr is
+    multiplied by k; max_iters, steps, warmup_iters, checkpoint_period and eval_period are divided
+    by k (rounded, at least 1 where they were positive), so the run sees as many images at the same
+    LR per image as the reference (Goyal et al. 2017). Returns (solver, a one-line note or None).
+    """
+    check_solver(cfg)
+    total = cfg.ims_per_batch * cfg.accumulate * world_size
+    if not cfg.reference_batch or total == cfg.reference_batch:
+        return cfg, None
+    k = total / cfg.reference_batch
+
+    def iters(n: int) -> int:
+        return max(1, round(n / k)) if n > 0 else n
+
+    scaled = replace(cfg, base_lr=cfg.base_lr * k, max_iters=iters(cfg.max_iters),
+                     steps=tuple(iters(s) for s in cfg.steps), warmup_iters=iters(cfg.warmup_iters),
+                     checkpoint_period=iters(cfg.checkpoint_period), eval_period=iters(cfg.eval_period))
+    note = (f"solver: {total} images per step ({cfg.ims_per_batch} x {cfg.accumulate} accumulated x "
+            f"{world_size} processes) instead of the recipe's {cfg.reference_batch}: base_lr "
+            f"{cfg.base_lr:g} -> {scaled.base_lr:g}, max_iters {cfg.max_iters} -> {scaled.max_iters}, "
+            f"steps {tuple(cfg.steps)} -> {scaled.steps} (solver.reference_batch=0 turns this off)")
+    return scaled, note
 
 
 def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimizer:

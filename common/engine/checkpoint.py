@@ -125,14 +125,23 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str, max_keys: 
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch (all devices); optionally force deterministic kernels."""
+    """Seed python, numpy and torch (all devices); optionally ask for deterministic kernels.
+
+    ``deterministic`` turns on ``torch.use_deterministic_algorithms(True, warn_only=True)``: every op
+    with a deterministic implementation uses it, and an op without one (on CUDA: torchvision's
+    RoIAlign backward and bilinear ``F.interpolate`` backward, both atomicAdd-based) runs anyway with
+    a warning naming it, instead of raising at the first training step. Those ops stay
+    nondeterministic on CUDA (gradients of the RoI heads and of upsampling differ in the last bits
+    from run to run); on the CPU every op this toolkit uses is deterministic. cuDNN autotuning is
+    off, and CUBLAS_WORKSPACE_CONFIG (deterministic cuBLAS on CUDA >= 10.2) is set unless already
+    set: it only takes effect if no CUDA work ran before this call, so call it first.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        # cuBLAS needs this workspace setting for deterministic matmuls on CUDA >= 10.2
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
 

@@ -28,6 +28,10 @@ class SolverConfig:
     accumulate: int = 1  # batches whose gradients are summed per optimizer step
     amp: bool | Literal["off", "bf16", "fp16", "auto"] = False  # mixed precision: off, bf16, fp16 (+ gradient scaling) or auto (bf16 on GPUs and CPUs with native bf16, else fp16 on CUDA / off on the CPU); true = the old fp16-on-CUDA-only (common/engine/precision.py)
     ims_per_batch: int = 4  # images per batch on each process
+    reference_batch: int = 0  # total images per step (ims_per_batch x accumulate x world size) that
+    # base_lr and the iteration counts were written for; when the run's total differs, base_lr scales
+    # linearly with it and max_iters, steps, warmup and periods inversely (the linear scaling rule,
+    # detectron2's REFERENCE_WORLD_SIZE). 0 = use them as written
     checkpoint_period: int = 500  # save a resumable checkpoint every this many iterations (0 = off)
     keep_checkpoints: int = 3  # how many periodic checkpoints to keep on disk
     eval_period: int = 500  # evaluate every this many iterations (0 = only at the end)

@@ -34,6 +34,15 @@ def init_distributed(timeout_s: float = 1800.0) -> torch.device:
     return device
 
 
+def check_sync_bn(norm: str, device: torch.device, world_size: int) -> None:
+    """SyncBN needs CUDA: torch's SyncBatchNorm has no CPU kernel, so with gloo it would fail at the
+    first forward. Raise a one-line ValueError at start-up instead (single-process runs keep plain BN)."""
+    if norm == "SyncBN" and world_size > 1 and torch.device(device).type != "cuda":
+        raise ValueError(f"backbone norm SyncBN needs CUDA (torch's SyncBatchNorm has no CPU kernel), "
+                         f"but this run has {world_size} processes on {device}; use "
+                         f"model.backbone.norm=BN (or GN) on the CPU")
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

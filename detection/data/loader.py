@@ -49,8 +49,10 @@ class AspectRatioGroupedBatches:
 def build_train_loader(dataset: Dataset, *, batch_size: int, num_workers: int, size_divisibility: int,
                        pad_value: float | Sequence[float], seed: int = 0, start_iter: int = 0,
                        aspect_ratio_grouping: bool = True, rank: int = 0, world_size: int = 1,
-                       indices: Sequence[int] | None = None) -> Iterator[tuple[ImageList, list[dict]]]:
-    """An infinite iterator of training batches (``batch_size`` images per process).
+                       indices: Sequence[int] | None = None,
+                       pin_memory: bool = False) -> Iterator[tuple[ImageList, list[dict]]]:
+    """An infinite iterator of training batches (``batch_size`` images per process), uint8 until the
+    model reads them (see ``ImageList``); ``pin_memory`` (for CUDA) page-locks them for async copies.
 
     ``start_iter`` restores the data position: the first batch yielded is the one a fresh loader
     would yield as batch number ``start_iter``. Grouping needs ``dataset.aspect_ratios()``.
@@ -72,4 +74,4 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, num_workers: int, s
                                   start=start_iter * batch_size)
         batches = ([indices[i] for i in batch] for batch in Batches(sampler, batch_size))
     return train_loader(dataset, batches, seed=seed, rank=rank, start_iter=start_iter, num_workers=num_workers,
-                        size_divisibility=size_divisibility, pad_value=pad_value)
+                        size_divisibility=size_divisibility, pad_value=pad_value, pin_memory=pin_memory)

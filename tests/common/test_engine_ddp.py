@@ -2,11 +2,9 @@
 must end with the same weights, equal to one process training on both ranks' batches."""
 import itertools
 import os
-import socket
-import time
 
+import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -73,23 +71,8 @@ def _worker(rank, port, out_dir):
     distributed.cleanup()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_process_ddp_on_cpu_keeps_ranks_identical(tmp_path):
-    # fork, not spawn: the children reuse the imported torch instead of paying ~10 s each to
-    # import it again on a busy 2-core machine; they set 1 thread before any torch op.
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD,
-                             join=False, start_method="fork")
-    deadline = time.time() + 120
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            raise AssertionError("the 2-process DDP run did not finish in 120 s")
+def test_two_process_ddp_on_cpu_keeps_ranks_identical(tmp_path, run_ranks):
+    run_ranks(_worker, str(tmp_path), world=WORLD)
 
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     for k in r0["model"]:
@@ -118,3 +101,13 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(tmp_path):
     state = torch.load(run / "model_0000003.pth", weights_only=True)
     assert len(state["rng"]) == WORLD  # each rank's RNG state, for an exact resume
     assert sum(1 for line in open(run / "metrics.csv")) == 1 + ITERS + 1  # header, 3 train, 1 eval
+
+
+def test_sync_bn_on_cpu_is_refused_at_start_up():
+    from common.engine.distributed import check_sync_bn
+
+    with pytest.raises(ValueError, match=r"^backbone norm SyncBN needs CUDA \(torch's SyncBatchNorm has no CPU "
+                       r"kernel\), but this run has 2 processes on cpu; use model.backbone.norm=BN \(or GN\)"):
+        check_sync_bn("SyncBN", torch.device("cpu"), 2)
+    check_sync_bn("SyncBN", torch.device("cpu"), 1)  # one process: plain BN, nothing to sync
+    check_sync_bn("BN", torch.device("cpu"), 2)

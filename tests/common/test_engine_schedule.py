@@ -1,5 +1,6 @@
 """LR schedules: warmup, step, cosine; per-group LR multipliers; solver config checks."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -120,3 +121,21 @@ def test_solver_config_takes_yaml_style_overrides():
     assert cfg.lr_mults == {"backbone.body": 0.1} and cfg.best_metric == "bbox/AP"
     with pytest.raises(ConfigError, match=r"'optimizer' = 'adam' must be one of \['sgd', 'adamw'\]"):
         load_config(SolverConfig, overrides=["optimizer=adam"])
+
+
+def test_scale_to_batch_follows_the_linear_scaling_rule():
+    from common.engine import scale_to_batch
+
+    recipe = SolverConfig(base_lr=0.02, ims_per_batch=2, reference_batch=16, max_iters=90000,
+                          steps=(60000, 80000), warmup_iters=1000, checkpoint_period=5000, eval_period=0)
+    same, note = scale_to_batch(recipe, world_size=8)  # 2 x 8 = 16: as written
+    assert same == recipe and note is None
+    one, note = scale_to_batch(recipe, world_size=1)  # 2 images per step: 8x the steps at 1/8 the LR
+    assert one.base_lr == pytest.approx(0.0025)
+    assert (one.max_iters, one.steps, one.warmup_iters, one.checkpoint_period, one.eval_period) == (
+        720000, (480000, 640000), 8000, 40000, 0)
+    assert note.startswith("solver: 2 images per step (2 x 1 accumulated x 1 processes) instead of the recipe's 16: "
+                           "base_lr 0.02 -> 0.0025, max_iters 90000 -> 720000")
+    accumulated, note = scale_to_batch(replace(recipe, ims_per_batch=4, accumulate=2), world_size=2)
+    assert accumulated.base_lr == 0.02 and note is None  # 4 x 2 x 2 = 16
+    assert scale_to_batch(replace(recipe, reference_batch=0), 1)[0] == replace(recipe, reference_batch=0)

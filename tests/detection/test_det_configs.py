@@ -102,3 +102,23 @@ def test_unknown_key_and_bad_build_arguments(tmp_path):
     wrong = dataclasses.replace(cfg, roi_heads=dataclasses.replace(cfg.roi_heads, mask_rois_per_image=-1))
     with pytest.raises(ValueError, match=r"model.roi_heads.mask_rois_per_image must be >= 0 \(0: no cap\), got -1"):
         build_model(wrong, num_classes=3, num_keypoints=5)
+
+
+@pytest.mark.parametrize("name", ["faster_rcnn_R50_FPN", "mask_rcnn_R50_FPN", "keypoint_rcnn_R50_FPN"])
+def test_coco_recipes_train_the_1x_schedule(name):
+    """detectron2's 1x: 16 images per step (2 per process on 8), LR 0.02, 90k iterations, steps
+    60k/80k, short side 640-800, test at 800; other batch sizes rescale (solver.reference_batch)."""
+    cfg = load_config(DetConfig, CONFIG_DIR / f"{name}.yaml")
+    s = cfg.solver
+    assert (s.optimizer, s.base_lr, s.ims_per_batch, s.reference_batch) == ("sgd", 0.02, 2, 16)
+    assert (s.max_iters, tuple(s.steps), s.warmup_iters) == (90000, (60000, 80000), 1000)
+    assert cfg.data.min_size == (640, 672, 704, 736, 768, 800) and cfg.data.test_min_size == 800
+    assert cfg.data.max_size == 1333 and cfg.model.backbone.weights == "imagenet"
+    assert cfg.model.box_head.smooth_l1_beta == 0.0  # detectron2's L1 box loss
+    assert "AP" in (CONFIG_DIR / f"{name}.yaml").read_text()  # the published numbers are stated
+
+
+def test_cpu_recipe_keeps_its_smooth_l1_box_loss():
+    assert load_model_cfg(CONFIG_DIR / "shapes_R18_FPN.yaml").box_head.smooth_l1_beta == 1.0
+    assert load_model_cfg(CONFIG_DIR / "faster_rcnn_VGG16.yaml").box_head.smooth_l1_beta == 1.0
+    assert ModelConfig().box_head.smooth_l1_beta == 0.0

@@ -287,3 +287,66 @@ def test_bad_results_refused_before_any_evaluation(gt_path, tmp_path, capsys, in
     with pytest.raises(EvaluationError, match=rf"^results file {path}: " + message):
         evaluate_coco(gt, path)
     assert "Average Precision" not in capsys.readouterr().out  # no table printed before the error
+# ------------------------------------------------------------------ backends
+
+
+def noisy_results(coco: COCO, seed: int = 0) -> list[dict]:
+    """The ground truth as imperfect detections: boxes, masks and keypoints shifted by a pixel or
+    two, random scores, one in four dropped, and a false positive per image."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for res in perfect_results(coco):
+        if rng.random() < 0.25:
+            continue
+        img = coco.imgs[res["image_id"]]
+        dx, dy = (int(v) for v in rng.integers(-2, 3, size=2))
+        mask = np.roll(mask_util.decode(res["segmentation"]), (dy, dx), axis=(0, 1))
+        rle = mask_util.encode(np.asfortranarray(mask))
+        rle["counts"] = rle["counts"].decode()
+        x, y, w, h = res["bbox"]
+        res.update(score=float(rng.random()), bbox=[x + dx, y + dy, w * rng.uniform(0.9, 1.1), h], segmentation=rle)
+        if "keypoints" in res:
+            kp = np.asarray(res["keypoints"], dtype=float).reshape(-1, 3)
+            kp[:, :2] += rng.normal(0, 0.5, size=(len(kp), 2))
+            res["keypoints"] = kp.reshape(-1).tolist()
+        results.append(res)
+        fp = np.zeros((img["height"], img["width"]), dtype=np.uint8)
+        fp[:10, :10] = 1
+        rle = mask_util.encode(np.asfortranarray(fp))
+        rle["counts"] = rle["counts"].decode()
+        results.append({**res, "score": float(rng.random()), "bbox": [0, 0, 10, 10], "segmentation": rle})
+    return results
+
+
+def test_faster_coco_eval_backend_matches_pycocotools(shapes_dir):
+    """The optional C++ backend gives pycocotools' numbers (to 0.01 AP) on the built-in data."""
+    pytest.importorskip("faster_coco_eval")
+    gt = COCO(str(shapes_dir / "val.json"))
+    results = noisy_results(gt)
+    types = ("bbox", "segm", "keypoints")
+    ref = evaluate_coco(gt, results, types, verbose=False)
+    fast = evaluate_coco(gt, results, types, verbose=False, backend="faster_coco_eval")
+    assert set(fast) == set(ref) and 10 < ref["bbox"]["AP"] < 90  # imperfect, so the test can tell
+    for t in types:
+        for name, value in ref[t].items():
+            assert fast[t][name] == pytest.approx(value, abs=0.01, nan_ok=True), (t, name)
+        for cat, value in ref["per_category"][t].items():
+            assert fast["per_category"][t][cat] == pytest.approx(value, abs=0.01, nan_ok=True), (t, cat)
+
+
+def test_unknown_or_missing_backend_is_one_line(gt_path, monkeypatch):
+    import builtins
+
+    with pytest.raises(EvaluationError, match="^coco backend 'detectron' is not one of pycocotools, faster_coco_eval$"):
+        CocoEvaluator(gt_path, [1, 3], backend="detectron")
+    real_import = builtins.__import__
+
+    def no_faster(name, *args, **kwargs):
+        if name.startswith("faster_coco_eval"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faster)
+    with pytest.raises(EvaluationError, match=r"^coco backend 'faster_coco_eval' needs the faster-coco-eval "
+                       r"package: pip install faster-coco-eval \(or the toolkit's fast-eval extra\)$"):
+        evaluate_coco(gt_path, [], backend="faster_coco_eval")

@@ -90,3 +90,18 @@ def test_masks_pasted_at_output_size_match_paste_then_resize():
     inside = paste_masks(torch.ones_like(probs), boxes * 2.5, big) > 0
     differ = ((new.bool() != old_big) & inside).sum() / inside.sum()
     assert differ < 0.015, float(differ)
+
+
+def test_targets_read_only_matched_masks_and_equal_the_full_batch_result():
+    """COCO-like: 6 full-resolution gt masks, RoIs matched to 3 of them. The targets equal RoIAlign
+    over all M masks as one batch (the former computation), bit for bit."""
+    from detection.roi_ops import roi_align
+
+    g = torch.Generator().manual_seed(0)
+    gt = (torch.rand(6, 400, 600, generator=g) > 0.5).to(torch.uint8)
+    matched = torch.tensor([4, 1, 4, 5, 1, 1])
+    xy = torch.rand(6, 2, generator=g) * torch.tensor([500.0, 300.0])
+    boxes = torch.cat([xy, xy + 10 + torch.rand(6, 2, generator=g) * 90], dim=1)
+    rois = torch.cat((matched[:, None].float(), boxes), dim=1)
+    before = (roi_align(gt[:, None].float(), rois, (28, 28), 1.0, 0, True)[:, 0] >= 0.5).float()
+    assert torch.equal(mask_targets(gt, matched, boxes, 28), before)

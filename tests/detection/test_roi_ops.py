@@ -172,3 +172,21 @@ def test_bad_inputs_raise_clear_errors():
         roi_align(x, torch.zeros(0, 5), 0)
     with pytest.raises(ValueError, match=r"input must be a \(N, C, H, W\) tensor, got \(3, 8, 8\)"):
         roi_align(x[0], torch.zeros(0, 5), 7)
+
+
+def test_few_boxes_on_a_large_map_cost_what_the_boxes_touch(monkeypatch):
+    """A few boxes on a 4 x 600 x 900 map: the sparse path sorts the touched pixels instead of
+    counting over all N*H*W (no full-size bincount), with torchvision's result and gradient."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 2, 600, 900, generator=gen)
+    rois = torch.tensor([[0, 10.0, 20, 60, 90], [3, 500, 400, 900, 600], [1, 0, 0, 30, 30]])
+    real = torch.bincount
+
+    def bincount(t, *args, minlength=0, **kwargs):
+        assert minlength < x[0, 0].numel(), "a bincount over the whole map"
+        return real(t, *args, minlength=minlength, **kwargs)
+
+    monkeypatch.setattr(torch, "bincount", bincount)
+    ours, ref, g_ours, g_ref = both(x, rois, 14, 1.0, 0, True)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-5)

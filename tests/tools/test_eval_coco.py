@@ -120,6 +120,8 @@ def test_nan_score_is_one_line_naming_the_detection(shapes_dir, tmp_path, capsys
     assert err == (f"eval_coco: error: results file {path}: detection #4 (image_id {results[4]['image_id']}) has "
                    f"score nan, expected a finite number\n")
     assert not out.exists()
+
+
 def test_results_file_mode_writes_plots(shapes_dir, tmp_path):
     results = write_perfect_results(shapes_dir / "val.json", tmp_path / "results.json")
     out = tmp_path / "metrics.json"
@@ -129,3 +131,29 @@ def test_results_file_mode_writes_plots(shapes_dir, tmp_path):
     assert names == {"pr_bbox.png", "pr_segm.png", "confusion_matrix.json", "confusion_matrix.png"}  # no images: no worst/
     cm = json.loads((tmp_path / "plots" / "confusion_matrix.json").read_text())["counts"]
     assert sum(cm[i][i] for i in range(len(cm) - 1)) == sum(map(sum, cm))  # perfect: all on the diagonal
+
+
+def test_coco_backend_flag_gives_the_same_metrics(shapes_dir, tmp_path):
+    pytest.importorskip("faster_coco_eval")
+    results = write_perfect_results(shapes_dir / "val.json", tmp_path / "results.json", shift=1.5)
+    outs = []
+    for backend in ("pycocotools", "faster_coco_eval"):
+        out = tmp_path / f"{backend}.json"
+        assert load_tool().main(["--gt", str(shapes_dir / "val.json"), "--results", str(results),
+                                 "--coco-backend", backend, "--out", str(out)]) == 0
+        outs.append(json.loads(out.read_text()))
+    assert outs[0]["bbox"]["AP"] < 100
+    for t in ("bbox", "segm", "keypoints"):
+        for name, value in outs[0][t].items():
+            assert outs[1][t][name] == pytest.approx(value, abs=0.01), (t, name)
+
+
+def test_backend_benchmark_runs_and_both_backends_agree(capsys):
+    pytest.importorskip("faster_coco_eval")
+    bench = tool_helpers.load_tool("bench_coco_eval")
+    assert bench.main(["--images", "6", "--dets", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("6 images,") and "30 detections" in lines[0]
+    for line in lines[2:]:
+        ours, theirs = line.split()[-3], line.split()[-1]
+        assert ours == theirs  # the same AP to 0.01
