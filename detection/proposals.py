@@ -1,0 +1,177 @@
+"""Precomputed region proposals on disk (selective search for R-CNN and Fast R-CNN).
+
+Shape shorthand: R proposals of one image.
+
+The file is JSON::
+
+    {"<COCO image id>": {"boxes": [[x0, y0, x1, y1], ...], "scores": [...]}, ...,
+     "_header": {...}}
+
+boxes in continuous xyxy pixels of the image *on disk*, best first; ``scores`` (optional, one
+per box) decrease with the rank. Keys starting with ``_`` are reserved: ``_header`` (written by
+``tools/compute_proposals.py``) records what the file was made from -- ``method``, ``mode``,
+``image_ids`` and ``files`` (image id -> ``[file name, size in bytes, mtime in ns]``) -- so that a
+file made for another image set, another mode or other files is refused (:func:`check_header`).
+Files made elsewhere without a header are accepted as they are.
+
+Deliberately free of torch: ``tools/compute_proposals.py`` and its worker processes import
+this module and start fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+HEADER_KEY = "_header"
+
+
+class ProposalError(ValueError):
+    """A proposal file that is missing, malformed, or made for other images / another mode."""
+
+
+def save_proposals(path: str | Path, proposals: Mapping[int, Mapping[str, Any]],
+                   header: Mapping[str, Any] | None = None) -> None:
+    """Write ``{image id: {"boxes": (R, 4), "scores": (R,)}}`` (numpy or lists) as the JSON above.
+
+    Boxes are rounded to 0.01 px and scores to 6 digits; the write is atomic (temp file + rename).
+    """
+    out: dict[str, Any] = {}
+    for image_id, p in proposals.items():
+        boxes = np.asarray(p["boxes"], np.float64).reshape(-1, 4)
+        entry: dict[str, Any] = {"boxes": np.round(boxes, 2).tolist()}
+        if p.get("scores") is not None:
+            entry["scores"] = np.round(np.asarray(p["scores"], np.float64), 6).tolist()
+        out[str(int(image_id))] = entry
+    if header is not None:
+        out[HEADER_KEY] = dict(header)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(out, separators=(",", ":")))
+    os.replace(tmp, path)
+
+
+def read_header(path: str | Path) -> dict | None:
+    """The ``_header`` of a proposal file, or None when it has none."""
+    return _read_json(Path(path)).get(HEADER_KEY)
+
+
+def load_proposals(path: str | Path, image_ids: Iterable[int] | None = None,
+                   max_proposals: int = 0) -> dict[int, dict[str, np.ndarray]]:
+    """Read a proposal file -> ``{image id: {"boxes": (R, 4) float32, "scores": (R,) float32}}``.
+
+    ``image_ids``: ids that must all be present (a missing one is a :class:`ProposalError` naming
+    it); only these are returned. ``max_proposals`` > 0 keeps the first (best) that many per image.
+    Missing scores become the rank order (1, 1/2, 1/3, ...). Every box is checked: finite, 4
+    numbers, x1 >= x0 and y1 >= y0 (the error names the file, the image id and the box).
+    """
+    path = Path(path)
+    data = _read_json(path)
+    wanted = None if image_ids is None else [int(i) for i in image_ids]
+    keys = {k: v for k, v in data.items() if not k.startswith("_")}
+    if wanted is not None:
+        missing = [i for i in wanted if str(i) not in keys]
+        if missing:
+            raise ProposalError(f"proposal file {path} has no entry for image id {missing[0]} "
+                                f"({len(missing)} of the {len(wanted)} images are missing); "
+                                "was it made for another image set?")
+        keys = {str(i): keys[str(i)] for i in wanted}
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for key, entry in keys.items():
+        try:
+            image_id = int(key)
+        except ValueError:
+            raise ProposalError(f"proposal file {path}: key {key!r} is not a COCO image id") from None
+        out[image_id] = _parse_entry(entry, path, image_id, max_proposals)
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ProposalError(f"proposal file {path} does not exist (make it with tools/compute_proposals.py)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProposalError(f"proposal file {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ProposalError(f"proposal file {path}: the top level must be an object "
+                            f"{{\"<image id>\": {{\"boxes\": ..., \"scores\": ...}}}}, got {type(data).__name__}")
+    return data
+
+
+def _parse_entry(entry: Any, path: Path, image_id: int, max_proposals: int) -> dict[str, np.ndarray]:
+    where = f"proposal file {path}, image id {image_id}"
+    if not isinstance(entry, dict) or "boxes" not in entry:
+        raise ProposalError(f"{where}: the entry must be an object with 'boxes' (and 'scores'), got {entry!r:.80}")
+    try:
+        boxes = np.asarray(entry["boxes"], np.float32)
+    except (TypeError, ValueError):
+        raise ProposalError(f"{where}: 'boxes' is not a list of [x0, y0, x1, y1]") from None
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ProposalError(f"{where}: 'boxes' must be a list of [x0, y0, x1, y1], got shape {boxes.shape}")
+    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bad.any():
+        raise ProposalError(f"{where}: box {boxes[bad][0].tolist()} is not finite or has x1 < x0 or y1 < y0")
+    if entry.get("scores") is None:
+        scores = 1.0 / np.arange(1, len(boxes) + 1, dtype=np.float32)
+    else:
+        scores = np.asarray(entry["scores"], np.float32).reshape(-1)
+        if len(scores) != len(boxes):
+            raise ProposalError(f"{where}: {len(boxes)} boxes but {len(scores)} scores")
+    if max_proposals > 0:
+        boxes, scores = boxes[:max_proposals], scores[:max_proposals]
+    return {"boxes": boxes, "scores": scores}
+
+
+# ---------------------------------------------------------------------------------------------
+# what a file was made from
+
+
+def file_stamps(images: Mapping[int, str | Path]) -> dict[str, list]:
+    """``{image id: [file name, size in bytes, mtime in ns]}`` of the image files (for the header)."""
+    out = {}
+    for image_id, p in images.items():
+        st = Path(p).stat()
+        out[str(int(image_id))] = [Path(p).name, int(st.st_size), int(st.st_mtime_ns)]
+    return out
+
+
+def make_header(mode: str, images: Mapping[int, str | Path], **extra: Any) -> dict[str, Any]:
+    """The ``_header`` for proposals of ``images`` (image id -> path) made in ``mode``."""
+    return {"method": "selective_search", "mode": mode, "image_ids": sorted(int(i) for i in images),
+            "files": file_stamps(images), **extra}
+
+
+def check_header(header: Mapping[str, Any] | None, path: str | Path, images: Mapping[int, str | Path],
+                 mode: str | None = None, exact_image_set: bool = False) -> None:
+    """Refuse (:class:`ProposalError`, saying which) a file made for another mode, another image
+    set or other image files than ``images`` (image id -> path on disk). No header: accepted.
+
+    ``exact_image_set``: the file must be for exactly these images (a cache); otherwise it may
+    cover more (a training set that dropped empty images reads the file of the whole split).
+    """
+    if header is None:
+        return
+    if mode is not None and header.get("mode") != mode:
+        raise ProposalError(f"proposal file {path} was made in mode {header.get('mode')!r}, not {mode!r}; "
+                            "delete it or choose another --out")
+    made_for = {int(i) for i in header.get("image_ids", [])}
+    wanted = {int(i) for i in images}
+    missing, extra = sorted(wanted - made_for), sorted(made_for - wanted)
+    if missing or (exact_image_set and extra):
+        what = (f"lacks image id {missing[0]} ({len(missing)} missing)" if missing
+                else f"has image id {extra[0]} that is not in this split ({len(extra)} extra)")
+        raise ProposalError(f"proposal file {path} was made for another image set: it {what}")
+    stamps = header.get("files") or {}
+    now = file_stamps(images)
+    for key, (name, size, mtime) in now.items():
+        was = stamps.get(key)
+        if was is not None and (was[0] != name or int(was[1]) != size or int(was[2]) != mtime):
+            raise ProposalError(f"proposal file {path} was made from other files: image id {key} was "
+                                f"{was[0]} ({was[1]} bytes), now {name} ({size} bytes, modified since)")
