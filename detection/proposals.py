@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -149,24 +149,30 @@ def make_header(mode: str, images: Mapping[int, str | Path], **extra: Any) -> di
 
 
 def check_header(header: Mapping[str, Any] | None, path: str | Path, images: Mapping[int, str | Path],
-                 mode: str | None = None, exact_image_set: bool = False) -> None:
+                 mode: str | None = None, exact_image_set: bool = False,
+                 params: Mapping[str, Any] | None = None) -> None:
     """Refuse (:class:`ProposalError`, saying which) a file made for another mode, another image
     set or other image files than ``images`` (image id -> path on disk). No header: accepted.
 
     ``exact_image_set``: the file must be for exactly these images (a cache); otherwise it may
     cover more (a training set that dropped empty images reads the file of the whole split).
+    ``params``: other settings the file must have been made with (``max_proposals``, ``seed`` ...).
     """
     if header is None:
         return
     if mode is not None and header.get("mode") != mode:
         raise ProposalError(f"proposal file {path} was made in mode {header.get('mode')!r}, not {mode!r}; "
                             "delete it or choose another --out")
+    for key, value in (params or {}).items():
+        if key in header and header[key] != value:
+            raise ProposalError(f"proposal file {path} was made with {key}={header[key]!r}, not {value!r}; "
+                                "delete it or choose another --out")
     made_for = {int(i) for i in header.get("image_ids", [])}
     wanted = {int(i) for i in images}
     missing, extra = sorted(wanted - made_for), sorted(made_for - wanted)
     if missing or (exact_image_set and extra):
         what = (f"lacks image id {missing[0]} ({len(missing)} missing)" if missing
-                else f"has image id {extra[0]} that is not in this split ({len(extra)} extra)")
+                else f"has image id {extra[0]} that is not among these images ({len(extra)} extra)")
         raise ProposalError(f"proposal file {path} was made for another image set: it {what}")
     stamps = header.get("files") or {}
     now = file_stamps(images)
@@ -175,3 +181,53 @@ def check_header(header: Mapping[str, Any] | None, path: str | Path, images: Map
         if was is not None and (was[0] != name or int(was[1]) != size or int(was[2]) != mtime):
             raise ProposalError(f"proposal file {path} was made from other files: image id {key} was "
                                 f"{was[0]} ({was[1]} bytes), now {name} ({size} bytes, modified since)")
+
+
+# ---------------------------------------------------------------------------------------------
+# how good proposals are
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, 4) x (M, 4) xyxy -> (N, M) IoU (0 where a box has no area)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def proposal_recall(proposals: Mapping[int, np.ndarray], gt: Mapping[int, tuple[np.ndarray, np.ndarray]],
+                    thresholds: Sequence[float] = (0.5, 0.7)) -> dict[str, float]:
+    """Recall of ground-truth boxes and MABO of proposals.
+
+    proposals: image id -> (R, 4) boxes; gt: image id -> ((M, 4) xyxy boxes, (M,) class ids), both
+    in the pixels on disk. Returns ``{"recall@0.5": %, "recall@0.7": %, "MABO": %, "ABO": %,
+    "boxes_per_image", "num_gt", "num_images"}``: recall = fraction of gt boxes whose best
+    proposal has IoU >= the threshold; ABO = mean best IoU over all gt boxes; MABO = mean over
+    classes of each class's ABO (Uijlings et al.). Images without an entry count as no proposals.
+    """
+    best, classes = [], []
+    for image_id, (gt_boxes, gt_classes) in gt.items():
+        if len(gt_boxes) == 0:
+            continue
+        boxes = proposals.get(image_id, np.zeros((0, 4)))
+        iou = box_iou(gt_boxes, boxes)
+        best.append(iou.max(axis=1) if iou.shape[1] else np.zeros(len(gt_boxes)))
+        classes.append(np.asarray(gt_classes))
+    best_all = np.concatenate(best) if best else np.zeros(0)
+    cls_all = np.concatenate(classes) if classes else np.zeros(0)
+    out: dict[str, float] = {}
+    for t in thresholds:
+        out[f"recall@{t:g}"] = 100.0 * float((best_all >= t).mean()) if len(best_all) else float("nan")
+    out["ABO"] = 100.0 * float(best_all.mean()) if len(best_all) else float("nan")
+    per_class = [best_all[cls_all == c].mean() for c in np.unique(cls_all)]
+    out["MABO"] = 100.0 * float(np.mean(per_class)) if per_class else float("nan")
+    counts = [len(proposals.get(i, ())) for i in gt]
+    out["boxes_per_image"] = float(np.mean(counts)) if counts else 0.0
+    out["num_gt"] = int(len(best_all))
+    out["num_images"] = len(counts)
+    return out
