@@ -23,17 +23,25 @@ def _to(targets: list[dict], device) -> list[dict]:
             for t in targets]
 
 
+def proposals_only(targets: list[dict]) -> list[dict] | None:
+    """What a model reads at inference besides the images: the precomputed proposals of Fast
+    R-CNN (``proposal_boxes``) when the targets carry them, else None."""
+    if targets and all("proposal_boxes" in t for t in targets):
+        return [{"image_id": t.get("image_id"), "proposal_boxes": t["proposal_boxes"]} for t in targets]
+    return None
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, device, limit: int = 0) -> Iterable[tuple[int, dict]]:
     """Yield ``(image_id, prediction)`` per image, the prediction mapped to the frame on disk.
 
-    loader yields (ImageList, targets) with ``image_id`` and ``orig_size`` in each target.
-    ``limit`` > 0 stops after that many images.
+    loader yields (ImageList, targets) with ``image_id`` and ``orig_size`` in each target (and
+    ``proposal_boxes`` for Fast R-CNN). ``limit`` > 0 stops after that many images.
     """
     model.eval()
     seen = 0
     for images, targets in loader:
-        predictions, _ = model(images.to(device))
+        predictions, _ = model(images.to(device), proposals_only(targets))
         for pred, size, target in zip(predictions, images.image_sizes, targets):
             orig = tuple(int(v) for v in target["orig_size"])
             pred = rescale_predictions({k: v.cpu() for k, v in pred.items()}, size, orig)
@@ -73,11 +81,11 @@ def validation_loss(model: nn.Module, loader: Iterable, device, limit: int = 0) 
 def time_inference(model: nn.Module, batches: Sequence, device, warmup: int = 1) -> float:
     """Seconds per image over ``batches`` (a list of (ImageList, targets)), after ``warmup`` batches."""
     model.eval()
-    for images, _ in batches[:warmup]:
-        model(images.to(device))
+    for images, targets in batches[:warmup]:
+        model(images.to(device), proposals_only(targets))
     images_seen, t0 = 0, time.perf_counter()
-    for images, _ in batches[warmup:]:
-        model(images.to(device))
+    for images, targets in batches[warmup:]:
+        model(images.to(device), proposals_only(targets))
         images_seen += len(images)
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize()
