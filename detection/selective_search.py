@@ -218,6 +218,7 @@ def group(regions: Regions, terms: str, area: float, return_histograms: bool = F
     heapq.heapify(heap)
     alive = [True] * n + [False] * (n - 1)
     inv_area = 1.0 / area
+    heappush = heapq.heappush
     t = n
     while heap:
         _, a, b = heapq.heappop(heap)
@@ -227,8 +228,11 @@ def group(regions: Regions, terms: str, area: float, return_histograms: bool = F
         st = size[t] = sa + sb
         if hist is not None:
             np.add(hist[a] * (sa / st), hist[b] * (sb / st), out=hist[t])
-        ba, bb = box[a], box[b]
-        bt = box[t] = (min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3]))
+        ax0, ay0, ax1, ay1 = box[a]
+        bx0, by0, bx1, by1 = box[b]
+        tx0, ty0 = (ax0 if ax0 < bx0 else bx0), (ay0 if ay0 < by0 else by0)
+        tx1, ty1 = (ax1 if ax1 > bx1 else bx1), (ay1 if ay1 > by1 else by1)
+        box[t] = (tx0, ty0, tx1, ty1)
         alive[a] = alive[b] = False
         alive[t] = True
         nb = neighbours[a] | neighbours[b]
@@ -253,10 +257,11 @@ def group(regions: Regions, terms: str, area: float, return_histograms: bool = F
                 if use_s:
                     s += 1.0 - (st + size[u]) * inv_area
                 if use_f:
-                    bu = box[u]
-                    union = (max(bt[2], bu[2]) - min(bt[0], bu[0])) * (max(bt[3], bu[3]) - min(bt[1], bu[1]))
+                    ux0, uy0, ux1, uy1 = box[u]
+                    union = (((tx1 if tx1 > ux1 else ux1) - (tx0 if tx0 < ux0 else ux0))
+                             * ((ty1 if ty1 > uy1 else uy1) - (ty0 if ty0 < uy0 else uy0)))
                     s += 1.0 - (union - st - size[u]) * inv_area
-                heapq.heappush(heap, (-s, u, t))
+                heappush(heap, (-s, u, t))
         t += 1
     # a segmentation whose adjacency graph is not connected (not from one image) stops early
     boxes = np.array(box[:t], np.float64).reshape(-1, 4)
