@@ -71,7 +71,8 @@ def draw_predictions(model: nn.Module, dataset, device, out_dir: str | Path, cou
     for image_id in dataset.ids[:count]:
         info = dataset.coco.imgs[image_id]
         image = read_image(dataset.image_root / info["file_name"], image_id)
-        proposals = None if dataset.proposals is None else dataset.proposals[image_id]["boxes"]
+        proposals = getattr(dataset, "proposals", None)
+        proposals = None if proposals is None else proposals[image_id]["boxes"]
         pred = predict_image(model, image, dataset.transforms, device, proposals)
         drawn = draw_prediction(image, pred, dataset.meta, score_thresh)
         path = out_dir / f"{Path(info['file_name']).stem}.jpg"

@@ -14,6 +14,9 @@ checkpoint's ``metadata["dataset"]``; the model from ``--config`` or the config 
 checkpoint (as in tools/eval_coco.py). Without ``--input`` the images are the config's val
 images (the built-in shapes dataset is generated there on first use).
 
+A Fast R-CNN checkpoint (``model.proposal_generator: precomputed``) gets its proposals from
+selective search run on each image here ("fast" mode, at most ``data.max_proposals`` boxes).
+
 A bad path prints one line to stderr and exits with status 2; an unreadable image inside a
 folder is skipped and counted in one warning.
 """
@@ -114,7 +117,12 @@ def predict(args: argparse.Namespace) -> int:
                 raise
             skipped.append(str(e))
             continue
-        pred = predict_image(model, image, transforms, device)
+        proposals = None
+        if cfg.model.proposal_generator == "precomputed":  # Fast R-CNN: selective search on the spot
+            from detection.selective_search import selective_search
+
+            proposals, _ = selective_search(image, "fast", max_proposals=cfg.data.max_proposals)
+        pred = predict_image(model, image, transforms, device, proposals)
         drawn = draw_prediction(image, pred, meta, args.score_thresh)
         name = f"{path.stem}.jpg" if f"{path.stem}.jpg" not in used_names else f"{path.name}.jpg"
         used_names.add(name)

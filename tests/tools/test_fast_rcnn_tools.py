@@ -55,6 +55,11 @@ def test_fast_rcnn_trains_and_evaluates_with_proposals_from_files(shapes_dir, tm
     assert "truncated SVD (rank 16) of the box head's fcs.0, fcs.2" in capsys.readouterr().out
     assert 0.0 <= json.loads(out.read_text())["bbox"]["AP"] <= 100.0
 
+    vis = tmp_path / "vis"  # predict.py runs selective search itself for a Fast R-CNN checkpoint
+    assert load_tool("predict").main(["--checkpoint", str(run / "model_final.pth"), "--input",
+                                      str(shapes_dir / "val" / "000001.jpg"), "--out", str(vis)]) == 0
+    assert (vis / "000001.jpg").is_file() and json.loads((vis / "predictions.json").read_text())[0]["width"] > 0
+
     image = shapes_dir / "val" / "000001.jpg"
     before = os.stat(image)
     os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # changed since the proposals were made
