@@ -107,18 +107,24 @@ def colour_codes(img: np.ndarray) -> np.ndarray:
 
 
 def texture_codes(img: np.ndarray) -> np.ndarray:
-    """(H, W, C) in [0, 1] -> (H*W, C*8) int64 bin codes of the rectified Gaussian derivatives in 8
-    orientations (sigma 1), 10 bins each over [0, that response's maximum in the image]."""
+    """(H, W, C) in [0, 1] -> (H*W, C*8) int16 bin codes of the rectified Gaussian derivatives in 8
+    orientations (sigma 1), 10 bins each over [0, that response's maximum in the image]; column
+    c*8 + o holds channel c at theta = o * 45 degrees, code = its column * 10 + bin."""
     h, w, c = img.shape
     g, dg = _gaussian_derivative_kernels(1.0)
     gx = cv2.sepFilter2D(img, cv2.CV_32F, dg, g, borderType=cv2.BORDER_REFLECT).reshape(h * w, c, 1)
     gy = cv2.sepFilter2D(img, cv2.CV_32F, g, dg, borderType=cv2.BORDER_REFLECT).reshape(h * w, c, 1)
-    theta = np.arange(ORIENTATIONS, dtype=np.float32) * (2 * np.pi / ORIENTATIONS)
-    resp = np.maximum(gx * np.cos(theta) + gy * np.sin(theta), 0.0)  # (H*W, C, 8) steered, rectified
-    top = resp.max(axis=0, keepdims=True)  # (1, C, 8)
-    bins = np.minimum((resp * (TEXTURE_BINS / np.maximum(top, 1e-12))).astype(np.int64), TEXTURE_BINS - 1)
-    offsets = TEXTURE_BINS * np.arange(c * ORIENTATIONS).reshape(1, c, ORIENTATIONS)
-    return (bins + offsets).reshape(h * w, c * ORIENTATIONS)
+    half = ORIENTATIONS // 2
+    theta = np.arange(half, dtype=np.float32) * (2 * np.pi / ORIENTATIONS)
+    steered = gx * np.cos(theta) + gy * np.sin(theta)  # (H*W, C, 4) at 0..135 degrees; 180..315 = minus these
+    top = np.concatenate((steered.max(axis=0), -steered.min(axis=0)), axis=1)  # (C, 8) largest rectified response
+    scale = (TEXTURE_BINS * (1 - 1e-6)) / np.maximum(top, 1e-12)  # the maximum lands in the last bin
+    codes = np.empty((h * w, c, ORIENTATIONS), np.int16)
+    for sl, sign in ((slice(0, half), 1.0), (slice(half, ORIENTATIONS), -1.0)):
+        r = steered * (sign * scale[:, sl])
+        codes[:, :, sl] = np.maximum(r, 0.0, out=r)  # rectified, truncated to the bin index
+    codes += (TEXTURE_BINS * np.arange(c * ORIENTATIONS, dtype=np.int16)).reshape(c, ORIENTATIONS)
+    return codes.reshape(h * w, c * ORIENTATIONS)
 
 
 @dataclass
