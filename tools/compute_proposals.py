@@ -6,7 +6,7 @@
 
 Writes ``{"<COCO image id>": {"boxes": [[x0, y0, x1, y1], ...], "scores": [...]}, "_header": {...}}``
 (boxes in pixels of the image on disk, best first; see ``detection/proposals.py`` and
-datasets/README.md). When the split has annotations it prints recall at IoU 0.5 and 0.7, ABO and
+datasets/README.md); an ``--out`` ending in ``.npz`` gets the same in binary form. When the split has annotations it prints recall at IoU 0.5 and 0.7, ABO and
 MABO of the proposals. An existing ``--out`` made with the same mode, settings, images and image
 files is reused (only evaluated); one made for another image set, another mode, other settings
 or other files is refused with a message saying which (``--overwrite`` recomputes it). A file

@@ -24,6 +24,24 @@ def test_round_trip_keeps_order_and_values(tmp_path):
     assert "_header" in json.loads(path.read_text())
 
 
+def test_binary_round_trip_matches_the_json(tmp_path):
+    props = {7: {"boxes": np.array([[0, 0, 10, 10], [1.5, 2.25, 3, 4.5]], np.float32), "scores": [0.9, 0.5]},
+             3: {"boxes": np.zeros((0, 4))}, 5: {"boxes": [[1, 1, 2, 2]]}}
+    save_proposals(tmp_path / "p.json", props, header={"mode": "fast"})
+    save_proposals(tmp_path / "p.npz", props, header={"mode": "fast"})
+    a, b = load_proposals(tmp_path / "p.json"), load_proposals(tmp_path / "p.npz")
+    assert list(a) == list(b) == [7, 3, 5]
+    for i in a:
+        np.testing.assert_array_equal(a[i]["boxes"], b[i]["boxes"])
+        np.testing.assert_allclose(a[i]["scores"], b[i]["scores"])
+    assert read_header(tmp_path / "p.npz") == {"mode": "fast"}
+    save_proposals(tmp_path / "q.npz", props)
+    assert read_header(tmp_path / "q.npz") is None
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ProposalError, match="bad.npz is not a proposal .npz"):
+        load_proposals(tmp_path / "bad.npz")
+
+
 def test_a_file_made_elsewhere_without_scores_or_header_is_accepted(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"12": {"boxes": [[1, 2, 3, 4], [0, 0, 5, 5]]}}))
