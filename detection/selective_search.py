@@ -197,7 +197,7 @@ def group(regions: Regions, terms: str, area: float, return_histograms: bool = F
     (for tests).
 
     The colour and texture terms are one sum of bin-wise minima over the two histograms side by
-    side; size + fill is 2 - (union box area) / area. Per merge only the new region's
+    side. Per merge only the new region's
     similarities to its neighbours are computed (numpy for the histograms, plain Python for the
     few scalars); stale heap entries are skipped when popped.
     """
