@@ -96,10 +96,36 @@ class FastRCNNPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+def svm_hinge_loss(class_scores: Tensor, gt_classes: Tensor) -> Tensor:
+    """One-vs-rest linear SVMs on the K class scores: mean over RoIs of sum_c max(0, 1 - y_c s_c),
+    y_c = +1 for the RoI's class and -1 for the others (a background RoI is a negative for all K;
+    the background column K is not used).
+
+    class_scores (R, K + 1), gt_classes (R,) int64 in 0..K -> scalar.
+    """
+    k = class_scores.shape[1] - 1
+    y = -torch.ones_like(class_scores[:, :k])                                # (R, K)
+    fg = gt_classes < k
+    y[fg.nonzero().squeeze(1), gt_classes[fg]] = 1.0
+    return F.relu(1.0 - y * class_scores[:, :k]).sum(dim=1).mean() + class_scores[:, k].sum() * 0.0
+
+
+def class_scores(class_logits: Tensor, classifier: str = "softmax") -> Tensor:
+    """(R, K + 1) logits -> (R, K) per-class scores in [0, 1]: softmax probabilities without the
+    background, or for ``classifier="svm"`` the sigmoid of each class's SVM score (monotone, so
+    rankings and AP are the SVMs')."""
+    k = class_logits.shape[1] - 1
+    if classifier == "svm":
+        return torch.sigmoid(class_logits[:, :k])
+    return F.softmax(class_logits, dim=-1)[:, :k]
+
+
 def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, gt_classes: Tensor, target_deltas: Tensor,
-                     smooth_l1_beta: float = 0.0, class_weights: Tensor | None = None) -> dict[str, Tensor]:
-    """Cross-entropy over K + 1 classes, and smooth-L1 (L1 when ``smooth_l1_beta`` is 0) on the deltas of the gt class of each
-    foreground RoI; both averaged over all R sampled RoIs.
+                     smooth_l1_beta: float = 0.0, class_weights: Tensor | None = None,
+                     classifier: str = "softmax") -> dict[str, Tensor]:
+    """Cross-entropy over K + 1 classes (``classifier="svm"``: :func:`svm_hinge_loss`), and
+    smooth-L1 (L1 when ``smooth_l1_beta`` is 0) on the deltas of the gt class of each foreground
+    RoI; both averaged over all R sampled RoIs.
 
     class_logits (R, K + 1), box_deltas (R, 4K), gt_classes (R,) int64 in 0..K (K = background),
     target_deltas (R, 4) -> {"loss_cls", "loss_box"}. ``class_weights`` (K + 1,): per-class
@@ -111,7 +137,10 @@ def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, gt_classes: Tenso
     if len(gt_classes) == 0:
         zero = class_logits.sum() * 0.0 + box_deltas.sum() * 0.0
         return {"loss_cls": zero, "loss_box": zero.clone()}
-    loss_cls = F.cross_entropy(class_logits, gt_classes, weight=class_weights, reduction="mean")
+    if classifier == "svm":
+        loss_cls = svm_hinge_loss(class_logits, gt_classes)
+    else:
+        loss_cls = F.cross_entropy(class_logits, gt_classes, weight=class_weights, reduction="mean")
     fg = (gt_classes < k).nonzero().squeeze(1)
     deltas = box_deltas.view(len(box_deltas), k, 4)[fg, gt_classes[fg]]  # (F, 4) the gt class's deltas
     if smooth_l1_beta > 0:
@@ -138,14 +167,16 @@ def inverse_sqrt_frequency_weights(counts: list[int]) -> Tensor:
 @torch.no_grad()
 def fast_rcnn_inference(class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor],
                         image_sizes: list[tuple[int, int]], box_coder: BoxCoder, score_thresh: float,
-                        nms_thresh: float, detections_per_img: int) -> list[dict[str, Tensor]]:
-    """Per-class decode, clip, score threshold, per-class NMS, keep the best detections.
+                        nms_thresh: float, detections_per_img: int,
+                        classifier: str = "softmax") -> list[dict[str, Tensor]]:
+    """Per-class decode, clip, score threshold, per-class NMS, keep the best detections
+    (scores: :func:`class_scores`).
 
     class_logits (R, K + 1), box_deltas (R, 4K) for the concatenated proposals (N tensors (R_i, 4))
     -> N dicts {"pred_boxes" (D, 4), "scores" (D,), "pred_classes" (D,)}, sorted by score.
     """
     k = class_logits.shape[1] - 1
-    probs = F.softmax(class_logits.float(), dim=-1)[:, :k]                    # (R, K) drop background
+    probs = class_scores(class_logits.float(), classifier)                    # (R, K) no background
     counts = [len(p) for p in proposals]
     out = []
     for scores, deltas, props, size in zip(probs.split(counts), box_deltas.split(counts), proposals, image_sizes):
@@ -158,3 +189,37 @@ def fast_rcnn_inference(class_logits: Tensor, box_deltas: Tensor, proposals: lis
         keep = batched_nms(boxes, scores, cls, nms_thresh)[:detections_per_img]
         out.append({"pred_boxes": boxes[keep], "scores": scores[keep], "pred_classes": cls[keep]})
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# truncated SVD of the fully connected layers (Fast R-CNN, section 3.1)
+
+
+def truncated_svd(fc: nn.Linear, rank: int) -> nn.Sequential:
+    """W (out, in) ~ U_t diag(S_t) V_t^T: one ``in -> out`` layer becomes ``in -> rank`` (weights
+    diag(S_t) V_t^T, no bias) then ``rank -> out`` (weights U_t, the original bias): rank * (in + out)
+    multiplies instead of in * out."""
+    with torch.no_grad():
+        u, sv, vh = torch.linalg.svd(fc.weight.float(), full_matrices=False)  # (out, q), (q,), (q, in)
+        first = nn.Linear(fc.in_features, rank, bias=False)
+        second = nn.Linear(rank, fc.out_features, bias=fc.bias is not None)
+        first.weight.copy_(sv[:rank, None] * vh[:rank])
+        second.weight.copy_(u[:, :rank])
+        if fc.bias is not None:
+            second.bias.copy_(fc.bias)
+    return nn.Sequential(first, second).to(fc.weight.device, fc.weight.dtype)
+
+
+def compress_fc_layers(head: nn.Module, rank: int) -> list[str]:
+    """Replace, in place, every ``nn.Linear`` of ``head`` for which rank * (in + out) < in * out
+    by its rank-``rank`` :func:`truncated_svd`. Returns the names of the replaced layers."""
+    if rank < 1:
+        raise ValueError(f"truncated SVD rank must be >= 1, got {rank}")
+    replaced = []
+    for name, module in list(head.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and rank * (child.in_features + child.out_features) < \
+                    child.in_features * child.out_features:
+                setattr(module, child_name, truncated_svd(child, rank))
+                replaced.append(f"{name}.{child_name}" if name else child_name)
+    return replaced

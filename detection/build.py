@@ -17,8 +17,9 @@ from common.config import ConfigError, stored_config
 from common.dataset_check import CheckResult, check_splits
 from common.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from detection.box_coder import BoxCoder
-from detection.box_head import ConvFCHead, FastRCNNPredictor, Res5Head, inverse_sqrt_frequency_weights
 from detection.anchors import AnchorGenerator, anchors_for_boxes
+from detection.box_head import (ConvFCHead, FastRCNNPredictor, Res5Head, compress_fc_layers,
+                                inverse_sqrt_frequency_weights)
 from detection.config import DataConfig, DetConfig, ModelConfig, RPNConfig
 from detection.data import CocoDetection, DatasetError, DatasetMeta, build_transforms
 from detection.generalized_rcnn import GeneralizedRCNN
@@ -170,6 +171,9 @@ def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num
         class_weights = inverse_sqrt_frequency_weights(class_counts)
     if rh.mask_rois_per_image < 0:
         raise ValueError(f"model.roi_heads.mask_rois_per_image must be >= 0 (0: no cap), got {rh.mask_rois_per_image}")
+    if not 0.0 <= rh.bg_iou_floor <= rh.iou_thresholds[0]:
+        raise ValueError(f"model.roi_heads.bg_iou_floor must be in [0, iou_thresholds[0] = {rh.iou_thresholds[0]}] "
+                         f"(the background band is [bg_iou_floor, iou_thresholds[0])), got {rh.bg_iou_floor}")
     channels, strides = _check_features(backbone, tuple(rh.in_features), "roi_heads.in_features")
     scales = [1.0 / s for s in strides]
     box_pooler = RoIPooler(bh.pooler_resolution, scales, bh.pooler_sampling_ratio, bh.pooler_kind, bh.pooler_aligned)
@@ -201,9 +205,11 @@ def build_roi_heads(cfg: ModelConfig, backbone: nn.Module, num_classes: int, num
     return RoIHeads(num_classes, list(rh.in_features), box_pooler, box_head,
                     FastRCNNPredictor(box_head.out_dim, num_classes),
                     box_coder=BoxCoder(tuple(bh.bbox_reg_weights)), iou_thresholds=rh.iou_thresholds,
+                    bg_iou_floor=rh.bg_iou_floor,
                     batch_size_per_image=rh.batch_size_per_image, positive_fraction=rh.positive_fraction,
                     add_gt_as_proposals=rh.add_gt_as_proposals,
                     mask_rois_per_image=rh.mask_rois_per_image, smooth_l1_beta=bh.smooth_l1_beta,
+                    classifier=bh.classifier,
                     score_thresh=rh.score_thresh, nms_thresh=rh.nms_thresh,
                     detections_per_img=rh.detections_per_img, branch_score_thresh=rh.branch_score_thresh,
                     aux_grad_cap=rh.aux_grad_cap, class_weights=class_weights, **kwargs)
@@ -289,6 +295,9 @@ def build_datasets(cfg: DetConfig, paths: DataPaths,
                         skip_image_ids=checked.skip_ids(paths.val_json), **use)
     val.meta = replace(val.meta, keypoint_flip_map=train.meta.keypoint_flip_map)
     val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
+    if cfg.model.proposal_generator == "precomputed":
+        attach_proposals(train, d.train_proposals, d.max_proposals, "data.train_proposals", "train")
+        attach_proposals(val, d.val_proposals, d.max_proposals, "data.val_proposals", "val")
     if val.meta.category_ids != train.meta.category_ids:
         raise DatasetError(f"{paths.val_json} has categories {val.meta.category_ids} but {paths.train_json} "
                            f"has {train.meta.category_ids}; train and val must share one category list")
@@ -315,6 +324,22 @@ def empty_training_set_message(train: CocoDetection) -> str:
     return (f"{train.ann_file}: none of its {listed} images is left for training{no_key}: data.filter_empty=true "
             f"drops images without a usable instance, and {reasons}; set data.filter_empty=false to train "
             f"on them as background only")
+
+
+def attach_proposals(dataset: CocoDetection, path: str, max_proposals: int, key: str = "data.val_proposals",
+                     split: str = "val") -> None:
+    """Read the precomputed proposals of every image of ``dataset`` (Fast R-CNN) into
+    ``dataset.proposals``; targets then carry ``proposal_boxes``. A file made for other images or
+    other image files is refused (``detection.proposals.check_header``)."""
+    from detection.proposals import check_header, load_proposals, read_header
+
+    if not path:
+        raise DatasetError(f"model.proposal_generator is 'precomputed' (Fast R-CNN) but {key} is empty; make the "
+                           f"file with tools/compute_proposals.py --data DIR --split {split} --out FILE.json and "
+                           f"set {key}=FILE.json")
+    images = {i: dataset.image_root / dataset.coco.imgs[i]["file_name"] for i in dataset.ids}
+    check_header(read_header(path), path, images)
+    dataset.proposals = load_proposals(path, dataset.ids, max_proposals)
 
 
 def adapt_to_dataset(cfg: DetConfig, train: CocoDetection) -> tuple[DetConfig, list[str]]:
@@ -434,4 +459,8 @@ def build_detector(state: dict, cfg, meta, checkpoint: str | Path, device="cpu")
     except ValueError as e:
         raise ConfigError(f"cannot build the model for {checkpoint}: {e}") from None
     load_model_state(model, state["model"], f"checkpoint {checkpoint}")
+    if model_cfg.box_head.svd_rank > 0:  # test-time truncated SVD (Fast R-CNN), after the weights are in
+        replaced = compress_fc_layers(model.roi_heads.box_head, model_cfg.box_head.svd_rank)
+        print(f"truncated SVD (rank {model_cfg.box_head.svd_rank}) of the box head's "
+              f"{', '.join(replaced) or 'no layer (the rank saves nothing)'}")
     return model.to(device).eval(), replace(cfg, model=model_cfg)

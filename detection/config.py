@@ -50,6 +50,8 @@ class RPNConfig:
 class ROIHeadsConfig:
     in_features: tuple[str, ...] = ("p2", "p3", "p4", "p5")  # feature maps RoIs are pooled from
     iou_thresholds: tuple[float, float] = (0.5, 0.5)  # (low, high): < low background, >= high foreground
+    bg_iou_floor: float = 0.0  # background needs IoU >= this: the background band is [bg_iou_floor, low),
+    # RoIs below it are not sampled (Fast R-CNN: 0.1, so the band is [0.1, 0.5))
     batch_size_per_image: int = 512  # RoIs sampled per image for the losses
     positive_fraction: float = 0.25  # at most this fraction of sampled RoIs are foreground
     add_gt_as_proposals: bool = True  # gt boxes join the proposals at training time
@@ -83,6 +85,10 @@ class BoxHeadConfig:
     # published R50-FPN AP was trained with; the Fast R-CNN paper and the CPU shapes recipe use 1.0)
     class_weighting: Literal["none", "inverse_sqrt"] = "none"  # classification loss weights from the
     # training instances per class: inverse_sqrt gives class c sqrt(median count / count_c)
+    classifier: Literal["softmax", "svm"] = "softmax"  # svm: one-vs-rest linear SVMs (hinge loss) on the
+    # class scores instead of softmax + cross-entropy (Fast R-CNN's comparison, trained in-network)
+    svd_rank: int = 0  # test time: truncated SVD of the box head's FC layers to this rank (Fast R-CNN:
+    # fewer multiplies for a small AP loss); applied when a checkpoint is loaded for evaluation (0 = off)
 
 
 @dataclass
@@ -142,6 +148,10 @@ class DataConfig:
     skip_bad_images: bool = False  # leave out images the start-up dataset check finds bad (listed in RUN/skipped_images.txt) instead of stopping
     num_workers: int = 2  # DataLoader worker processes
     aspect_ratio_grouping: bool = True  # batch landscape with landscape and portrait with portrait
+    train_proposals: str = ""  # model.proposal_generator=precomputed (Fast R-CNN): proposal file of the
+    # training images (tools/compute_proposals.py --split train; format in datasets/README.md)
+    val_proposals: str = ""  # ... of the val images (--split val)
+    max_proposals: int = 2000  # best proposals per image read from those files (0 = all)
 
 
 @dataclass

@@ -14,6 +14,8 @@ Ground truth (``targets[i]``), written by ``detection.data``:
     gt_classes    (M,) int64     contiguous labels 0..K-1 (background is K)
     gt_masks      (M, H, W) uint8, only when the dataset has masks
     gt_keypoints  (M, P, 3) float32 (x, y, visibility 0/1/2), only when it has keypoints
+    proposal_boxes (R, 4) float32 xyxy precomputed proposals (Fast R-CNN: selective search files,
+                  ``detection.proposals``), best first, only when the dataset reads them
 
 Predictions (``predictions[i]``), written by the model, in the model's frame:
     pred_boxes     (R, 4) float32 xyxy

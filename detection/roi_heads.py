@@ -25,18 +25,19 @@ from detection.sampler import sample_balanced
 @torch.no_grad()
 def sample_proposals(proposal_boxes: Tensor, gt_boxes: Tensor, gt_classes: Tensor, num_classes: int,
                      iou_thresholds: tuple[float, float], batch_size: int, positive_fraction: float,
-                     add_gt_as_proposals: bool = True) -> dict[str, Tensor]:
+                     add_gt_as_proposals: bool = True, bg_iou_floor: float = 0.0) -> dict[str, Tensor]:
     """Label one image's proposals and sample a balanced training set of them.
 
     proposal_boxes (R_i, 4), gt_boxes (M, 4), gt_classes (M,) -> dict of S sampled RoIs
     (positives first): "proposal_boxes" (S, 4), "gt_classes" (S,) in 0..K (K = background),
     "matched_idxs" (S,) index into the gt (0 for background: check gt_classes).
-    ``iou_thresholds`` = (low, high): IoU >= high is foreground, < low background, between ignored.
+    ``iou_thresholds`` = (low, high): IoU >= high is foreground, in [``bg_iou_floor``, low)
+    background, the rest ignored (Fast R-CNN: high = low = 0.5, bg_iou_floor = 0.1).
     """
     if add_gt_as_proposals:
         proposal_boxes = torch.cat((proposal_boxes, gt_boxes.to(proposal_boxes.dtype)))
     low, high = iou_thresholds
-    matches = match(pairwise_iou(gt_boxes, proposal_boxes), high, low, False)  # (R_i,)
+    matches = match(pairwise_iou(gt_boxes, proposal_boxes), high, low, False, bg_iou_floor)  # (R_i,)
     if len(gt_boxes) > 0:
         labels = gt_classes[matches.clamp(min=0)].clone()
     else:
@@ -55,10 +56,11 @@ class RoIHeads(nn.Module):
 
     def __init__(self, num_classes: int, in_features: list[str], box_pooler: RoIPooler, box_head: nn.Module,
                  box_predictor: FastRCNNPredictor, *, box_coder: BoxCoder = BoxCoder((10.0, 10.0, 5.0, 5.0)),
-                 iou_thresholds: tuple[float, float] = (0.5, 0.5), batch_size_per_image: int = 512,
+                 iou_thresholds: tuple[float, float] = (0.5, 0.5), bg_iou_floor: float = 0.0,
+                 batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, add_gt_as_proposals: bool = True, mask_rois_per_image: int = 0,
-                 smooth_l1_beta: float = 1.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 detections_per_img: int = 100, branch_score_thresh: float = 0.0,
+                 smooth_l1_beta: float = 1.0, classifier: str = "softmax", score_thresh: float = 0.05,
+                 nms_thresh: float = 0.5, detections_per_img: int = 100, branch_score_thresh: float = 0.0,
                  mask_pooler: RoIPooler | None = None, mask_head: nn.Module | None = None,
                  mask_loss_weight: float = 1.0,
                  keypoint_pooler: RoIPooler | None = None, keypoint_head: nn.Module | None = None,
@@ -71,11 +73,15 @@ class RoIHeads(nn.Module):
         self.box_pooler, self.box_head, self.box_predictor = box_pooler, box_head, box_predictor
         self.box_coder = box_coder
         self.iou_thresholds = tuple(iou_thresholds)
+        self.bg_iou_floor = bg_iou_floor
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
         self.add_gt_as_proposals = add_gt_as_proposals
         self.mask_rois_per_image = mask_rois_per_image
         self.smooth_l1_beta = smooth_l1_beta
+        if classifier not in ("softmax", "svm"):
+            raise ValueError(f"box classifier must be 'softmax' or 'svm', got {classifier!r}")
+        self.classifier = classifier
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         # inference: the mask / keypoint heads cost in proportion to the detections they see
         self.branch_score_thresh = branch_score_thresh
@@ -120,7 +126,8 @@ class RoIHeads(nn.Module):
     def _losses(self, feats: list[Tensor], proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         k = self.num_classes
         sampled = [sample_proposals(p, t["gt_boxes"], t["gt_classes"], k, self.iou_thresholds,
-                                    self.batch_size_per_image, self.positive_fraction, self.add_gt_as_proposals)
+                                    self.batch_size_per_image, self.positive_fraction, self.add_gt_as_proposals,
+                                    self.bg_iou_floor)
                    for p, t in zip(proposals, targets)]
         boxes = [s["proposal_boxes"] for s in sampled]
         pooled = self.balance.reference(self.box_pooler(feats, boxes))  # (sampled RoIs, C, S, S)
@@ -132,7 +139,8 @@ class RoIHeads(nn.Module):
             d[fg] = self.box_coder.encode(t["gt_boxes"][s["matched_idxs"][fg]], s["proposal_boxes"][fg])
             target_deltas.append(d)
         losses = fast_rcnn_losses(class_logits, box_deltas, torch.cat([s["gt_classes"] for s in sampled]),
-                                  torch.cat(target_deltas), self.smooth_l1_beta, self.class_weights)
+                                  torch.cat(target_deltas), self.smooth_l1_beta, self.class_weights,
+                                  self.classifier)
         # the mask and keypoint branches learn from foreground RoIs only, at most mask_rois_per_image
         # of them (the sampler puts positives first, in random order: the first ones are a random subset)
         fg = [s["gt_classes"] < k for s in sampled]
@@ -166,7 +174,7 @@ class RoIHeads(nn.Module):
                  image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pooler(feats, proposals)))
         dets = fast_rcnn_inference(class_logits, box_deltas, proposals, image_sizes, self.box_coder,
-                                   self.score_thresh, self.nms_thresh, self.detections_per_img)
+                                   self.score_thresh, self.nms_thresh, self.detections_per_img, self.classifier)
         boxes = [d["pred_boxes"] for d in dets]
         counts = [len(b) for b in boxes]
         all_boxes = torch.cat(boxes)                                      # (D, 4) the batch's detections

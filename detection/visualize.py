@@ -40,18 +40,23 @@ def draw_prediction(image_rgb: np.ndarray, pred: dict, meta: DatasetMeta, score_
 
 
 @torch.no_grad()
-def predict_image(model: nn.Module, image_rgb: np.ndarray, transforms, device) -> dict:
+def predict_image(model: nn.Module, image_rgb: np.ndarray, transforms, device,
+                  proposal_boxes: np.ndarray | None = None) -> dict:
     """Run ``model`` (eval mode) on one (H, W, 3) uint8 RGB image; predictions in the image's frame.
 
-    ``transforms`` is the test-time pipeline (``detection.data.build_transforms(train=False)``).
+    ``transforms`` is the test-time pipeline (``detection.data.build_transforms(train=False)``);
+    ``proposal_boxes`` (R, 4) xyxy in the image's frame: precomputed proposals (Fast R-CNN).
     """
     model.eval()
     h, w = image_rgb.shape[:2]
-    resized, _ = transforms(image_rgb, {"gt_boxes": np.zeros((0, 4), np.float32),
-                                        "gt_classes": np.zeros((0,), np.int64)})
+    target = {"gt_boxes": np.zeros((0, 4), np.float32), "gt_classes": np.zeros((0,), np.int64)}
+    if proposal_boxes is not None:
+        target["proposal_boxes"] = proposal_boxes
+    resized, target = transforms(image_rgb, target)
     tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)  # HWC -> CHW
     images = ImageList.from_tensors([tensor], model.backbone.size_divisibility, model.backbone.pixel_mean)
-    predictions, _ = model(images.to(device))
+    inputs = None if proposal_boxes is None else [{"proposal_boxes": torch.as_tensor(target["proposal_boxes"])}]
+    predictions, _ = model(images.to(device), inputs)
     pred = rescale_predictions(predictions[0], images.image_sizes[0], (h, w))
     return {k: v.cpu() for k, v in pred.items()}
 
@@ -67,7 +72,9 @@ def draw_predictions(model: nn.Module, dataset, device, out_dir: str | Path, cou
     for image_id in dataset.ids[:count]:
         info = dataset.coco.imgs[image_id]
         image = read_image(dataset.image_root / info["file_name"], image_id)
-        pred = predict_image(model, image, dataset.transforms, device)
+        proposals = getattr(dataset, "proposals", None)
+        proposals = None if proposals is None else proposals[image_id]["boxes"]
+        pred = predict_image(model, image, dataset.transforms, device, proposals)
         drawn = draw_prediction(image, pred, dataset.meta, score_thresh)
         path = out_dir / f"{Path(info['file_name']).stem}.jpg"
         cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))

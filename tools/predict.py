@@ -29,6 +29,9 @@ checkpoint's ``metadata["dataset"]``; the model from ``--config`` or the config 
 checkpoint (as in tools/eval_coco.py). Without ``--input`` the images are the config's val
 images (the built-in shapes dataset is generated there on first use).
 
+A Fast R-CNN checkpoint (``model.proposal_generator: precomputed``) gets its proposals from
+selective search run on each image here ("fast" mode, at most ``data.max_proposals`` boxes).
+
 A bad path prints one line to stderr and exits with status 2; an unreadable image inside a
 folder is skipped and counted in one warning.
 """
@@ -128,6 +131,13 @@ def detection_task(args: argparse.Namespace, device):
     transforms = build_transforms(meta, train=False, min_size=cfg.data.test_min_size, max_size=cfg.data.max_size)
 
     def run(images):
+        if cfg.model.proposal_generator == "precomputed":  # Fast R-CNN: selective search on the spot
+            from detection.selective_search import selective_search
+            from detection.visualize import predict_image
+
+            return [predict_image(model, im, transforms, device,
+                                  selective_search(im, "fast", max_proposals=cfg.data.max_proposals)[0])
+                    for im in images]
         if args.tile:
             return [predict_tiled(model, im, transforms, device, args.tile, args.overlap, batch_size=args.batch_size)
                     for im in images]

@@ -194,14 +194,17 @@ class CocoDetection(torch.utils.data.Dataset):
     ``gt_boxes`` (M, 4) float32 xyxy, ``gt_classes`` (M,) int64, ``gt_masks`` (M, H, W) uint8
     (when ``use_masks`` and the dataset has segmentations), ``gt_keypoints`` (M, P, 3) float32
     (when ``use_keypoints`` and the dataset has keypoints; instances of classes without
-    keypoints get zeros). ``transforms(image HWC uint8, target of numpy arrays)`` runs before
-    the tensors are made.
+    keypoints get zeros), ``proposal_boxes`` (R, 4) float32 xyxy (when ``proposals`` is set: Fast
+    R-CNN; clipped to the image, empty ones dropped, best first). ``transforms(image HWC uint8,
+    target of numpy arrays)`` runs before the tensors are made.
 
     Attributes: ``meta`` (:class:`DatasetMeta`), ``coco`` (pycocotools ``COCO``, crowd
     annotations included), ``ids`` (COCO image ids in dataset order, increasing),
     ``stats`` (counts of clipped/dropped annotations), ``dropped_empty`` (images dropped by
     ``filter_empty``, counted by reason). ``skip_image_ids``: images left out before anything
     is checked (the bad images ``common.dataset_check`` found, when they are to be skipped).
+    ``proposals`` (None, or image id -> {"boxes" (R, 4), "scores" (R,)} in the pixels on disk,
+    see ``detection.proposals``; every id of ``ids`` must have an entry).
     """
 
     def __init__(self, ann_file: str | Path, image_root: str | Path,
@@ -210,6 +213,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root)
         self.transforms = transforms
+        self.proposals: dict[int, dict[str, np.ndarray]] | None = None
         self.coco = load_coco_json(self.ann_file, skip_image_ids=skip_image_ids)
         self.meta = meta_from_coco(self.coco, str(self.ann_file))
         self.stats = {"crowd": 0, "boxes_clipped": 0, "boxes_degenerate": 0,
@@ -350,6 +354,9 @@ class CocoDetection(torch.utils.data.Dataset):
         if self.has_keypoints:
             target["gt_keypoints"] = np.stack([i.keypoints for i in instances]).astype(np.float32) if instances \
                 else np.zeros((0, self.meta.num_keypoints, 3), np.float32)
+        if self.proposals is not None:
+            boxes = np.clip(self.proposals[image_id]["boxes"], 0, [w, h, w, h]).astype(np.float32)
+            target["proposal_boxes"] = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
         return image, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
@@ -363,7 +370,7 @@ def to_tensors(image: np.ndarray, target: dict) -> tuple[torch.Tensor, dict]:
     """(H, W, 3) uint8 numpy + numpy target -> (3, H, W) uint8 tensor + tensor target."""
     image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # HWC -> CHW
     dtypes = {"orig_size": torch.int64, "gt_boxes": torch.float32, "gt_classes": torch.int64,
-              "gt_masks": torch.uint8, "gt_keypoints": torch.float32}
+              "gt_masks": torch.uint8, "gt_keypoints": torch.float32, "proposal_boxes": torch.float32}
     out = {}
     for k, v in target.items():
         if k in dtypes:

@@ -5,7 +5,9 @@ Shape shorthand: M instances, P keypoints per instance, H x W the image.
 ``build_transforms(meta, train=..., min_size=..., max_size=...)`` returns a
 :class:`DetectionTransforms`: ``(image (H, W, 3) uint8, target) -> (image, target)`` where the
 target holds numpy arrays ``gt_boxes`` (M, 4) float32 xyxy, ``gt_classes`` (M,),
-optionally ``gt_masks`` (M, H, W) uint8 and ``gt_keypoints`` (M, P, 3); other keys pass through.
+optionally ``gt_masks`` (M, H, W) uint8, ``gt_keypoints`` (M, P, 3) and ``proposal_boxes`` (R, 4)
+float32 xyxy (precomputed proposals: resized and flipped with the image, kept in order); other
+keys pass through.
 
 Steps, in order:
 1. :class:`ResizeShortestEdge`: scale so the short side is ``min_size`` (a tuple is a random
@@ -98,7 +100,10 @@ class DetectionTransforms:
     def __call__(self, image: np.ndarray, target: dict) -> tuple[np.ndarray, dict]:
         boxes = np.asarray(target["gt_boxes"], np.float32).reshape(-1, 4)
         num = len(boxes)
-        inputs: dict[str, Any] = {"image": image, "bboxes": boxes, "instance_index": np.arange(num)}
+        proposals = target.get("proposal_boxes")
+        if proposals is not None:  # they ride along after the gt boxes; instance_index tells them apart
+            boxes = np.concatenate((boxes, np.asarray(proposals, np.float32).reshape(-1, 4)))
+        inputs: dict[str, Any] = {"image": image, "bboxes": boxes, "instance_index": np.arange(len(boxes))}
         masks = target.get("gt_masks")
         if masks is not None and num > 0:  # albumentations cannot stack zero masks
             inputs["masks"] = np.asarray(masks)
@@ -111,14 +116,17 @@ class DetectionTransforms:
 
         image_out = out["image"]
         h, w = image_out.shape[:2]
-        keep = np.asarray(out["instance_index"], np.int64)  # survivors of albumentations' box filter
-        new_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+        index = np.asarray(out["instance_index"], np.int64)  # survivors of albumentations' box filter
+        all_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+        keep, new_boxes = index[index < num], all_boxes[index < num]
         sides_ok = ((new_boxes[:, 2] - new_boxes[:, 0]) >= self.min_box_side) & \
                    ((new_boxes[:, 3] - new_boxes[:, 1]) >= self.min_box_side)
         keep, new_boxes = keep[sides_ok], new_boxes[sides_ok]
 
         result = {k: v for k, v in target.items() if k not in ("gt_masks", "gt_keypoints")}
         result["gt_boxes"] = new_boxes
+        if proposals is not None:
+            result["proposal_boxes"] = all_boxes[index >= num]
         result["gt_classes"] = np.asarray(target["gt_classes"])[keep]
         if masks is not None:
             result["gt_masks"] = (np.asarray(out["masks"], np.uint8)[keep] if num > 0
