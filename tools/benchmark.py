@@ -206,7 +206,7 @@ class BackboneOnly(nn.Module):
         super().__init__()
         self.backbone = model.backbone
 
-    def forward(self, images):
+    def forward(self, images, targets=None):
         return self.backbone(self.backbone.normalize(images.tensor))
 
 

@@ -173,7 +173,8 @@ def fit(cfg, model, train_set, val_set, device, run, *, resume: bool = False, re
 
     trainer = Trainer(model, optimizer, scheduler, make_data_iter, output_dir=run.root,
                       max_iters=cfg.solver.max_iters, device=device, amp=cfg.solver.amp,
-                      clip_grad_norm=cfg.solver.clip_grad_norm, accumulate=cfg.solver.accumulate,
+                      clip_grad_norm=cfg.solver.clip_grad_norm, clip_grad_type=cfg.solver.clip_grad_type,
+                      accumulate=cfg.solver.accumulate,
                       checkpoint_period=cfg.solver.checkpoint_period, eval_period=cfg.solver.eval_period,
                       log_period=cfg.solver.log_period, evaluate=evaluate,
                       validation_loss=val_loss if cfg.test.val_loss_batches else None,

@@ -24,7 +24,10 @@ class SolverConfig:
     schedule: Literal["step", "cosine", "constant"] = "step"  # LR decay after warmup
     steps: tuple[int, ...] = (700, 900)  # "step": iterations at which the LR is multiplied by gamma
     gamma: float = 0.1  # "step": decay factor at each of `steps`
-    clip_grad_norm: float = 0.0  # clip the global gradient L2 norm to this value (0 = off)
+    clip_grad_norm: float = 0.0  # clip gradient L2 norms to this value (0 = off)
+    clip_grad_type: Literal["full_model", "norm"] = "full_model"  # full_model: the norm of all gradients
+    # together; norm: each parameter's own (detectron2's two norm clip types): one large gradient
+    # (a noisy head's) then does not shrink every other parameter's step
     accumulate: int = 1  # batches whose gradients are summed per optimizer step
     amp: bool | Literal["off", "bf16", "fp16", "auto"] = False  # mixed precision: off, bf16, fp16 (+ gradient scaling) or auto (bf16 on GPUs and CPUs with native bf16, else fp16 on CUDA / off on the CPU); true = the old fp16-on-CUDA-only (common/engine/precision.py)
     ims_per_batch: int = 4  # images per batch on each process

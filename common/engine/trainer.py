@@ -63,6 +63,21 @@ def to_device(obj, device):
     return obj
 
 
+def clip_gradients(params: list[torch.Tensor], max_norm: float, kind: str = "full_model") -> torch.Tensor:
+    """Clip gradients in place; returns the norm of all of them together, before clipping.
+
+    ``full_model``: all gradients scaled by one factor so their joint norm is at most ``max_norm``;
+    ``norm``: each parameter's gradient on its own (detectron2's "norm" clip type).
+    """
+    if kind == "full_model":
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norms = torch.stack([p.grad.detach().float().norm() for p in params]) if params else torch.zeros(1)
+    for p, n in zip(params, norms):
+        if n > max_norm:
+            p.grad.mul_(max_norm / (float(n) + 1e-6))
+    return norms.norm()
+
+
 def log_line(iteration: int, max_iters: int, losses: dict[str, float], lr: float, seconds_per_iter: float) -> str:
     """``iter 40/200  total_loss 1.234  loss_cls 0.512 ...  lr 1.00e-02  0.412 s/iter  eta 0:01:06``."""
     order = sorted(losses, key=lambda k: (k != "total_loss", k))  # the total first, then by name
@@ -98,7 +113,8 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                  make_data_iter: Callable[[int], Iterator], *, output_dir: str | Path,
                  max_iters: int, device: str | torch.device = "cpu", amp: bool | str = False,
-                 clip_grad_norm: float = 0.0, accumulate: int = 1, checkpoint_period: int = 1000,
+                 clip_grad_norm: float = 0.0, clip_grad_type: str = "full_model", accumulate: int = 1,
+                 checkpoint_period: int = 1000,
                  eval_period: int = 0, log_period: int = 20,
                  evaluate: Callable[[nn.Module], dict] | None = None,
                  validation_loss: Callable[[nn.Module], dict] | None = None,
@@ -135,7 +151,10 @@ class Trainer:
         self.amp_dtype = autocast_dtype(amp, self.device)
         self.amp = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        if clip_grad_type not in ("full_model", "norm"):
+            raise ValueError(f"solver.clip_grad_type must be 'full_model' or 'norm', got {clip_grad_type!r}")
         self.clip_grad_norm = clip_grad_norm
+        self.clip_grad_type = clip_grad_type
         self.accumulate = accumulate
         self.checkpoint_period = checkpoint_period
         self.eval_period = eval_period
@@ -362,9 +381,8 @@ class Trainer:
 
         if self.clip_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-            values["grad_norm"] = float(norm)
+            params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            values["grad_norm"] = float(clip_gradients(params, self.clip_grad_norm, self.clip_grad_type))
         lr = max(group["lr"] for group in self.optimizer.param_groups)
         self.scaler.step(self.optimizer)
         self.scaler.update()

@@ -365,3 +365,23 @@ def test_log_line_format():
     assert log_line(40, 200, {"loss_cls": 0.5, "total_loss": 1.25}, 0.01, 0.5) == \
         "iter 40/200  total_loss 1.25  loss_cls 0.5  lr 1.00e-02  0.500 s/iter  eta 0:01:20"
     assert log_line(1, 10001, {}, 0.1, 1.0).endswith("eta 2:46:40")
+
+
+def test_clip_per_parameter_leaves_small_gradients_alone():
+    """'norm' clips each parameter's gradient on its own, so one large gradient (a noisy head's)
+    does not shrink the others' steps as 'full_model' clipping does."""
+    from common.engine.trainer import clip_gradients
+
+    def params():
+        big, small = torch.zeros(4, requires_grad=True), torch.zeros(3, requires_grad=True)
+        big.grad, small.grad = torch.full((4,), 10.0), torch.full((3,), 0.1)
+        return big, small
+
+    big, small = params()
+    total = clip_gradients([big, small], 1.0, "norm")
+    assert float(total) == pytest.approx((400 + 0.03) ** 0.5)        # the norm before clipping
+    assert big.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
+    assert torch.equal(small.grad, torch.full((3,), 0.1))             # untouched
+    big, small = params()
+    clip_gradients([big, small], 1.0, "full_model")
+    assert small.grad[0].item() < 0.01                                 # shrunk by the big one

@@ -40,7 +40,8 @@ def test_float_images_and_float_tensors_are_used_as_they_are():
 
 
 def test_loaders_pin_memory_when_asked(shapes_dir):
-    from detection.data import CocoDetection, build_test_loader, build_transforms
+    from common.loaders import build_test_loader
+    from detection.data import CocoDetection, build_transforms
 
     val = CocoDetection(shapes_dir / "val.json", shapes_dir / "val", filter_empty=False)
     val.transforms = build_transforms(val.meta, train=False, min_size=64, max_size=86)

@@ -42,7 +42,7 @@ def val_set(shapes_dir):
 
 
 def evaluate(val, rank=0, world=1, limit=0):
-    from detection.data import build_test_loader
+    from common.loaders import build_test_loader
     from detection.inference import evaluate_detector
 
     loader = build_test_loader(val, batch_size=2, num_workers=0, size_divisibility=32, pad_value=0.0,

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from detection import torchvision_ref as tv
-from detection.structures import ImageList
+from common.image_list import ImageList
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

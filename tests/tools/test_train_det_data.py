@@ -36,7 +36,7 @@ def test_problems_of_both_splits_stop_before_training(tool, bad_data, tmp_path, 
     assert err[0].startswith(f"problem: image file {empty} (image id ") and err[0].endswith(") is empty (0 bytes)")
     assert err[1].startswith(f"problem: image file {truncated} (image id ") and ") is truncated or corrupt (" in err[1]
     assert err[2].startswith(f"problem: image file {missing} (image id ") and err[2].endswith(") does not exist")
-    assert err[3] == (f"error: 3 problems in {data / 'train.json'}, {data / 'val.json'} (listed above, one per line); "
+    assert err[3] == (f"train_det: error: 3 problems in {data / 'train.json'}, {data / 'val.json'} (listed above, one per line); "
                       "fix them or set data.skip_bad_images=true to leave those images out")
     assert not any(out.glob("*.pth"))  # nothing trained
 
@@ -56,9 +56,9 @@ def test_skip_bad_images_trains_without_them_and_lists_them(tool, bad_data, tmp_
 
 
 def test_second_run_reads_the_check_from_the_cache(tool, shapes_dir, tmp_path, capsys):
-    args = ["--data", str(shapes_dir), "--max-iters", "0", *TINY_DET]
-    tool.main(args + ["--output", str(tmp_path / "a")])
-    tool.main(args + ["--output", str(tmp_path / "b")])
+    args = ["--data", str(shapes_dir), "--max-iters", "1", *TINY_DET]
+    assert tool.main(args + ["--output", str(tmp_path / "a")]) == 0
+    assert tool.main(args + ["--output", str(tmp_path / "b")]) == 0
     printed = capsys.readouterr().out
     assert f"dataset check: {shapes_dir / 'val.json'}: 6 images, no problems (cached)" in printed
 
@@ -71,7 +71,7 @@ def test_empty_training_set_is_one_line_without_the_head_notes(tool, shapes_dir,
     (data / "train.json").write_text(json.dumps(train))
     assert tool.main(["--data", str(data), "--output", str(tmp_path / "run"), "--max-iters", "2", *TINY_DET]) == 2
     captured = capsys.readouterr()
-    assert captured.err == (f"error: {data / 'train.json'}: none of its 12 images is left for training (it has no "
+    assert captured.err == (f"train_det: error: {data / 'train.json'}: none of its 12 images is left for training (it has no "
                             "annotations at all): data.filter_empty=true drops images without a usable instance, and "
                             "12 have no annotations; set data.filter_empty=false to train on them as background only\n")
     assert "note:" not in captured.out
@@ -79,6 +79,6 @@ def test_empty_training_set_is_one_line_without_the_head_notes(tool, shapes_dir,
 
 def test_data_file_is_one_line(tool, shapes_dir, tmp_path, capsys):
     assert tool.main(["--data", str(shapes_dir / "train.json"), "--output", str(tmp_path / "r"), *TINY_DET]) == 2
-    assert capsys.readouterr().err == (f"error: dataset folder {shapes_dir / 'train.json'} is a file, not a folder; "
+    assert capsys.readouterr().err == (f"train_det: error: dataset folder {shapes_dir / 'train.json'} is a file, not a folder; "
                                        "a dataset folder holds train.json, val.json, train/ and val/ (or give "
                                        "data.train_json, data.train_images, data.val_json and data.val_images)\n")
