@@ -203,9 +203,7 @@ def arm_overrides(arm: Arm, task: str, weights: str | None) -> list[str]:
 
 def cell_argv(task: str, run: Path, subset: dict, study: Path, args, arm_over: list[str]) -> list[str]:
     """The command line of one cell's training tool (tools/train_det.py or tools/train_seg.py)."""
-    argv = ["--output", str(run)]
-    if args.config:
-        argv += ["--config", args.config]
+    argv = ["--output", str(run), "--config", str(args.config or TASKS[task]["config"])]
     if args.max_iters is not None:
         argv += ["--max-iters", str(args.max_iters)]
     if args.device:

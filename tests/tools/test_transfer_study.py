@@ -91,3 +91,17 @@ def _only(run_cell, allowed):
             raise SystemExit(f"interrupted before {run.name}")
         return run_cell(task, argv, run)
     return guarded
+
+
+def test_segmentation_study_trains_through_train_seg(tool, shapes_dir, tmp_path, capsys):
+    weights = tmp_path / "cls.pth"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    out = tmp_path / "seg"
+    assert tool.main(["--task", "seg", "--weights", str(weights), "--output", str(out), "--data", str(shapes_dir),
+                      "--sizes", "4", "--arms", "probe", "--max-iters", "1", "--device", "cpu",
+                      "solver.ims_per_batch=2", "data.crop_size=64", "data.num_vis=0"]) == 0
+    cell = json.loads((out / "cells" / "probe_4" / "study_cell.json").read_text())
+    assert cell["num_images"] == 4 and 0 <= cell["metric"] <= 100
+    assert "model.backbone.freeze_at=5" in cell["argv"] and "data.train_split=train_4" in cell["argv"]
+    out_text = capsys.readouterr().out
+    assert "left out its 3-class classification head" in out_text and "| mIoU | 4 |" in out_text
