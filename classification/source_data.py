@@ -4,9 +4,10 @@ It is NOT ImageNet and no substitute for it: ten synthetic classes, a few thousa
 made so that a backbone can be pretrained and its transfer measured on a machine without
 downloads. It deliberately differs from the detection and segmentation targets (the shapes
 data: filled circles, squares, triangles and stars on plain, gradient, striped or noisy
-backgrounds): five classes are textures that fill the whole image, five are outlined or hollow
-figures that the targets never contain, in colours drawn from the whole HSV range, a fifth of
-the images grayscale.
+backgrounds; nor the classes of the independent check set /work/data/variety: ellipse,
+pentagon, cross, arrow, crescent, walker, plate): five classes are textures that fill the whole
+image, five are outlined, hollow or jagged figures that none of those contain, in colours drawn
+from the whole HSV range, a fifth of the images grayscale.
 
     root = ensure_source_dataset()                     # datasets/source_cls, generated on first use
     generate_source_dataset("/tmp/src", num_train=4, num_val=2, size=72, seed=0)
@@ -21,8 +22,9 @@ Classes (``CLASSES``):
     textures  stripes (parallel bands at any angle), checker (rotated checkerboard), dots (a
               jittered dot lattice), rings (concentric rings around a random centre),
               crosshatch (two crossing line families)
-    figures   hexagon, cross (a plus sign), crescent, annulus (a hollow ring), arrow; one
-              figure of 45-90 % of the image side on a smooth noisy background
+    figures   hexagon (outline), annulus (a hollow ring), chevron (a thick V), hourglass (two
+              triangles tip to tip), zigzag (a thick three-segment polyline); one figure of
+              45-90 % of the image side on a smooth noisy background
 
 Each image comes from its own generator seeded by (seed, split, class, index): a small set is a
 prefix of a larger one with the same seed, and the bytes depend only on the arguments.
@@ -41,7 +43,7 @@ import cv2
 import numpy as np
 
 TEXTURES = ("stripes", "checker", "dots", "rings", "crosshatch")
-FIGURES = ("hexagon", "cross", "crescent", "annulus", "arrow")
+FIGURES = ("hexagon", "annulus", "chevron", "hourglass", "zigzag")
 CLASSES = TEXTURES + FIGURES
 COMPLETE_MARKER = ".source_complete.json"
 SPLIT_CODES = {"train": 0, "val": 1}
@@ -189,19 +191,14 @@ def _figure(rng, name: str, size: int) -> np.ndarray:
     if name == "hexagon":  # outlined: the targets' shapes are filled
         corners = [(math.cos(k * math.pi / 3), math.sin(k * math.pi / 3)) for k in range(6)]
         cv2.polylines(canvas, poly(corners), True, 1.0, thickness)
-    elif name == "cross":
-        a = rng.uniform(0.2, 0.35)
-        cv2.fillPoly(canvas, poly([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1),
-                                   (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)]), 1.0)
-    elif name == "crescent":
-        cv2.circle(canvas, (int(cx), int(cy)), int(r), 1.0, -1)
-        shift = rot @ np.array([rng.uniform(0.35, 0.6), 0.0]) * r
-        cv2.circle(canvas, (int(cx + shift[0]), int(cy + shift[1])), int(r * rng.uniform(0.8, 1.0)), 0.0, -1)
     elif name == "annulus":
         cv2.circle(canvas, (int(cx), int(cy)), int(r - thickness / 2), 1.0, thickness)
-    elif name == "arrow":
-        s = rng.uniform(0.15, 0.3)  # half width of the shaft
-        cv2.fillPoly(canvas, poly([(-1, -s), (0.2, -s), (0.2, -0.7), (1, 0), (0.2, 0.7), (0.2, s), (-1, s)]), 1.0)
+    elif name == "chevron":
+        cv2.polylines(canvas, poly([(-0.9, -0.8), (0.6, 0.0), (-0.9, 0.8)]), False, 1.0, 2 * thickness)
+    elif name == "hourglass":
+        cv2.fillPoly(canvas, poly([(-0.6, -1), (0.6, -1), (0, 0), (0.6, 1), (-0.6, 1), (0, 0)]), 1.0)
+    elif name == "zigzag":
+        cv2.polylines(canvas, poly([(-1, -0.6), (-0.35, 0.6), (0.35, -0.6), (1, 0.6)]), False, 1.0, thickness)
     else:
         raise ValueError(f"unknown figure {name!r}; choose one of {', '.join(FIGURES)}")
     return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)

@@ -42,8 +42,8 @@ def test_mismatched_class_folders_are_named(source_dir, tmp_path):
     import shutil
     root = tmp_path / "odd"
     shutil.copytree(source_dir, root)
-    shutil.rmtree(root / "val" / "arrow")
-    with pytest.raises(ClassificationDataError, match=r"different class folders \(only in train: \['arrow'\]; "
+    shutil.rmtree(root / "val" / "zigzag")
+    with pytest.raises(ClassificationDataError, match=r"different class folders \(only in train: \['zigzag'\]; "
                                                       r"only in val: none\)"):
         build_datasets(load_config(ClsConfig), root)
     with pytest.raises(ClassificationDataError, match=r"image folder .*nothing/train does not exist"):
