@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from common.generated import generate_once
 
 TEXTURES = ("stripes", "checker", "dots", "rings", "crosshatch")
 FIGURES = ("hexagon", "annulus", "chevron", "hourglass", "zigzag")
@@ -85,18 +84,7 @@ def ensure_source_dataset(root="datasets/source_cls", **kwargs) -> Path:
     """Return ``root``, generating it first if missing (into a temporary sibling, renamed into
     place, so an interrupted run leaves no half dataset). ``kwargs`` go to the generator."""
     root = Path(root)
-    if not root.exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-        try:
-            generate_source_dataset(tmp, **kwargs)
-            try:
-                os.rename(tmp, root)
-            except OSError:
-                if not root.exists():  # not a lost race with another process: a real error
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    generate_once(root, lambda tmp: generate_source_dataset(tmp, **kwargs))
     marker = root / COMPLETE_MARKER
     if not marker.is_file():
         raise FileNotFoundError(f"{root} exists but is not a complete source dataset (no {COMPLETE_MARKER}); "

@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_cfg(args):
     from common.config import load_config
+    from common.engine.config import fit_schedule_to_max_iters
     from segmentation.config import SegConfig
 
     overrides = list(args.overrides)
@@ -54,10 +55,8 @@ def load_cfg(args):
     if args.device is not None:
         overrides.append(f"device={args.device}")
     cfg = load_config(SegConfig, args.config, overrides)
-    if args.max_iters is not None:  # keep the schedule inside a shortened run
-        s = cfg.solver
-        s.warmup_iters = min(s.warmup_iters, s.max_iters)
-        s.steps = tuple(x for x in s.steps if x < s.max_iters)
+    if args.max_iters is not None:
+        fit_schedule_to_max_iters(cfg.solver)
     return cfg
 
 

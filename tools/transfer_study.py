@@ -45,6 +45,7 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -224,18 +225,15 @@ def schedule_fix(task: str, args) -> list[str]:
     if args.max_iters is None:
         return []
     from common.config import load_config
+    from common.engine.config import fit_schedule_to_max_iters
     if task == "det":
         from detection.config import DetConfig as Config
     else:
         from segmentation.config import SegConfig as Config
     cfg = load_config(Config, args.config or TASKS[task]["config"], list(args.overrides))
-    s = cfg.solver
-    fix = []
-    if s.warmup_iters > args.max_iters:
-        fix.append(f"solver.warmup_iters={args.max_iters}")
-    if any(x >= args.max_iters for x in s.steps):
-        fix.append(f"solver.steps=[{', '.join(str(x) for x in s.steps if x < args.max_iters)}]")
-    return fix
+    s = replace(cfg.solver, max_iters=args.max_iters)
+    fit_schedule_to_max_iters(s)
+    return [f"solver.warmup_iters={s.warmup_iters}", f"solver.steps=[{', '.join(map(str, s.steps))}]"]
 
 
 def read_metric(task: str, run: Path) -> float | None:
