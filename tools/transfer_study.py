@@ -4,7 +4,7 @@
     python tools/train_cls.py --output runs/cls_r18                     # a pretrained backbone first
     python tools/transfer_study.py --weights runs/cls_r18/classifier.pth --output runs/study
     python tools/transfer_study.py --weights W --output runs/study_small --sizes 50,200 \
-        --arms scratch,probe,finetune --max-iters 200 model.mask_on=false model.keypoint_on=false
+        --arms scratch,probe,finetune --max-iters 200 --val-size 100 model.mask_on=false model.keypoint_on=false
     python tools/transfer_study.py --task seg --weights W --output runs/study_seg   # mIoU, train_seg.py
     python tools/transfer_study.py ... --data /work/data/variety                    # another dataset
 
@@ -23,8 +23,9 @@ it trains one ordinary run folder, STUDY/cells/<arm>_<size>/, through tools/trai
 tools/train_seg.py with ``--task seg``) and evaluates on the whole val set: bbox AP (mIoU for
 segmentation). The study prints one table (arms x sizes), writes STUDY/study.json (every cell's
 metric, seconds and run folder) and STUDY/learning_curves.png (metric against the number of
-training images, log x). Run again with the same arguments to resume: finished cells are read,
-not retrained; an interrupted cell continues from its last checkpoint. Any cell can be
+training images, log x); ``--val-size`` evaluates on a seeded subset of the val images. Run again
+with the same arguments to resume: finished cells are read, not retrained; an interrupted cell
+continues from its last checkpoint. Any cell can be
 re-evaluated like any run (tools/eval_coco.py --checkpoint STUDY/cells/<cell>/model_final.pth ...).
 
 Every extra ``key=value`` goes to every cell (after the arm's own settings). ``--max-iters``,
@@ -95,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: %(default)s)")
     p.add_argument("--arms", default=DEFAULT_ARMS, help=f"arms among {', '.join(ARMS)} (default: %(default)s)")
     p.add_argument("--max-iters", type=int, help="solver.max_iters of every cell")
+    p.add_argument("--val-size", type=int, help="evaluate on this many val images (a seeded subset; "
+                   "default: all of them)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset selection (default: %(default)s)")
     p.add_argument("--device", help="cpu | cuda | cuda:N")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every cell")
@@ -152,9 +155,11 @@ def write_subset(coco: dict, image_ids: list[int], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def prepare_subsets(data: Path, study: Path, sizes: list[int | str], seed: int) -> dict[str, dict]:
+def prepare_subsets(data: Path, study: Path, sizes: list[int | str], seed: int,
+                    val_size: int | None = None) -> dict[str, dict]:
     """Write STUDY/subsets/train_<size>.json (+ a link train_<size>/ to the image folder) and
-    val.json (+ val/); return {size label: {"json", "images", "num_images"}}.
+    val.json (+ val/: all val images, or a seeded subset of ``val_size``); return {size label:
+    {"json", "images", "num_images"}}.
 
     A subset file that already exists must hold the same images: a study is not resumed with
     another seed or dataset.
@@ -177,9 +182,9 @@ def prepare_subsets(data: Path, study: Path, sizes: list[int | str], seed: int) 
             write_subset(coco, ids, path)
         _link(folder / f"train_{label}", data / "train")
         out[label] = {"json": path, "images": folder / f"train_{label}", "num_images": len(ids)}
-    val = folder / "val.json"
-    if not val.is_file():
-        val.write_text((data / "val.json").read_text())
+    val_coco = json.loads((data / "val.json").read_text())
+    val_ids = select_subsets([im["id"] for im in val_coco["images"]], [val_size or "all"], seed)
+    write_subset(val_coco, next(iter(val_ids.values())), folder / "val.json")  # the same on every call
     _link(folder / "val", data / "val")
     return out
 
@@ -330,7 +335,9 @@ def study(args) -> str:
     else:
         from common.shapes import ensure_shapes_dataset
         data = ensure_shapes_dataset("datasets/shapes")  # where train_det.py / train_seg.py make it
-    subsets = prepare_subsets(data, out, sizes, args.seed)
+    if args.val_size is not None and args.val_size < 1:
+        raise StudyError(f"--val-size {args.val_size} must be at least 1")
+    subsets = prepare_subsets(data, out, sizes, args.seed, args.val_size)
     labels = list(subsets)
     fix = schedule_fix(args.task, args)
 
@@ -353,7 +360,7 @@ def study(args) -> str:
                                               "metric": value, "seconds": round(seconds, 1), "argv": argv}))
             results.append({k: v for k, v in json.loads(record.read_text()).items() if k != "argv"}
                            | {"run": str(run)})
-    info = {"task": args.task, "data": str(data), "weights": weights, "seed": args.seed,
+    info = {"task": args.task, "data": str(data), "weights": weights, "seed": args.seed, "val_size": args.val_size,
             "command": " ".join(sys.argv)}
     table = write_report(out, results, arms, labels, task["metric"], info)
     total = sum(r["seconds"] for r in results)

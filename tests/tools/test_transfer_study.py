@@ -61,7 +61,7 @@ def test_a_tiny_study_runs_and_resumes_without_training(tool, shapes_dir, tmp_pa
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
     out = tmp_path / "study"
     argv = ["--weights", str(weights), "--output", str(out), "--data", str(shapes_dir), "--sizes", "4,all",
-            "--arms", "scratch,finetune", "--max-iters", "1", "--device", "cpu",
+            "--arms", "scratch,finetune", "--max-iters", "1", "--val-size", "3", "--device", "cpu",
             *[o for o in TINY_DET if not o.startswith("--") and o != "cpu"], "test.num_vis=0"]
     real = tool.run_cell
     monkeypatch.setattr(tool, "run_cell", _only(real, {"scratch_4", "finetune_4", "scratch_all"}))
@@ -71,6 +71,7 @@ def test_a_tiny_study_runs_and_resumes_without_training(tool, shapes_dir, tmp_pa
     assert len(subset["images"]) == 4 and {a["image_id"] for a in subset["annotations"]} <= \
         {im["id"] for im in subset["images"]}
     assert (out / "cells" / "finetune_4" / "metrics.json").is_file()
+    assert len(json.loads((out / "subsets" / "val.json").read_text())["images"]) == 3  # --val-size
     assert "solver.lr_mults={backbone.body: 0.1}" in (out / "cells" / "finetune_4" / "study_cell.json").read_text()
     capsys.readouterr()
 
