@@ -12,7 +12,7 @@ from common.engine.config import SolverConfig
 
 @dataclass
 class DataConfig:
-    root: Optional[str] = None  # folder with train/<class>/* and val/<class>/* (ImageNet layout); None = the built-in source task
+    root: Optional[str] = None  # train/<class>/*, val/<class>/* (ImageNet layout); None = the built-in source task
     builtin_root: str = "datasets/source_cls"  # where the built-in source task is generated on first use
     image_size: int = 64  # side of the square training crop and of the evaluation centre crop
     crop_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop: area fraction range (ImageNet's)

@@ -20,13 +20,13 @@ the training images, each written as a COCO JSON into STUDY/subsets/) and each a
     freeze3   stem, c2 and c3 frozen, the rest as finetune
 
 it trains one ordinary run folder, STUDY/cells/<arm>_<size>/, through tools/train_det.py (or
-tools/train_seg.py with ``--task seg``) and evaluates on the whole val set: bbox AP (mIoU for
+tools/train_seg.py with ``--task seg``) and evaluates on the val set: bbox AP (mIoU for
 segmentation). The study prints one table (arms x sizes), writes STUDY/study.json (every cell's
 metric, seconds and run folder) and STUDY/learning_curves.png (metric against the number of
 training images, log x); ``--val-size`` evaluates on a seeded subset of the val images. Run again
 with the same arguments to resume: finished cells are read, not retrained; an interrupted cell
-continues from its last checkpoint. Any cell can be
-re-evaluated like any run (tools/eval_coco.py --checkpoint STUDY/cells/<cell>/model_final.pth ...).
+continues from its last checkpoint. Any cell can be re-evaluated like any run
+(tools/eval_coco.py --checkpoint STUDY/cells/<cell>/model_final.pth ...).
 
 Every extra ``key=value`` goes to every cell (after the arm's own settings). ``--max-iters``,
 ``--sizes`` and ``--arms`` shrink the study for a CPU budget. Errors: one line, exit status 2.
