@@ -297,6 +297,9 @@ def plot_learning_curves(results: list[dict], arms: list[str], metric: str, path
         if points:
             ax.plot(*zip(*points), marker="o", label=arm)
     ax.set_xscale("log")
+    sizes = sorted({r["num_images"] for r in results})
+    ax.set_xticks(sizes, [str(n) for n in sizes])  # the subset sizes, not powers of ten
+    ax.minorticks_off()
     ax.set_xlabel("training images")
     ax.set_ylabel(metric)
     ax.grid(True, which="both", alpha=0.3)
