@@ -44,9 +44,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +51,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
+
+from common.generated import generate_once
 
 KEYPOINT_NAMES = ["top", "upper_left", "upper_right", "lower_left", "lower_right"]
 SKELETON = [[1, 2], [1, 3], [2, 4], [3, 5], [4, 5]]  # 1-based, as in COCO: the pentagon of tips
@@ -144,20 +143,7 @@ def ensure_shapes_dataset(root="datasets/shapes", **kwargs) -> Path:
     half dataset, and two processes racing here both end up with the same complete one.
     """
     root = Path(root)
-    if root.exists():
-        return _check_complete(root, kwargs)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        generate_shapes_dataset(tmp, **kwargs)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not root.exists():  # not a lost race: a real error
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    generate_once(root, lambda tmp: generate_shapes_dataset(tmp, **kwargs))
     return _check_complete(root, kwargs)
 
 

@@ -11,6 +11,12 @@
 
 Weights are loaded into the *whole* torchvision model (classifier included) before the backbone
 takes its stages out, so the keys checked are torchvision's own (``layer1.0.conv1.weight``).
+
+The last classification layer (``HEAD_KEYS``: ResNet's ``fc``, VGG16's ``classifier.6``,
+MobileNetV3's ``classifier.3``) is not part of any backbone: a file whose head has another number
+of classes than 1000 (a classifier pretrained by ``tools/train_cls.py`` on K classes), or none at
+all, loads everything else and one line says what was left out. VGG16's fc6/fc7
+(``classifier.0`` / ``classifier.3``) are *not* head: the ``vgg16_fc`` box head and FCN use them.
 """
 from __future__ import annotations
 
@@ -37,6 +43,16 @@ IMAGENET_WEIGHTS = {
     "mobilenet_v3_large": tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1,
 }
 
+# the last classification layer of each torchvision model: the backbones never use it
+HEAD_KEYS = {
+    "resnet18": ("fc.weight", "fc.bias"),
+    "resnet34": ("fc.weight", "fc.bias"),
+    "resnet50": ("fc.weight", "fc.bias"),
+    "resnet101": ("fc.weight", "fc.bias"),
+    "vgg16": ("classifier.6.weight", "classifier.6.bias"),
+    "mobilenet_v3_large": ("classifier.3.weight", "classifier.3.bias"),
+}
+
 _SHOW = 5  # how many bad keys an error lists
 
 
@@ -48,8 +64,38 @@ def load_pretrained(model: nn.Module, name: str, weights: str | Path | None) -> 
         state, source = _download_imagenet(name), f"ImageNet weights for {name}"
     else:
         state, source = read_state_dict(weights), f"weights file {weights}"
+    state, note = without_foreign_head(model, name, state, source)
     check_state_dict(model, state, source, name)
     model.load_state_dict(state, strict=False)  # strictness checked above, with better messages
+    if note:
+        print(note)
+
+
+def without_foreign_head(model: nn.Module, name: str, state: Mapping, source: str) -> tuple[dict, str]:
+    """``state`` minus the classification head (``HEAD_KEYS[name]``) when that head does not fit
+    ``model`` (another number of classes) or is absent; returns (state, one-line note or "").
+
+    A head that fits is kept (loading it is harmless: the backbone discards it). Only whole,
+    consistent heads are left out (weight (K, D) with the model's D, bias (K,)): half a head or a
+    wrong-shaped body still fails the strict check.
+    """
+    expected = model.state_dict()
+    head = HEAD_KEYS[name]
+    present = [k for k in head if k in state]
+    if present and len(present) < len(head):
+        return dict(state), ""  # half a head: check_state_dict names the missing key
+    if present and all(tuple(state[k].shape) == tuple(expected[k].shape) for k in head):
+        return dict(state), ""
+    if present and not _is_head(state[head[0]], state[head[1]], expected[head[0]]):
+        return dict(state), ""  # not a K-class version of this head: the strict check names it
+    kept = {k: v for k, v in state.items() if k not in head}
+    # the model's head keys are not "missing" either: the model keeps its own (unused) head
+    kept.update({k: expected[k] for k in head})
+    if not present:
+        return kept, f"note: {source} has no classification head ({head[0]}); loaded the rest"
+    shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in head)
+    return kept, (f"note: {source}: left out its {state[head[0]].shape[0]}-class classification "
+                  f"head ({shapes}); the backbone does not use it")
 
 
 def _download_imagenet(name: str) -> dict:
@@ -103,6 +149,12 @@ def check_state_dict(model: nn.Module, state: Mapping, source: str, name: str) -
     if problems:
         raise WeightsError(f"{source} does not fit torchvision's {name} classification "
                            f"model: " + "; ".join(problems))
+
+
+def _is_head(weight: torch.Tensor, bias: torch.Tensor, model_weight: torch.Tensor) -> bool:
+    """weight (K, D) and bias (K,) of a K-class linear layer on the model's D features."""
+    return (weight.dim() == 2 and bias.dim() == 1 and weight.shape[0] == bias.shape[0]
+            and weight.shape[1] == model_weight.shape[1])
 
 
 def _first(items: list[str]) -> str:

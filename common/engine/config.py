@@ -43,3 +43,10 @@ class SolverConfig:
     best_metric: str | None = None  # metric that selects model_best.pth, e.g. "bbox/AP" or "mIoU"
     seed: int = 0  # seed for python, numpy and torch
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower, reproducible on GPU)
+
+
+def fit_schedule_to_max_iters(s: SolverConfig) -> None:
+    """Keep the LR schedule inside a run shortened by ``--max-iters``: the warmup ends by
+    ``max_iters`` and LR steps at or after it are dropped. In place."""
+    s.warmup_iters = min(s.warmup_iters, s.max_iters)
+    s.steps = tuple(x for x in s.steps if x < s.max_iters)

@@ -235,3 +235,53 @@ def test_bad_arguments_fail_with_a_sentence():
     backbone = build_backbone("resnet18")
     with pytest.raises(ValueError, match=r"backbone input must be \(N, 3, H, W\) images, got shape \(1, 1, 8, 8\)"):
         backbone(torch.zeros(1, 1, 8, 8))
+
+
+# a classifier pretrained on K classes (tools/train_cls.py): its head is left out, the rest loads
+@pytest.mark.parametrize("name, head", [("resnet18", "fc"), ("vgg16", "classifier.6"),
+                                        ("mobilenet_v3_large", "classifier.3")])
+def test_a_k_class_classifier_loads_without_its_head(tmp_path, capsys, name, head):
+    torch.manual_seed(4)
+    model = getattr(torchvision.models, name)(num_classes=3)
+    path = tmp_path / f"{name}-3.pth"
+    torch.save(model.state_dict(), path)
+    torch.manual_seed(5)
+    backbone = build_backbone(name, weights=path, out_features=("c5",))
+    width = model.state_dict()[f"{head}.weight"].shape[1]
+    assert capsys.readouterr().out.strip() == (
+        f"note: weights file {path}: left out its 3-class classification head "
+        f"({head}.weight (3, {width}), {head}.bias (3,)); the backbone does not use it")
+    first_conv = {"resnet18": ("body.stem.conv1.weight", "conv1.weight"),
+                  "vgg16": ("body.c5.0.weight", "features.24.weight"),
+                  "mobilenet_v3_large": ("body.c5.0.block.0.0.weight", "features.13.block.0.0.weight")}
+    ours, theirs = first_conv[name]
+    assert torch.equal(dict(backbone.named_parameters())[ours], model.state_dict()[theirs])
+
+
+def test_vgg16_fc6_fc7_of_a_k_class_classifier_are_kept(tmp_path):
+    torch.manual_seed(6)
+    model = torchvision.models.vgg16(num_classes=3)
+    path = tmp_path / "vgg16-3.pth"
+    torch.save(model.state_dict(), path)
+    fc = load_vgg16_classifier(path)
+    assert torch.equal(fc.fc6.weight, model.classifier[0].weight)
+    assert torch.equal(fc.fc7.bias, model.classifier[3].bias)
+
+
+def test_a_file_without_a_head_loads_and_says_so(tmp_path, capsys):
+    state = torchvision.models.resnet18().state_dict()
+    del state["fc.weight"], state["fc.bias"]
+    path = tmp_path / "headless.pth"
+    torch.save(state, path)
+    build_backbone("resnet18", weights=path)
+    assert capsys.readouterr().out.strip() == (
+        f"note: weights file {path} has no classification head (fc.weight); loaded the rest")
+
+
+def test_half_a_head_is_still_refused(tmp_path):
+    state = torchvision.models.resnet18().state_dict()
+    del state["fc.bias"]
+    path = tmp_path / "half.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"1 missing keys \(fc\.bias\)"):
+        build_backbone("resnet18", weights=path)
