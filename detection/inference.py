@@ -27,13 +27,17 @@ def _to(targets: list[dict], device) -> list[dict]:
 def predict(model: nn.Module, loader: Iterable, device, limit: int = 0) -> Iterable[tuple[int, dict]]:
     """Yield ``(image_id, prediction)`` per image, the prediction mapped to the frame on disk.
 
-    loader yields (ImageList, targets) with ``image_id`` and ``orig_size`` in each target.
-    ``limit`` > 0 stops after that many images.
+    loader yields (ImageList, targets) with ``image_id`` and ``orig_size`` in each target, and
+    ``proposal_boxes`` for models that take precomputed proposals (passed on, nothing else of the
+    targets is). ``limit`` > 0 stops after that many images.
     """
     model.eval()
     seen = 0
     for images, targets in loader:
-        predictions, _ = model(images.to(device))
+        proposals = None
+        if all("proposal_boxes" in t for t in targets):
+            proposals = [{"image_id": t["image_id"], "proposal_boxes": t["proposal_boxes"].to(device)} for t in targets]
+        predictions, _ = model(images.to(device), proposals)
         for pred, size, target in zip(predictions, images.image_sizes, targets):
             orig = tuple(int(v) for v in target["orig_size"])
             pred = rescale_predictions({k: v.cpu() for k, v in pred.items()}, size, orig)
