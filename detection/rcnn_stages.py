@@ -66,12 +66,13 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def cache_features(model, dataset, out_dir: str | Path, settings: dict, device, *, limit: int = 0,
-                   shard_images: int = 32, progress: bool = True) -> FeatureCache:
+def cache_features(model, dataset, out_dir: str | Path, settings: dict, device, *, feat_norm: float = 20.0,
+                   limit: int = 0, shard_images: int = 32, progress: bool = True) -> FeatureCache:
     """Stage 2: features of the gt boxes and proposals of ``dataset``'s first ``limit`` images
     (0 = all), written in shards under ``out_dir``. ``dataset`` yields (image, target) with
     ``gt_boxes``, ``gt_classes`` and ``proposal_boxes`` (no augmentation); ``model`` is the
-    fine-tuned ``detection.rcnn.RCNN``."""
+    fine-tuned ``detection.rcnn.RCNN``. ``settings``: what the features depend on (a rerun with
+    others is refused); ``feat_norm``: the mean feature norm the cache's scale makes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_file = out_dir / "settings.json"
@@ -112,7 +113,7 @@ def cache_features(model, dataset, out_dir: str | Path, settings: dict, device, 
                 record[key] = torch.cat(record[key])
             save_checkpoint(out_dir / name, record)
         norms = torch.cat([load_checkpoint(out_dir / n)["features"].float().norm(dim=1) for n in names])
-        scale = settings.get("feat_norm", 20.0) / max(float(norms.mean()), 1e-12) if len(norms) else 1.0
+        scale = feat_norm / max(float(norms.mean()), 1e-12) if len(norms) else 1.0
         write_text_atomic(index_file, json.dumps({"shards": names, "images": count, "scale": scale}, indent=2))
     return load_feature_cache(out_dir)
 

@@ -277,7 +277,8 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
                 "test_min_size": d.test_min_size, "max_size": d.max_size, "feat_norm": r.feat_norm}
     print("stage 2 (features)")
     cache = cache_features(model, WithProposals(plain, train_props, d.train_proposals), output / "features",
-                           settings, device, limit=r.feature_images, progress=not args.no_progress)
+                           settings, device, feat_norm=r.feat_norm, limit=r.feature_images,
+                           progress=not args.no_progress)
     model.feature_scale.fill_(cache.scale)
 
     # stage 3: per-class SVMs with hard-negative mining; stage 4: per-class box regressors
