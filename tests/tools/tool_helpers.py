@@ -1,5 +1,6 @@
 """Shared by the tool tests: load a script from tools/ as a module, and the tiny detector recipe."""
 import importlib.util
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +24,7 @@ def load_tool(name: str):
     """tools/<name>.py as a module (tools/ is not a package)."""
     spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses of a tool look their module up there
     spec.loader.exec_module(module)
     return module
 
