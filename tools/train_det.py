@@ -19,6 +19,7 @@ import argparse
 from dataclasses import replace
 import json
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,6 +238,7 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
                                  **loader_args)
 
     # stage 1: fine-tune the backbone as a (K + 1)-way classifier of warped proposals (the engine)
+    seconds, clock = {}, time.perf_counter()  # per stage that ran now -> RUN/stages.json
     finetune = output / "finetune" / "model_final.pth"
     if not finetune.is_file():
         def make_data_iter(start: int):
@@ -263,6 +265,7 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
         if (finetune.parent / "last_checkpoint").is_file():
             print(f"stage 1 (fine-tuning): resuming from iteration {trainer.resume()}")
         trainer.train()
+        seconds["finetune"], clock = time.perf_counter() - clock, time.perf_counter()
     else:
         print(f"stage 1 (fine-tuning): done, {finetune}")
     load_model_state(model, load_checkpoint(finetune)["model"], str(finetune))
@@ -280,6 +283,7 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
                            settings, device, feat_norm=r.feat_norm, limit=r.feature_images,
                            progress=not args.no_progress)
     model.feature_scale.fill_(cache.scale)
+    seconds["features"], clock = time.perf_counter() - clock, time.perf_counter()
 
     # stage 3: per-class SVMs with hard-negative mining; stage 4: per-class box regressors
     if r.classifier == "svm":
@@ -292,6 +296,7 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
         model.svm_weight.copy_(svm["weight"])
         model.svm_bias.copy_(svm["bias"])
         model.svm_fitted.fill_(True)
+        seconds["svms"], clock = time.perf_counter() - clock, time.perf_counter()
     print("stage 4 (box regressors)")
     reg = fit_regressors(cache, meta.num_classes, output / "regressors.pt",
                          {**settings, "reg_iou": r.reg_iou, "reg_lambda": r.reg_lambda},
@@ -299,6 +304,10 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
     model.reg_weight.copy_(reg["weight"])
     model.reg_bias.copy_(reg["bias"])
     model.reg_fitted.fill_(True)
+    seconds["regressors"] = time.perf_counter() - clock
+    print("stage seconds (this invocation; a skipped stage costs its loading): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    (output / "stages.json").write_text(json.dumps(seconds, indent=2))
 
     save_checkpoint(output / "model_final.pth", {"model": model.state_dict(), "config_yaml": to_yaml(cfg),
                                                  "metadata": metadata})
