@@ -258,7 +258,10 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
                           output_dir=finetune.parent, max_iters=s.max_iters, device=device,
                           clip_grad_norm=s.clip_grad_norm, accumulate=s.accumulate,
                           checkpoint_period=s.checkpoint_period, eval_period=s.eval_period,
-                          log_period=s.log_period, evaluate=evaluate, best_metric=s.best_metric,
+                          log_period=s.log_period, best_metric=s.best_metric,
+                          # the softmax detector on test.eval_images, only when asked: every
+                          # evaluation warps every proposal of every image
+                          evaluate=evaluate if s.eval_period else None,
                           early_stop_patience=s.early_stop_patience, config_yaml=to_yaml(cfg),
                           keep_checkpoints=s.keep_checkpoints, metadata=metadata,
                           progress=not args.no_progress)
