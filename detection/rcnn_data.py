@@ -4,7 +4,7 @@ Shape shorthand: R proposals of one image.
 
 The file is the one ``tools/compute_proposals.py`` writes (documented in datasets/README.md):
 ``{"<COCO image id>": {"boxes": [[x0, y0, x1, y1], ...], "scores": [...]}, ...}``, boxes in
-pixels of the image on disk, best first. This reader is R-CNN's own until the shared reader
+pixels of the image on disk, best first; keys starting with ``_`` are reserved and skipped. This reader is R-CNN's own until the shared reader
 (``detection/proposals.py``) and the dataset's ``proposal_boxes`` path replace it.
 
 :class:`WithProposals` maps the boxes of an image from the frame on disk to the frame the
@@ -41,6 +41,8 @@ def read_proposals(path: str | Path) -> dict[int, np.ndarray]:
                            f"{{'boxes': ..., 'scores': ...}}, got {type(data).__name__}")
     out = {}
     for key, entry in data.items():
+        if key.startswith("_"):  # reserved (compute_proposals.py's "_header": what the file was made from)
+            continue
         try:
             image_id = int(key)
         except ValueError:

@@ -17,7 +17,7 @@ def write(tmp_path, obj, name="p.json"):
 
 def test_read_round_trip_and_model_frame(tmp_path):
     path = write(tmp_path, {"3": {"boxes": [[0, 0, 10, 20], [5, 5, 5, 9]], "scores": [0.9, 0.1]},
-                            "7": {"boxes": [], "scores": []}})
+                            "7": {"boxes": [], "scores": []}, "_header": {"mode": "fast"}})
     props = read_proposals(path)
     assert set(props) == {3, 7} and props[7].shape == (0, 4)
     np.testing.assert_array_equal(props[3], np.array([[0, 0, 10, 20], [5, 5, 5, 9]], np.float32))
