@@ -4,8 +4,9 @@ Shape shorthand: R proposals of one image.
 
 The file is the one ``tools/compute_proposals.py`` writes (documented in datasets/README.md):
 ``{"<COCO image id>": {"boxes": [[x0, y0, x1, y1], ...], "scores": [...]}, ...}``, boxes in
-pixels of the image on disk, best first; keys starting with ``_`` are reserved and skipped. This reader is R-CNN's own until the shared reader
-(``detection/proposals.py``) and the dataset's ``proposal_boxes`` path replace it.
+pixels of the image on disk, best first; keys starting with ``_`` are reserved and skipped.
+This reader is R-CNN's own until the shared reader (``detection/proposals.py``) and the
+dataset's ``proposal_boxes`` path replace it.
 
 :class:`WithProposals` maps the boxes of an image from the frame on disk to the frame the
 model sees by the resize alone, so it serves pipelines without flips (R-CNN's configs set
