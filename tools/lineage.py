@@ -171,6 +171,7 @@ def make_proposals(data: Path, out_dir: Path, workers: int) -> tuple[dict[str, P
         path = out_dir / f"proposals_{split}.json"
         timing = out_dir / f"proposals_{split}.seconds"
         if not (path.is_file() and timing.is_file()):
+            path.unlink(missing_ok=True)  # an untimed file of an earlier run: time a fresh one
             seconds = run_tool(["tools/compute_proposals.py", "--data", str(data), "--split", split, "--mode", "fast",
                                 "--workers", str(n_workers), "--out", str(path)], out_dir / f"proposals_{split}.log")
             timing.write_text(f"{seconds}\n")
