@@ -26,6 +26,7 @@ from detection.generalized_rcnn import GeneralizedRCNN
 from detection.keypoint_head import KeypointRCNNHead
 from detection.mask_head import MaskRCNNHead
 from detection.poolers import RoIPooler
+from detection.rcnn import RCNN
 from detection.roi_heads import RoIHeads
 from detection.rpn import RPN, RPNHead
 
@@ -33,7 +34,7 @@ from detection.rpn import RPN, RPNHead
 def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0,
                 keypoint_flip_indices: list[int] | None = None, *,
                 keypoint_classes: list[int] | None = None, class_counts: list[int] | None = None,
-                backbone: nn.Module | None = None) -> GeneralizedRCNN:
+                backbone: nn.Module | None = None) -> GeneralizedRCNN | RCNN:
     """Build the detector described by ``model_cfg`` for a dataset with ``num_classes`` classes
     and ``num_keypoints`` keypoints. ``backbone``: an already built Backbone to use instead of
     ``common.backbones.build_backbone(model_cfg.backbone...)`` (tests, custom backbones).
@@ -43,6 +44,8 @@ def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0
     cfg = model_cfg
     if num_classes < 1:
         raise ValueError(f"build_model: num_classes must be >= 1, got {num_classes}")
+    if cfg.meta_architecture == "rcnn":
+        return build_rcnn(cfg, num_classes, backbone)
     for key, weight in (("rpn", cfg.rpn.loss_weight), ("mask_head", cfg.mask_head.loss_weight),
                         ("keypoint_head", cfg.keypoint_head.loss_weight)):
         if not weight >= 0:  # NaN too
@@ -68,6 +71,27 @@ def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0
     model = GeneralizedRCNN(backbone, rpn, roi_heads, num_classes, num_keypoints if cfg.keypoint_on else 0,
                             keypoint_flip_indices, channels_last=cfg.channels_last)
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def build_rcnn(cfg: ModelConfig, num_classes: int, backbone: nn.Module | None = None) -> RCNN:
+    """R-CNN (2014): the backbone's last stage, averaged over space, is each warped proposal's feature."""
+    b, r, rh = cfg.backbone, cfg.rcnn, cfg.roi_heads
+    if cfg.mask_on or cfg.keypoint_on:
+        raise ValueError("model.meta_architecture = 'rcnn' has no mask or keypoint branch; set model.mask_on "
+                         "and model.keypoint_on to false")
+    if backbone is None:
+        if b.fpn:
+            raise ValueError("model.meta_architecture = 'rcnn' pools the backbone's last stage; set "
+                             "model.backbone.fpn: false")
+        from common.backbones import build_backbone
+
+        backbone = build_backbone(b.name, weights=b.weights, freeze_at=b.freeze_at, norm=b.norm,
+                                  out_features=tuple(b.out_features), fpn=False)
+    return RCNN(backbone, num_classes, warp_size=r.warp_size, context_pad=r.context_pad,
+                proposals_per_image=r.proposals_per_image, batch_size=r.batch_size,
+                positive_fraction=r.positive_fraction, fg_iou=r.fg_iou, feature_batch=r.feature_batch,
+                classifier=r.classifier, score_thresh=rh.score_thresh, nms_thresh=rh.nms_thresh,
+                detections_per_img=rh.detections_per_img)
 
 
 def _check_features(backbone: nn.Module, names: tuple[str, ...], key: str) -> tuple[int, list[int]]:

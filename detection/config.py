@@ -114,7 +114,37 @@ class KeypointHeadConfig:
 
 
 @dataclass
+class RCNNConfig:
+    """R-CNN (Girshick et al. 2014): warped proposals through the backbone, SVMs and box regressors
+    fitted on cached features. Test-time NMS, score threshold and detections per image are
+    ``roi_heads.nms_thresh / score_thresh / detections_per_img``."""
+
+    warp_size: int = 64  # side of the square every proposal is warped to, pixels (the paper: 227)
+    context_pad: int = 16  # context around the box in the warped frame, pixels (the paper's p = 16)
+    proposals_per_image: int = 500  # best-first proposals of the file used per image (training and test)
+    batch_size: int = 128  # warped windows per fine-tuning step, over all images of the batch
+    positive_fraction: float = 0.25  # at most this fraction of them foreground (32 of 128)
+    fg_iou: float = 0.5  # fine-tuning: IoU with a gt box at which a proposal takes that box's class
+    classifier: Literal["svm", "softmax"] = "svm"  # test-time scores: per-class SVMs or the fine-tuned softmax
+    feature_images: int = 0  # training images whose features are cached for SVMs and regressors (0 = all)
+    feature_batch: int = 256  # warped windows per forward pass when computing features
+    feat_norm: float = 20.0  # features are scaled so that their mean L2 norm is this (the paper's code)
+    svm_neg_iou: float = 0.3  # SVM negatives: proposals with IoU below this with every gt box of the class
+    svm_C: float = 0.001  # SVM cost of a margin violation (the paper's code: 0.001)
+    svm_pos_weight: float = 2.0  # positives' cost multiplier (the paper's code: 2)
+    svm_bias_mult: float = 10.0  # the bias is a weight on a constant feature of this value (liblinear)
+    svm_retrain_limit: int = 2000  # new hard negatives per class before the SVM is retrained
+    reg_iou: float = 0.6  # box regression: proposals with at least this IoU with a gt box
+    reg_lambda: float = 1000.0  # ridge penalty of the box regressors (the paper: 1000)
+
+
+@dataclass
 class ModelConfig:
+    meta_architecture: Literal["generalized_rcnn", "rcnn"] = "generalized_rcnn"  # rcnn: R-CNN (2014),
+    # trained in stages by tools/train_det.py (fine-tune, features, SVMs, regressors); the other
+    # keys below apply to generalized_rcnn (Fast/Faster/Mask/Keypoint R-CNN) except backbone and
+    # the roi_heads test-time settings
+    rcnn: RCNNConfig = field(default_factory=RCNNConfig)  # R-CNN settings (meta_architecture: rcnn)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # feature extractor
     proposal_generator: Literal["rpn", "precomputed"] = "rpn"  # precomputed: Fast R-CNN
     rpn: RPNConfig = field(default_factory=RPNConfig)  # region proposal network
@@ -148,8 +178,8 @@ class DataConfig:
     skip_bad_images: bool = False  # leave out images the start-up dataset check finds bad (listed in RUN/skipped_images.txt) instead of stopping
     num_workers: int = 2  # DataLoader worker processes
     aspect_ratio_grouping: bool = True  # batch landscape with landscape and portrait with portrait
-    train_proposals: str = ""  # model.proposal_generator=precomputed (Fast R-CNN): proposal file of the
-    # training images (tools/compute_proposals.py --split train; format in datasets/README.md)
+    train_proposals: str = ""  # model.proposal_generator=precomputed (Fast R-CNN) and R-CNN: proposal file
+    # of the training images (tools/compute_proposals.py --split train; format in datasets/README.md)
     val_proposals: str = ""  # ... of the val images (--split val)
     max_proposals: int = 2000  # best proposals per image read from those files (0 = all)
 

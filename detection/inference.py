@@ -25,18 +25,18 @@ def _to(targets: list[dict], device) -> list[dict]:
             for t in targets]
 
 
-def proposals_only(targets: list[dict]) -> list[dict] | None:
+def proposals_only(targets: list[dict], device=None) -> list[dict] | None:
     """What a model reads at inference besides the images: the precomputed proposals of Fast
-    R-CNN (``proposal_boxes``) when the targets carry them, else None."""
+    R-CNN and R-CNN (``proposal_boxes``, on ``device``) when the targets carry them, else None."""
     if targets and all("proposal_boxes" in t for t in targets):
-        return [{"image_id": t.get("image_id"), "proposal_boxes": t["proposal_boxes"]} for t in targets]
+        return [{"image_id": t.get("image_id"), "proposal_boxes": t["proposal_boxes"].to(device)} for t in targets]
     return None
 
 
 def _predict_batch(model: nn.Module, images, targets, device, dtype) -> list[dict]:
     """One batch's predictions in the frame on disk (``orig_size`` of each target), on the CPU."""
     with autocast(dtype, device):
-        predictions, _ = model(images.to(device), proposals_only(targets))
+        predictions, _ = model(images.to(device), proposals_only(targets, device))
     out = []
     for pred, size, target in zip(predictions, images.image_sizes, targets):
         orig = tuple(int(v) for v in target["orig_size"])
@@ -51,8 +51,8 @@ def predict(model: nn.Module, loader: Iterable, device, limit: int = 0,
     """Yield ``(image_id, prediction)`` per image, the prediction mapped to the frame on disk.
 
     loader yields (ImageList, targets) with ``image_id`` and ``orig_size`` in each target (and
-    ``proposal_boxes`` for Fast R-CNN). ``limit`` > 0 stops after that many images. ``amp``: the
-    precision setting (``test.amp``, see common.engine.precision).
+    ``proposal_boxes`` for Fast R-CNN and R-CNN). ``limit`` > 0 stops after that many images.
+    ``amp``: the precision setting (``test.amp``, see common.engine.precision).
     """
     model.eval()
     dtype = autocast_dtype(amp, device)
@@ -114,14 +114,14 @@ def time_inference(model: nn.Module, batches: Sequence, device, warmup: int = 1)
     ``warmup`` of them (all of them are timed when there are no more); CUDA is synchronised."""
     model.eval()
     for images, targets in batches[:warmup]:
-        model(images.to(device), proposals_only(targets))
+        model(images.to(device), proposals_only(targets, device))
     timed = batches[warmup:] or batches
     cuda = device is not None and torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for images, targets in timed:
-        model(images.to(device), proposals_only(targets))
+        model(images.to(device), proposals_only(targets, device))
     if cuda:
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / max(sum(len(images) for images, _ in timed), 1)

@@ -22,6 +22,9 @@ paths. ``--results`` then names where the COCO results are *written* (nothing is
 without it). A checkpoint made for another architecture is one error listing the keys that
 do not fit.
 
+R-CNN checkpoints read the proposals of the split from ``data.val_proposals`` (stored in the
+checkpoint's config; override it for another split).
+
 Bad input prints one line to stderr and exits with status 2.
 """
 from __future__ import annotations
@@ -135,8 +138,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     model, cfg = build_detector(state, cfg, meta, args.checkpoint, device)
     d = cfg.data
     val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
-    if cfg.model.proposal_generator == "precomputed":  # Fast R-CNN: proposals from data.val_proposals
-        attach_proposals(val, d.val_proposals, d.max_proposals)
+    if cfg.model.proposal_generator == "precomputed" or cfg.model.meta_architecture == "rcnn":
+        attach_proposals(val, d.val_proposals, d.max_proposals)  # Fast R-CNN, R-CNN: data.val_proposals
     loader = build_test_loader(val, batch_size=cfg.test.ims_per_batch, num_workers=d.num_workers,
                                size_divisibility=model.backbone.size_divisibility,
                                pad_value=model.backbone.pixel_mean)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a detector (Faster / Mask / Keypoint R-CNN) on a COCO-format dataset.
+"""Train a detector (R-CNN, Fast / Faster / Mask / Keypoint R-CNN) on a COCO-format dataset.
 
     python tools/train_det.py                                  # default CPU recipe, built-in data
     python tools/train_det.py --config configs/detection/mask_rcnn_R50_FPN.yaml \
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,6 +97,10 @@ def train(args: argparse.Namespace) -> int:
     paths, problem = dist.broadcast_object((paths, problem))
     if problem:
         raise DatasetError(problem)
+    if cfg.model.meta_architecture == "rcnn":
+        if world > 1:
+            raise ValueError("R-CNN trains in one process (its stages are not distributed); run it without torchrun")
+        return train_rcnn(args, cfg, paths, run.root, device)
     train_set, val_set = build_datasets(cfg, paths, check_data(cfg, paths, run.root))  # both splits, before training
     cfg, data_notes = adapt_to_dataset(cfg, train_set)
     train_indices, note = repeat_factor_indices(cfg.data, train_set, cfg.solver.seed)
@@ -205,6 +210,146 @@ def fit(cfg, model, train_set, val_set, device, run, *, resume: bool = False, re
         print(f"done: {line}; everything is in {run.root}")
     summary["metrics"] = metrics
     return summary
+
+
+def final_evaluation(model, cfg, val_set, loader, device, output: Path) -> None:
+    """The final, complete evaluation with the per-category table: metrics.json, results.json,
+    curves and vis/ in ``output``."""
+    from common.tooling import RunDir
+    from detection.build import iou_types_for
+    from detection.inference import evaluate_detector
+    from detection.visualize import draw_predictions
+
+    iou_types = iou_types_for(cfg.model)
+    metrics, results = evaluate_detector(model, loader, val_set.coco, val_set.meta.category_ids, iou_types,
+                                         device, verbose=True)
+    run = RunDir(output)
+    run.write_metrics(metrics)  # NaN -> null
+    (output / "results.json").write_text(json.dumps(results))
+    if (output / "metrics.csv").is_file():
+        run.plot_curves()
+    if cfg.model.meta_architecture != "rcnn":  # predict_image has no proposals to give R-CNN
+        draw_predictions(model, val_set, device, run.vis, count=cfg.test.num_vis,
+                         score_thresh=cfg.test.vis_score_thresh)
+    summary = "  ".join(f"{t} AP {metrics[t]['AP']:.1f}" for t in iou_types if t in metrics)
+    print(f"done: {summary}; everything is in {output}")
+
+
+def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> int:
+    """R-CNN's four stages, each skipped when its artefact is there (see detection/rcnn_stages.py)."""
+    from common.config import ConfigError, to_yaml
+    from common.engine.build import build_optimizer, build_scheduler
+    from common.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint, seed_everything
+    from common.engine.trainer import Trainer
+    from detection.build import build_datasets, build_model
+    from common.loaders import build_test_loader
+    from detection.data import CocoDetection, build_train_loader, build_transforms
+    from common.tooling import print_log, show_bar
+    from detection.inference import evaluate_detector
+    from detection.rcnn_data import WithProposals, read_proposals
+    from detection.rcnn_stages import cache_features, fit_regressors, fit_svms
+
+    d, r = cfg.data, cfg.model.rcnn
+    for key in ("train_proposals", "val_proposals"):
+        if not getattr(d, key):
+            raise ConfigError(f"R-CNN needs data.{key}: a proposal file from tools/compute_proposals.py")
+    if d.hflip_prob > 0:
+        raise ConfigError(f"data.hflip_prob = {d.hflip_prob}: R-CNN's proposals from a file follow the resize "
+                          "but not a flip; set data.hflip_prob=0")
+    train_set, val_set = build_datasets(cfg, paths)
+    train_props = read_proposals(d.train_proposals)
+    train_set = WithProposals(train_set, train_props, d.train_proposals)
+    val_set = WithProposals(val_set, read_proposals(d.val_proposals), d.val_proposals)
+    meta = train_set.meta
+    seed_everything(cfg.solver.seed, cfg.solver.deterministic)
+    model = build_model(cfg.model, meta.num_classes).to(device)
+    loader_args = dict(size_divisibility=model.backbone.size_divisibility, pad_value=model.backbone.pixel_mean)
+    metadata = {"dataset": json.loads(json.dumps(meta.to_dict()))}
+
+    def val_loader():
+        return build_test_loader(val_set, batch_size=cfg.test.ims_per_batch, num_workers=d.num_workers,
+                                 **loader_args)
+
+    # stage 1: fine-tune the backbone as a (K + 1)-way classifier of warped proposals (the engine)
+    seconds, clock = {}, time.perf_counter()  # per stage that ran now -> RUN/stages.json
+    finetune = output / "finetune" / "model_final.pth"
+    if not finetune.is_file():
+        def make_data_iter(start: int):
+            return build_train_loader(train_set, batch_size=cfg.solver.ims_per_batch, num_workers=d.num_workers,
+                                      seed=cfg.solver.seed, start_iter=start,
+                                      aspect_ratio_grouping=d.aspect_ratio_grouping, **loader_args)
+
+        def evaluate(m):
+            metrics, _ = evaluate_detector(m, val_loader(), val_set.coco, meta.category_ids, ("bbox",), device,
+                                           limit=cfg.test.eval_images)
+            metrics.pop("per_category", None)
+            return metrics
+
+        s = cfg.solver
+        optimizer = build_optimizer(model, s)
+        trainer = Trainer(model, optimizer, build_scheduler(optimizer, s), make_data_iter,
+                          output_dir=finetune.parent, max_iters=s.max_iters, device=device,
+                          clip_grad_norm=s.clip_grad_norm, accumulate=s.accumulate,
+                          checkpoint_period=s.checkpoint_period, eval_period=s.eval_period,
+                          log_period=s.log_period, best_metric=s.best_metric,
+                          # the softmax detector on test.eval_images, only when asked: every
+                          # evaluation warps every proposal of every image
+                          evaluate=evaluate if s.eval_period else None,
+                          early_stop_patience=s.early_stop_patience, config_yaml=to_yaml(cfg),
+                          keep_checkpoints=s.keep_checkpoints, metadata=metadata,
+                          progress=show_bar(args), print_log=print_log(args))
+        if (finetune.parent / "last_checkpoint").is_file():
+            print(f"stage 1 (fine-tuning): resuming from iteration {trainer.resume()}")
+        trainer.train()
+        seconds["finetune"], clock = time.perf_counter() - clock, time.perf_counter()
+    else:
+        print(f"stage 1 (fine-tuning): done, {finetune}")
+    load_model_state(model, load_checkpoint(finetune)["model"], str(finetune))
+
+    # stage 2: features of gt boxes and proposals of the training images, without augmentation
+    plain = CocoDetection(paths.train_json, paths.train_images, filter_empty=False, use_masks=False,
+                          use_keypoints=False)
+    plain.transforms = build_transforms(meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
+    settings = {"finetune": str(finetune.resolve()), "train_proposals": str(Path(d.train_proposals).resolve()),
+                "warp_size": r.warp_size, "context_pad": r.context_pad,
+                "proposals_per_image": r.proposals_per_image, "feature_images": r.feature_images,
+                "test_min_size": d.test_min_size, "max_size": d.max_size, "feat_norm": r.feat_norm}
+    print("stage 2 (features)")
+    cache = cache_features(model, WithProposals(plain, train_props, d.train_proposals), output / "features",
+                           settings, device, feat_norm=r.feat_norm, limit=r.feature_images,
+                           progress=show_bar(args), print_log=print_log(args))
+    model.feature_scale.fill_(cache.scale)
+    seconds["features"], clock = time.perf_counter() - clock, time.perf_counter()
+
+    # stage 3: per-class SVMs with hard-negative mining; stage 4: per-class box regressors
+    if r.classifier == "svm":
+        print("stage 3 (SVMs)")
+        svm = fit_svms(cache, meta.num_classes, output / "svms.pt",
+                       {**settings, **{k: getattr(r, k) for k in ("svm_neg_iou", "svm_C", "svm_pos_weight",
+                                                                 "svm_bias_mult", "svm_retrain_limit")}},
+                       neg_iou=r.svm_neg_iou, C=r.svm_C, pos_weight=r.svm_pos_weight, bias_mult=r.svm_bias_mult,
+                       retrain_limit=r.svm_retrain_limit)
+        model.svm_weight.copy_(svm["weight"])
+        model.svm_bias.copy_(svm["bias"])
+        model.svm_fitted.fill_(True)
+        seconds["svms"], clock = time.perf_counter() - clock, time.perf_counter()
+    print("stage 4 (box regressors)")
+    reg = fit_regressors(cache, meta.num_classes, output / "regressors.pt",
+                         {**settings, "reg_iou": r.reg_iou, "reg_lambda": r.reg_lambda},
+                         min_iou=r.reg_iou, lam=r.reg_lambda)
+    model.reg_weight.copy_(reg["weight"])
+    model.reg_bias.copy_(reg["bias"])
+    model.reg_fitted.fill_(True)
+    seconds["regressors"] = time.perf_counter() - clock
+    print("stage seconds (this invocation; a skipped stage costs its loading): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    (output / "stages.json").write_text(json.dumps(seconds, indent=2))
+
+    save_checkpoint(output / "model_final.pth", {"model": model.state_dict(), "config_yaml": to_yaml(cfg),
+                                                 "metadata": metadata})
+    final_evaluation(model, cfg, val_set, val_loader(), device, output)
+    return 0
+
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def test_expected_recipes_exist():
     names = {p.name for p in YAMLS}
     assert {"faster_rcnn_R50_FPN.yaml", "mask_rcnn_R50_FPN.yaml", "mask_rcnn_R50_C4.yaml",
             "keypoint_rcnn_R50_FPN.yaml", "faster_rcnn_VGG16.yaml", "mask_rcnn_R18_FPN.yaml",
-            "shapes_R18_FPN.yaml", "shapes_R18_FPN_wide.yaml"} <= names
+            "shapes_R18_FPN.yaml", "shapes_R18_FPN_wide.yaml", "rcnn_R18.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
@@ -52,6 +52,9 @@ def test_yaml_builds(path):
     cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, weights=None))  # offline
     num_kp = 5 if cfg.keypoint_on else 0
     model = build_model(cfg, num_classes=3, num_keypoints=num_kp)
+    if cfg.meta_architecture == "rcnn":  # R-CNN (2014): no RoI heads; its own test runs it
+        assert model.cls_score.out_features == 4 and model.svm_weight.shape[0] == 3
+        return
     assert model.roi_heads.mask_on == cfg.mask_on and model.roi_heads.keypoint_on == cfg.keypoint_on
     assert model.roi_heads.box_predictor.cls_score.out_features == 4
     if path.stem in ("shapes_R18_FPN", "mask_rcnn_R50_C4", "faster_rcnn_VGG16"):

@@ -1,5 +1,6 @@
 """Shared by the tool tests: load a script from tools/ as a module, and the tiny detector recipe."""
 import importlib.util
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +24,7 @@ def load_tool(name: str):
     """tools/<name>.py as a module (tools/ is not a package)."""
     spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses of a tool look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -35,3 +37,32 @@ def train_tiny_detector(shapes_dir, out: Path, *extra: str, iters: int = 2) -> P
     assert load_tool("train_det").main(["--data", str(shapes_dir), "--output", str(out), "--max-iters", str(iters),
                                         *TINY_DET, *extra]) == 0
     return out / "model_final.pth"
+def write_jittered_proposals(ann_json, out, seed=0, per_gt=4, random_boxes=12):
+    """A proposal file (tools/compute_proposals.py's format) for the images of ``ann_json``: each gt
+    box jittered ``per_gt`` times plus ``random_boxes`` random boxes, with descending scores.
+    Stands in for selective search in tests."""
+    import json
+
+    import numpy as np
+
+    data = json.loads(Path(ann_json).read_text())
+    rng = np.random.default_rng(seed)
+    by_image = {im["id"]: [] for im in data["images"]}
+    for a in data["annotations"]:
+        by_image[a["image_id"]].append(a["bbox"])
+    sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
+    out_data = {}
+    for image_id, gts in by_image.items():
+        w, h = sizes[image_id]
+        boxes = []
+        for x, y, bw, bh in gts:
+            for _ in range(per_gt):
+                dx, dy, dw, dh = rng.normal(0, 0.08, 4) * [bw, bh, bw, bh]
+                boxes.append([x + dx, y + dy, x + bw + dx + dw, y + bh + dy + dh])
+        for _ in range(random_boxes):
+            x0, y0 = rng.uniform(0, w - 8), rng.uniform(0, h - 8)
+            boxes.append([x0, y0, rng.uniform(x0 + 4, w), rng.uniform(y0 + 4, h)])
+        boxes = [[float(min(max(v, 0), lim)) for v, lim in zip(b, (w, h, w, h))] for b in boxes]
+        out_data[str(image_id)] = {"boxes": boxes, "scores": list(np.linspace(1, 0, len(boxes)))}
+    Path(out).write_text(json.dumps(out_data))
+    return Path(out)

@@ -1,0 +1,82 @@
+"""tools/lineage.py: the table and JSON on stubbed rows, the data subset, and the commands it runs
+(tools stubbed: the real runs are benchmarks, not tests)."""
+import json
+
+import pytest
+
+from tool_helpers import load_tool
+
+
+@pytest.fixture(scope="module")
+def lineage():
+    return load_tool("lineage")
+
+
+def stub_rows(lineage):
+    R = lineage.Row
+    return [R("rcnn", 40.0, 70.0, None, 300.0, 0.5, 8.0, 100, "rcnn_R18.yaml"),
+            R("fast_rcnn", 41.5, 71.0, None, 60.0, 0.5, 0.08, 100, "fast_rcnn_R18.yaml"),
+            R("faster_rcnn", 43.0, 72.5, None, 50.0, 0.0, 0.1, 100, "shapes_R18_FPN.yaml"),
+            R("mask_rcnn", 44.0, 73.0, 39.5, 70.0, 0.0, 0.16, 100, "shapes_R18_FPN.yaml")]
+
+
+def test_table_splits_test_time_and_shows_the_speed_up(lineage):
+    table = lineage.format_table(stub_rows(lineage)).splitlines()
+    assert table[0].startswith("| detector | box AP | AP50 | mask AP | train s | test s/img (proposals + network)")
+    assert table[2] == "| R-CNN | 40.0 | 70.0 | - | 300 | 8.500 (0.500 + 8.000) | 1x |"
+    assert table[3] == "| Fast R-CNN | 41.5 | 71.0 | - | 60 | 0.580 (0.500 + 0.080) | 100x |"
+    assert table[4] == "| Faster R-CNN | 43.0 | 72.5 | - | 50 | 0.100 (RPN in the network) | 80x |"
+    assert table[5] == "| Mask R-CNN | 44.0 | 73.0 | 39.5 | 70 | 0.160 (RPN in the network) | 50x |"
+    # without an R-CNN row there is nothing to compare with
+    assert lineage.format_table(stub_rows(lineage)[1:2]).splitlines()[2].endswith("| - |")
+
+
+def test_json_has_one_row_per_detector_with_the_promised_keys(lineage, tmp_path):
+    lineage.write_rows(stub_rows(lineage), tmp_path / "x" / "lineage.json")
+    rows = json.loads((tmp_path / "x" / "lineage.json").read_text())
+    assert [r["name"] for r in rows] == ["rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn"]
+    for r in rows:
+        assert {"name", "box_AP", "box_AP50", "train_s", "test_s_per_img", "proposal_s_per_img"} <= set(r)
+    assert rows[0]["test_s_per_img"] == 8.5 and rows[3]["mask_AP"] == 39.5 and rows[0]["mask_AP"] is None
+
+
+def test_row_from_metrics(lineage):
+    metrics = {"bbox": {"AP": 12.5, "AP50": 30.0}, "segm": {"AP": 10.0}}
+    row = lineage.row_from_metrics("mask_rcnn", metrics, 5.0, 0.0, 0.2, 10, "c.yaml")
+    assert (row.box_AP, row.box_AP50, row.mask_AP, row.test_s_per_img) == (12.5, 30.0, 10.0, 0.2)
+    assert lineage.row_from_metrics("rcnn", {"bbox": {"AP": None, "AP50": None}}, 5.0, 1.0, 2.0, 1, "").mask_AP is None
+
+
+def test_main_runs_the_tools_on_a_subset(lineage, shapes_dir, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_tool(args, log):
+        calls.append(args)
+        return 7.0
+
+    def fake_eval(run, data, device, log):
+        assert json.loads((data / "val.json").read_text())["images"][0]["id"] == 1
+        return {"bbox": {"AP": 1.0, "AP50": 2.0}, **({"segm": {"AP": 0.5}} if "mask" in run.name else {})}, 3.0
+
+    monkeypatch.setattr(lineage, "run_tool", fake_tool)
+    monkeypatch.setattr(lineage, "evaluate", fake_eval)
+    out = tmp_path / "lineage.json"
+    assert lineage.main(["--data", str(shapes_dir), "--max-iters", "5", "--eval-images", "3", "--train-images", "4",
+                         "--output-dir", str(tmp_path / "o"), "--out", str(out), "--workers", "2"]) == 0
+    data = tmp_path / "o" / "data"
+    assert len(json.loads((data / "val.json").read_text())["images"]) == 3
+    assert len(json.loads((data / "train.json").read_text())["images"]) == 4 and (data / "train").is_dir()
+    assert calls[0] == ["tools/compute_proposals.py", "--data", str(data), "--split", "train", "--mode", "fast",
+                        "--workers", "2", "--out", str(tmp_path / "o" / "proposals_train.json")]
+    assert calls[1][4:10] == ["val", "--mode", "fast", "--workers", "1", "--out"]
+    trains = {c[2].split("/")[-1]: c for c in calls[2:]}
+    assert set(trains) == {"rcnn_R18.yaml", "fast_rcnn_R18.yaml", "shapes_R18_FPN.yaml"} and len(calls) == 6
+    for c in calls[2:4]:
+        assert f"data.val_proposals={tmp_path / 'o' / 'proposals_val.json'}" in c and c[-2:] == ["--max-iters", "5"]
+    assert not any("proposals" in a for a in calls[4])
+    rows = json.loads(out.read_text())
+    assert [r["name"] for r in rows] == ["rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn"]
+    # train time less the evaluation; selective search: 7 s over 3 val images
+    assert rows[0]["train_s"] == 4.0 and rows[0]["proposal_s_per_img"] == pytest.approx(7 / 3)
+    assert rows[0]["test_s_per_img"] == pytest.approx(7 / 3 + 1.0) and rows[2]["proposal_s_per_img"] == 0.0
+    assert rows[3]["mask_AP"] == 0.5 and rows[2]["mask_AP"] is None

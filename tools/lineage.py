@@ -1,0 +1,239 @@
+#!/usr/bin/env python
+"""The R-CNN lineage on one dataset: R-CNN -> Fast R-CNN -> Faster R-CNN -> Mask R-CNN.
+
+    python tools/lineage.py --data DIR [--max-iters N] [--eval-images M] [--train-images T] \
+        [--out lineage.json] [--output-dir runs/lineage] [--workers W] [--only rcnn fast_rcnn ...]
+
+Every detector uses ResNet-18 and the same images at the same size; each is trained for
+``--max-iters`` steps by tools/train_det.py (a subprocess) and evaluated on the first
+``--eval-images`` val images by tools/eval_coco.py's evaluation. Selective-search proposals
+for R-CNN and Fast R-CNN come from tools/compute_proposals.py (``--mode fast``): the training
+split with ``--workers`` processes, the evaluated val images with one (that run is timed: the
+proposal seconds per image, start-up included). Faster and Mask R-CNN make their proposals
+with the RPN inside the network.
+
+Printed: the papers' table, box AP / AP50, mask AP where there is one, training seconds and
+test seconds per image split into proposals and network, plus the network speed-up over
+R-CNN. ``--out`` gets one row per detector: ``name``, ``box_AP``, ``box_AP50``, ``mask_AP``
+(null without masks), ``train_s`` (wall seconds of train_det less its final evaluation, which
+the row's own evaluation timing stands in for), ``test_s_per_img`` (proposals + network),
+``proposal_s_per_img``, ``net_s_per_img``, ``iters``, ``config``. A detector whose run
+directory already holds model_final.pth and lineage_train.json is not trained again (delete
+the directory to redo it); proposal files are likewise reused.
+
+Timings are wall-clock on whatever else the machine is doing: say which machine, and how busy.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str  # row name (and run directory)
+    title: str  # as the table prints it
+    config: str  # relative to configs/detection/
+    overrides: tuple[str, ...] = ()
+    proposals: bool = False  # reads selective-search proposals (data.train_proposals / val_proposals)
+
+
+DETECTORS = (
+    Detector("rcnn", "R-CNN", "rcnn_R18.yaml", proposals=True),
+    Detector("fast_rcnn", "Fast R-CNN", "fast_rcnn_R18.yaml", proposals=True),
+    Detector("faster_rcnn", "Faster R-CNN", "shapes_R18_FPN.yaml", ("model.mask_on=false", "model.keypoint_on=false")),
+    Detector("mask_rcnn", "Mask R-CNN", "shapes_R18_FPN.yaml", ("model.keypoint_on=false",)),
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset folder (train.json, val.json, train/, val/)")
+    p.add_argument("--max-iters", type=int, default=None, help="training steps of every detector "
+                   "(default: each config's solver.max_iters)")
+    p.add_argument("--eval-images", type=int, default=0, help="evaluate on the first M val images (0 = all)")
+    p.add_argument("--train-images", type=int, default=0, help="train on the first T train images (0 = all)")
+    p.add_argument("--out", default="lineage.json", help="the rows as JSON (default: %(default)s)")
+    p.add_argument("--output-dir", default=str(ROOT / "runs" / "lineage"), help="runs, proposals and the "
+                   "data subset go here (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="selective-search processes for the training split")
+    p.add_argument("--device", default="cpu", help="device for training and evaluation (default: %(default)s)")
+    p.add_argument("--only", nargs="+", choices=[d.name for d in DETECTORS], help="a subset of the detectors")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+@dataclass
+class Row:
+    name: str
+    box_AP: float | None
+    box_AP50: float | None
+    mask_AP: float | None
+    train_s: float
+    proposal_s_per_img: float
+    net_s_per_img: float
+    iters: int | None = None
+    config: str = ""
+    test_s_per_img: float = field(init=False)
+
+    def __post_init__(self):
+        self.test_s_per_img = self.proposal_s_per_img + self.net_s_per_img
+
+
+def format_table(rows: list[Row], titles: dict[str, str] | None = None) -> str:
+    """The papers' table as Markdown: AP, training time, test time split, network speed-up over R-CNN."""
+    titles = titles or {d.name: d.title for d in DETECTORS}
+    base = next((r.net_s_per_img for r in rows if r.name == "rcnn"), None)
+
+    def num(v, fmt="{:.1f}"):
+        return "-" if v is None else fmt.format(v)
+
+    lines = ["| detector | box AP | AP50 | mask AP | train s | test s/img (proposals + network) | network speed-up |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        split = (f"{r.test_s_per_img:.3f} ({r.proposal_s_per_img:.3f} + {r.net_s_per_img:.3f})"
+                 if r.proposal_s_per_img else f"{r.test_s_per_img:.3f} (RPN in the network)")
+        speed = f"{base / r.net_s_per_img:.0f}x" if base and r.net_s_per_img > 0 else "-"
+        lines.append(f"| {titles.get(r.name, r.name)} | {num(r.box_AP)} | {num(r.box_AP50)} | {num(r.mask_AP)} | "
+                     f"{r.train_s:.0f} | {split} | {speed} |")
+    return "\n".join(lines)
+
+
+def write_rows(rows: list[Row], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([vars(r) for r in rows], indent=2) + "\n")
+
+
+def row_from_metrics(name: str, metrics: dict, train_s: float, proposal_s: float, net_s: float,
+                     iters: int | None, config: str) -> Row:
+    """A row from an evaluation's metrics (detection.evaluation: percent, None where undefined)."""
+    box, segm = metrics.get("bbox") or {}, metrics.get("segm")
+    return Row(name, box.get("AP"), box.get("AP50"), segm.get("AP") if segm else None, train_s, proposal_s, net_s,
+               iters, config)
+
+
+# ---------------------------------------------------------------------------------------------
+# running the tools
+
+
+def write_subset(data: Path, out: Path, train_images: int, eval_images: int) -> Path:
+    """``out`` in the dataset layout: the first T train and M val images (0 = all) of ``data``,
+    image folders linked, not copied."""
+    out.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train_images), ("val", eval_images)):
+        ann = json.loads((data / f"{split}.json").read_text())
+        if count:
+            ann["images"] = sorted(ann["images"], key=lambda im: im["id"])[:count]
+            keep = {im["id"] for im in ann["images"]}
+            ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in keep]
+        (out / f"{split}.json").write_text(json.dumps(ann))
+        link = out / split
+        if not link.exists():
+            link.symlink_to((data / split).resolve(), target_is_directory=True)
+    return out
+
+
+def run_tool(args: list[str], log: Path) -> float:
+    """Run ``python tools/...`` with its output in ``log``; wall seconds. A failure stops the lineage
+    with the log's last lines."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.call([sys.executable, *args], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    seconds = time.perf_counter() - t0
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-8:])
+        raise RuntimeError(f"{' '.join(args[:1])} failed (exit {code}); see {log}:\n{tail}")
+    return seconds
+
+
+def make_proposals(data: Path, out_dir: Path, workers: int) -> tuple[dict[str, Path], float]:
+    """Selective search (fast mode) over both splits; (files, val seconds per image with one process)."""
+    files, per_image = {}, 0.0
+    for split, n_workers in (("train", workers), ("val", 1)):
+        path = out_dir / f"proposals_{split}.json"
+        timing = out_dir / f"proposals_{split}.seconds"
+        if not (path.is_file() and timing.is_file()):
+            path.unlink(missing_ok=True)  # an untimed file of an earlier run: time a fresh one
+            seconds = run_tool(["tools/compute_proposals.py", "--data", str(data), "--split", split, "--mode", "fast",
+                                "--workers", str(n_workers), "--out", str(path)], out_dir / f"proposals_{split}.log")
+            timing.write_text(f"{seconds}\n")
+        files[split] = path
+        if split == "val":
+            images = len(json.loads((data / "val.json").read_text())["images"])
+            per_image = float(timing.read_text()) / max(images, 1)
+    return files, per_image
+
+
+def evaluate(run: Path, data: Path, device: str, log: Path) -> tuple[dict, float]:
+    """(metrics, wall seconds) of tools/eval_coco.py's evaluation of ``run``/model_final.pth on
+    ``data``'s val split, in this process (no start-up in the time); its printout goes to ``log``."""
+    spec = importlib.util.spec_from_file_location("eval_coco_tool", ROOT / "tools" / "eval_coco.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    args = tool.parse_args(["--checkpoint", str(run / "model_final.pth"), "--data", str(data), "--device", device])
+    with open(log, "w") as f, contextlib.redirect_stdout(f):
+        t0 = time.perf_counter()
+        metrics, _ = tool.evaluate_checkpoint(args)
+        seconds = time.perf_counter() - t0
+    return metrics, seconds
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out_dir = Path(args.output_dir)
+    data = write_subset(Path(args.data), out_dir / "data", args.train_images, args.eval_images)
+    val_images = len(json.loads((data / "val.json").read_text())["images"])
+    chosen = [d for d in DETECTORS if not args.only or d.name in args.only]
+    proposals, proposal_s = ({}, 0.0)
+    if any(d.proposals for d in chosen):
+        print("selective search (tools/compute_proposals.py --mode fast)")
+        proposals, proposal_s = make_proposals(data, out_dir, args.workers)
+        print(f"  {proposal_s:.3f} s per val image")
+    rows = []
+    for det in chosen:
+        run = out_dir / "runs" / det.name
+        overrides = list(det.overrides)
+        if det.proposals:
+            overrides += [f"data.train_proposals={proposals['train']}", f"data.val_proposals={proposals['val']}"]
+        timing = run / "lineage_train.json"
+        if not ((run / "model_final.pth").is_file() and timing.is_file()):
+            run.mkdir(parents=True, exist_ok=True)
+            cmd = ["tools/train_det.py", "--config", f"configs/detection/{det.config}", "--data", str(data),
+                   "--output", str(run), "--device", args.device, "--no-progress", *overrides]
+            if args.max_iters:
+                cmd += ["--max-iters", str(args.max_iters)]
+            print(f"training {det.title}: {' '.join(cmd)}")
+            wall = run_tool(cmd, out_dir / f"train_{det.name}.log")
+            timing.write_text(json.dumps({"wall_s": wall, "iters": args.max_iters}))
+        trained = json.loads(timing.read_text())
+        print(f"evaluating {det.title} on {val_images} val images")
+        metrics, eval_s = evaluate(run, data, args.device, out_dir / f"eval_{det.name}.log")
+        net_s = eval_s / max(val_images, 1)
+        rows.append(row_from_metrics(det.name, metrics, max(trained["wall_s"] - eval_s, 0.0),
+                                     proposal_s if det.proposals else 0.0, net_s, trained["iters"], det.config))
+    print(format_table(rows))
+    write_rows(rows, args.out)
+    print(f"rows written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
