@@ -14,7 +14,6 @@ model sees by the resize alone, so it serves pipelines without flips (R-CNN's co
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,42 +24,15 @@ from detection.data import DatasetError
 
 
 def read_proposals(path: str | Path) -> dict[int, np.ndarray]:
-    """``{image id: (R, 4) float32 xyxy boxes on disk, best first}`` from a proposal JSON.
+    """``{image id: (R, 4) float32 xyxy boxes on disk, best first}`` from a proposal file
+    (``detection.proposals.load_proposals``: a bad file or box is a DatasetError naming the file,
+    the image id and the value)."""
+    from detection.proposals import ProposalError, load_proposals
 
-    A missing file, a file that is not such a JSON, or a box that is not 4 finite numbers with
-    x1 >= x0 and y1 >= y0 is a DatasetError naming the file, the image id and the value.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"proposal file {path} does not exist (make it with tools/compute_proposals.py)")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"proposal file {path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"proposal file {path}: the top level must map image ids to "
-                           f"{{'boxes': ..., 'scores': ...}}, got {type(data).__name__}")
-    out = {}
-    for key, entry in data.items():
-        if key.startswith("_"):  # reserved (compute_proposals.py's "_header": what the file was made from)
-            continue
-        try:
-            image_id = int(key)
-        except ValueError:
-            raise DatasetError(f"proposal file {path}: key {key!r} is not a COCO image id") from None
-        if not isinstance(entry, dict) or "boxes" not in entry:
-            raise DatasetError(f"proposal file {path}: image id {image_id} has no 'boxes' list")
-        try:
-            boxes = np.asarray(entry["boxes"], dtype=np.float32).reshape(-1, 4)
-        except (ValueError, TypeError):
-            raise DatasetError(f"proposal file {path}: image id {image_id} has boxes that are not lists of "
-                               f"4 numbers: {str(entry['boxes'])[:80]}") from None
-        bad = ~np.isfinite(boxes).all(1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-        if bad.any():
-            raise DatasetError(f"proposal file {path}: image id {image_id} has box {boxes[bad][0].tolist()} "
-                               "(needs 4 finite numbers x0, y0, x1, y1 with x1 >= x0 and y1 >= y0)")
-        out[image_id] = boxes
-    return out
+        return {i: p["boxes"] for i, p in load_proposals(path).items()}
+    except ProposalError as e:
+        raise DatasetError(str(e)) from None
 
 
 def proposals_to_model_frame(boxes: np.ndarray, orig_size: tuple[int, int],

@@ -28,12 +28,12 @@ def test_read_round_trip_and_model_frame(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("[1, 2]", "the top level must map image ids to"),
+    ("[1, 2]", "the top level must be an object"),
     ("{nope", "is not valid JSON"),
     ({"x": {"boxes": []}}, "key 'x' is not a COCO image id"),
-    ({"4": {"scores": []}}, "image id 4 has no 'boxes' list"),
-    ({"4": {"boxes": [[1, 2, 3]]}}, "image id 4 has boxes that are not lists of 4 numbers"),
-    ({"4": {"boxes": [[5, 0, 1, 10]]}}, r"image id 4 has box \[5.0, 0.0, 1.0, 10.0\] \(needs 4 finite"),
+    ({"4": {"scores": []}}, "image id 4: the entry must be an object with 'boxes'"),
+    ({"4": {"boxes": [[1, 2, 3]]}}, r"image id 4: 'boxes' must be a list of \[x0, y0, x1, y1\], got shape \(1, 3\)"),
+    ({"4": {"boxes": [[5, 0, 1, 10]]}}, r"image id 4: box \[5.0, 0.0, 1.0, 10.0\] is not finite or has x1 < x0"),
 ])
 def test_bad_files_name_the_file_image_and_value(tmp_path, content, message):
     path = write(tmp_path, content)
