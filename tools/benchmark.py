@@ -9,16 +9,14 @@
 Equal iterations: each column trains --iters steps from scratch, same seed, batches and solver
 (shapes_R18_FPN_wide.yaml at --size px, no keypoints): ours; torchvision with every setting its
 constructor exposes copied from it; torchvision stock on ResNet-18-FPN. Rows: train s/iter (median
-after --warmup, data loading included), inference img/s (batch 1), box and mask AP (val split), and
-with --gpu-r50 (ours from mask_rcnn_R50_FPN.yaml, BN, vs maskrcnn_resnet50_fpn) peak CUDA memory.
---budget-s S --data DIR: ours is ``tools/train_det.py --data DIR [key=value ...]`` (its own schedule,
-wall time reported); torchvision's lean recipe (torchvision_ref.torchvision_r18_lean) trains S seconds.
+after --warmup, data loading included), inference img/s (batch 1), box and mask AP, and with
+--gpu-r50 (ours: mask_rcnn_R50_FPN.yaml vs maskrcnn_resnet50_fpn) peak CUDA memory. --budget-s:
+ours is tools/train_det.py --data DIR (own schedule, wall reported), torchvision's lean recipe S s.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
 ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT, ROOT / "tools"):
     if str(p) not in sys.path:
@@ -40,16 +38,15 @@ from torch import nn  # noqa: E402
 
 import train_det  # noqa: E402  (tools/: the training tool's fit is what every column runs)
 from common.backbones.backbone import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from common.config import ConfigError, load_config  # noqa: E402
-from common.engine import Trainer, TrainingError, WarmupSchedule, build_optimizer, seed_everything  # noqa: E402
-from common.engine.checkpoint import CheckpointError  # noqa: E402
-from common.tooling import RunDir, parse_device  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.engine import Trainer, WarmupSchedule, build_optimizer, seed_everything  # noqa: E402
+from common.tooling import RunDir, parse_device, run_tool  # noqa: E402
 from detection import torchvision_ref as tv  # noqa: E402
-from detection.build import (build_datasets, build_detector, build_model, check_data, read_checkpoint,  # noqa: E402
-                             resolve_data_paths)
+from detection.build import build_datasets, build_detector, build_model, check_data, read_checkpoint  # noqa: E402
+from detection.build import resolve_data_paths  # noqa: E402
 from detection.config import DetConfig  # noqa: E402
 from common.loaders import build_test_loader  # noqa: E402
-from detection.data import DatasetError, build_train_loader  # noqa: E402
+from detection.data import build_train_loader  # noqa: E402
 from detection.inference import evaluate_detector, time_inference  # noqa: E402
 
 CPU_RECIPE = ROOT / "configs" / "detection" / "shapes_R18_FPN_wide.yaml"
@@ -277,18 +274,13 @@ def check_args(args) -> None:
         raise ValueError("--gpu-r50 needs a CUDA GPU and torch sees none")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        check_args(args)
-        device = parse_device(args.device, "cuda" if args.gpu_r50 else "cpu")
-        if device.type == "cpu" and args.threads:
-            torch.set_num_threads(args.threads)
-        mode = run_budget if args.budget_s is not None else run_anatomy if args.anatomy else run_compare
-        settings, columns, rows = mode(args, device)
-    except (ConfigError, DatasetError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as e:
-        print(f"benchmark.py: error: {e}".splitlines()[0], file=sys.stderr)
-        return 2
+def run(args) -> int:
+    check_args(args)
+    device = parse_device(args.device, "cuda" if args.gpu_r50 else "cpu")
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    mode = run_budget if args.budget_s is not None else run_anatomy if args.anatomy else run_compare
+    settings, columns, rows = mode(args, device)
     settings.update(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     threads=torch.get_num_threads())
     if args.out:
@@ -297,6 +289,10 @@ def main(argv=None) -> int:
     print(", ".join(f"{k}: {v}" for k, v in settings.items()))
     print(format_table(columns, rows))
     return 0
+
+
+def main(argv=None) -> int:
+    return run_tool("benchmark", run, parse_args(argv))
 
 
 if __name__ == "__main__":

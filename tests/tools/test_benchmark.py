@@ -103,7 +103,7 @@ def test_bad_arguments_fail_with_one_line(bench, capsys):
 def test_gpu_mode_refuses_without_cuda(bench, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench.main(["--gpu-r50"]) == 2
-    assert error_line(capsys) == "benchmark.py: error: --gpu-r50 needs a CUDA GPU and torch sees none"
+    assert error_line(capsys) == "benchmark: error: --gpu-r50 needs a CUDA GPU and torch sees none"
 
 
 def test_missing_dataset_bad_override_and_no_masks_are_one_line(bench, shapes_dir, tmp_path, capsys):
@@ -112,7 +112,7 @@ def test_missing_dataset_bad_override_and_no_masks_are_one_line(bench, shapes_di
     assert bench.main(["--data", str(tmp_path / "nowhere"), "--iters", "1"]) == 2
     assert "annotation file not found" in error_line(capsys)
     assert bench.main(["--data", str(shapes_dir), "--iters", "1", "solver.no_such_key=1"]) == 2
-    assert error_line(capsys).startswith("benchmark.py: error: command line: unknown config key 'solver.no_such_key'")
+    assert error_line(capsys).startswith("benchmark: error: command line: unknown config key 'solver.no_such_key'")
     data = tmp_path / "boxes_only"
     for split in ("train", "val"):
         shutil.copytree(shapes_dir / split, data / split)
@@ -174,5 +174,5 @@ def test_anatomy_times_backbone_and_whole_model(bench, shapes_dir, tmp_path, cap
 
 def test_lr_multipliers_are_refused_for_torchvision_columns(bench, shapes_dir, capsys):
     assert bench.main(["--data", str(shapes_dir), "--iters", "1", "solver.lr_mults={roi_heads: 2.0}"]) == 2
-    assert error_line(capsys) == ("benchmark.py: error: solver.lr_mults names our modules, not torchvision's; "
+    assert error_line(capsys) == ("benchmark: error: solver.lr_mults names our modules, not torchvision's; "
                                   "measure it with --sides ours")
