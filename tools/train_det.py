@@ -317,7 +317,7 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
     print("stage 2 (features)")
     cache = cache_features(model, WithProposals(plain, train_props, d.train_proposals), output / "features",
                            settings, device, feat_norm=r.feat_norm, limit=r.feature_images,
-                           progress=show_bar(args), print_log=print_log(args))
+                           progress=show_bar(args))
     model.feature_scale.fill_(cache.scale)
     seconds["features"], clock = time.perf_counter() - clock, time.perf_counter()
 
@@ -344,6 +344,7 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
     print("stage seconds (this invocation; a skipped stage costs its loading): "
           + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     (output / "stages.json").write_text(json.dumps(seconds, indent=2))
+    (output / "config.yaml").write_text(to_yaml(cfg))  # marks the folder as a train_det run (--resume)
 
     save_checkpoint(output / "model_final.pth", {"model": model.state_dict(), "config_yaml": to_yaml(cfg),
                                                  "metadata": metadata})

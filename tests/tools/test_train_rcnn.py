@@ -52,7 +52,7 @@ def test_resume_skips_finished_stages(run, shapes_dir, proposals, capsys):
     tool = load_tool("train_det")
     args = ["--data", str(shapes_dir), "--output", str(run), "--max-iters", "2", *TINY_RCNN, *proposals]
     assert tool.main(args) == 2
-    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    assert "already holds a train_det run; pass --resume" in capsys.readouterr().err
     assert tool.main(args + ["--resume"]) == 0
     assert "stage 1 (fine-tuning): done" in capsys.readouterr().out
     assert (shard.stat().st_mtime_ns, (run / "svms.pt").stat().st_mtime_ns) == before
@@ -68,7 +68,7 @@ def test_eval_coco_rebuilds_the_detector(run, shapes_dir, tmp_path, capsys):
     assert json.loads(out.read_text())["bbox"]["AP"] == json.loads((run / "metrics.json").read_text())["bbox"]["AP"]
     assert load_tool("eval_coco").main(["--checkpoint", str(run / "model_final.pth"), "--data", str(shapes_dir),
                                         "--device", "cpu", "data.val_proposals=''"]) == 2
-    assert "is an R-CNN: pass data.val_proposals=FILE.json" in capsys.readouterr().err
+    assert "data.val_proposals is empty; make the file with tools/compute_proposals.py" in capsys.readouterr().err
 
 
 def test_rcnn_refuses_flips_and_missing_proposal_files(shapes_dir, proposals, tmp_path, capsys):
