@@ -90,7 +90,6 @@ def repeat_indices(factors: list[float], seed: int = 0) -> list[int]:
     return out
 
 
-
 # ---------------------------------------------------------------------------------------------
 # batches with per-sample augmentation seeds (shared by the detection and segmentation loaders)
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 
 class _Cap(torch.autograd.Function):
-    """Identity forward; backward scales the gradient to norm <= ``limit[0] * ratio``."""
+    """Identity forward; backward scales the gradient to norm <= ``reference * ratio``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, reference: Tensor, ratio: float) -> Tensor:
