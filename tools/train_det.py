@@ -143,7 +143,6 @@ def fit(cfg, model, train_set, val_set, device, run, *, resume: bool = False, re
     from detection.build import iou_types_for
     from detection.data import build_train_loader
     from detection.inference import evaluate_detector, validation_loss
-    from detection.visualize import draw_predictions
 
     rank, world = dist.get_rank(), dist.get_world_size()
     main_proc = dist.is_main_process()
@@ -197,42 +196,34 @@ def fit(cfg, model, train_set, val_set, device, run, *, resume: bool = False, re
     summary = trainer.train()  # writes model_final.pth before its last evaluation
 
     # the final, complete evaluation with the per-category table, sharded like the periodic ones
-    metrics, results = evaluate_detector(trainer.model, val_loader(shard=True), val_set.coco, meta.category_ids,
-                                         iou_types, device, verbose=main_proc, amp=cfg.test.amp,
-                                         backend=cfg.test.coco_backend)
-    if main_proc:
-        run.write_metrics(metrics)  # NaN -> null
-        (run.root / "results.json").write_text(json.dumps(results))
-        run.plot_curves()
-        draw_predictions(trainer.model, val_set, device, run.vis, count=cfg.test.num_vis,
-                         score_thresh=cfg.test.vis_score_thresh)
-        line = "  ".join(f"{t} AP {metrics[t]['AP']:.1f}" for t in iou_types if t in metrics)
-        print(f"done: {line}; everything is in {run.root}")
+    metrics = final_evaluation(trainer.model, cfg, val_set, val_loader(shard=True), device, run, main_proc)
     summary["metrics"] = metrics
     return summary
 
 
-def final_evaluation(model, cfg, val_set, loader, device, output: Path) -> None:
-    """The final, complete evaluation with the per-category table: metrics.json, results.json,
-    curves and vis/ in ``output``."""
-    from common.tooling import RunDir
+def final_evaluation(model, cfg, val_set, loader, device, run, main_proc: bool = True) -> dict:
+    """The final, complete evaluation with the per-category table (every rank calls it with its
+    shard's loader; rank 0 scores): metrics.json, results.json, curves and vis/ in the run folder
+    ``run`` (``common.tooling.RunDir``). Returns the metrics ({} off rank 0)."""
     from detection.build import iou_types_for
     from detection.inference import evaluate_detector
     from detection.visualize import draw_predictions
 
     iou_types = iou_types_for(cfg.model)
     metrics, results = evaluate_detector(model, loader, val_set.coco, val_set.meta.category_ids, iou_types,
-                                         device, verbose=True)
-    run = RunDir(output)
+                                         device, verbose=main_proc, amp=cfg.test.amp, backend=cfg.test.coco_backend)
+    if not main_proc:
+        return metrics
     run.write_metrics(metrics)  # NaN -> null
-    (output / "results.json").write_text(json.dumps(results))
-    if (output / "metrics.csv").is_file():
+    (run.root / "results.json").write_text(json.dumps(results))
+    if (run.root / "metrics.csv").is_file():
         run.plot_curves()
     if cfg.model.meta_architecture != "rcnn":  # predict_image has no proposals to give R-CNN
         draw_predictions(model, val_set, device, run.vis, count=cfg.test.num_vis,
                          score_thresh=cfg.test.vis_score_thresh)
-    summary = "  ".join(f"{t} AP {metrics[t]['AP']:.1f}" for t in iou_types if t in metrics)
-    print(f"done: {summary}; everything is in {output}")
+    line = "  ".join(f"{t} AP {metrics[t]['AP']:.1f}" for t in iou_types if t in metrics)
+    print(f"done: {line}; everything is in {run.root}")
+    return metrics
 
 
 def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> int:
@@ -244,7 +235,7 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
     from detection.build import build_datasets, build_model
     from common.loaders import build_test_loader
     from detection.data import CocoDetection, build_train_loader, build_transforms
-    from common.tooling import print_log, show_bar
+    from common.tooling import RunDir, print_log, show_bar
     from detection.inference import evaluate_detector
     from detection.rcnn_data import WithProposals, read_proposals
     from detection.rcnn_stages import cache_features, fit_regressors, fit_svms
@@ -348,7 +339,7 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
 
     save_checkpoint(output / "model_final.pth", {"model": model.state_dict(), "config_yaml": to_yaml(cfg),
                                                  "metadata": metadata})
-    final_evaluation(model, cfg, val_set, val_loader(), device, output)
+    final_evaluation(model, cfg, val_set, val_loader(), device, RunDir(output))
     return 0
 
 
