@@ -23,7 +23,7 @@ for p in (ROOT, ROOT / "tools"):
         sys.path.insert(0, str(p))
 from common.tooling import start_tool  # noqa: E402
 
-start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
+start_tool()  # before torch: the OpenMP wait policy; see common/tooling.py
 
 import argparse  # noqa: E402
 import csv  # noqa: E402

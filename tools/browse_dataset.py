@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not a package
 from common.tooling import start_tool  # noqa: E402
 
-start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
+start_tool()  # before torch: the OpenMP wait policy; see common/tooling.py
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tools/ is not a package
 from common.tooling import start_tool  # noqa: E402
 
-start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
+start_tool()  # before torch: the OpenMP wait policy; see common/tooling.py
 
 from common.tooling import parse_device, run_tool  # noqa: E402
 from detection.data import DatasetError  # noqa: E402

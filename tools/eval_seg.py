@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from common.tooling import start_tool  # noqa: E402
 
-start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
+start_tool()  # before torch: the OpenMP wait policy; see common/tooling.py
 
 
 def parse_args(argv=None) -> argparse.Namespace:

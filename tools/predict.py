@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not a package
 from common.tooling import start_tool  # noqa: E402
 
-start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
+start_tool()  # before torch: the OpenMP wait policy; see common/tooling.py
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from common.tooling import start_tool  # noqa: E402
 
-start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
+start_tool()  # before torch: the OpenMP wait policy; see common/tooling.py
 
 DEFAULT_CONFIG = ROOT / "configs" / "segmentation" / "unet_shapes_cpu.yaml"
 DEFAULT_OUTPUT = "runs/seg"
