@@ -188,7 +188,8 @@ def fit(cfg, model, train_set, val_set, device, run, *, resume: bool = False, re
                       # plain lists, strings and ints, loadable with weights_only=True)
                       metadata={"dataset": json.loads(json.dumps(meta.to_dict()))},
                       progress=show_bar(args) if args is not None else False,
-                      print_log=print_log(args) if args is not None else True, tensorboard=tensorboard)
+                      print_log=print_log(args) if args is not None else True, tensorboard=tensorboard,
+                      time_budget_s=cfg.solver.time_budget_min * 60)
     if resume:
         start = trainer.resume(resume_from)
         if main_proc:

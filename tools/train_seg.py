@@ -124,7 +124,7 @@ def fit(cfg, model, train_ds, val_ds, device, run_dir, *, resume: bool = False, 
                       log_period=cfg.solver.log_period, evaluate=evaluate, best_metric=cfg.solver.best_metric,
                       early_stop_patience=cfg.solver.early_stop_patience, config_yaml=to_yaml(cfg),
                       keep_checkpoints=cfg.solver.keep_checkpoints, progress=progress, print_log=print_log,
-                      tensorboard=tensorboard)
+                      tensorboard=tensorboard, time_budget_s=cfg.solver.time_budget_min * 60)
     if resume:
         trainer.resume(resume_from)
     summary = trainer.train()

@@ -22,13 +22,15 @@ def check_solver(cfg: SolverConfig) -> None:
         raise ConfigError(f"solver.{key} = {getattr(cfg, key)!r} {why}")
 
     for key in ("base_lr", "momentum", "weight_decay", "norm_weight_decay", "warmup_factor", "gamma",
-                "clip_grad_norm"):
+                "clip_grad_norm", "time_budget_min"):
         if not math.isfinite(getattr(cfg, key)):
             bad(key, "must be a finite number")
     if cfg.base_lr <= 0:
         bad("base_lr", "must be positive")
     if cfg.max_iters < 1:
         bad("max_iters", "must be at least 1")
+    if cfg.time_budget_min < 0:
+        bad("time_budget_min", "must be >= 0 (0 = no budget)")
     if cfg.ims_per_batch < 1:
         bad("ims_per_batch", "must be at least 1")
     if cfg.accumulate < 1:

@@ -63,6 +63,14 @@ class WarmupSchedule:
         self.last_iter += 1
         self._apply()
 
+    def shorten(self, max_iters: int) -> None:
+        """Fit the schedule to a run cut to ``max_iters`` (a time budget): the cosine ends there,
+        LR steps move in proportion, the warmup stays as it is."""
+        old = self.params["max_iters"]
+        steps = tuple(round(x * max_iters / old) for x in self.params["steps"])
+        self.params.update(max_iters=max_iters, steps=tuple(x for x in steps if x < max_iters))
+        self._apply()
+
     def get_last_lr(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]
 

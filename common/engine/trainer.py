@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -105,6 +106,11 @@ class Trainer:
     progress: draw a tqdm bar (on stderr; tools pass True only on a terminal).
     print_log: print a line every ``log_period`` iterations and after each evaluation (iteration,
         losses, LR, s/iter, ETA), as detectron2's metric printer does; for logs nobody watches live.
+    time_budget_s: a cap on the seconds of training steps (evaluations not counted; 0 = none).
+        A fresh run times iterations 11-30 and, when ``max_iters`` of them would not fit, cuts
+        ``max_iters`` to what does, shortens the schedule with it (``scheduler.shorten``), prints
+        one line and rewrites ``config.yaml`` with the new ``solver.max_iters``, so a resumed run
+        keeps it. Every rank takes rank 0's count.
     metadata: what a checkpoint needs to be used on its own, e.g. ``{"dataset": meta.to_dict()}``
         (class names, keypoints); saved as ``"metadata"`` in every checkpoint (no such key without
         it). Plain dicts, lists, strings and numbers only, so ``weights_only=True`` loading works.
@@ -121,7 +127,7 @@ class Trainer:
                  best_metric: str | None = None, early_stop_patience: int = 0,
                  config_yaml: str | None = None, metadata: dict | None = None, keep_checkpoints: int = 3,
                  find_unused_parameters: bool = False, progress: bool = True, print_log: bool = False,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, time_budget_s: float = 0.0):
         if max_iters < 1:
             raise ValueError(f"max_iters = {max_iters} must be at least 1")
         if accumulate < 1:
@@ -170,6 +176,7 @@ class Trainer:
         self.progress = progress
         self.print_log = print_log
         self.tensorboard = tensorboard
+        self.time_budget_s = time_budget_s
         self.is_main = dist.is_main_process()
 
         self.iter = 0  # finished optimizer steps
@@ -312,6 +319,12 @@ class Trainer:
                 for k, v in losses.items():
                     window[k] += v
                 window_iters += 1
+                if self.iter == self.BUDGET_TIMED[0]:
+                    timed_from = time.perf_counter()
+                elif self.iter == self.BUDGET_TIMED[1] and start < self.BUDGET_TIMED[0] and self.time_budget_s > 0:
+                    self._fit_to_budget((time.perf_counter() - timed_from) / (self.iter - self.BUDGET_TIMED[0]),
+                                        time.perf_counter() - t0)
+                    bar.total = self.max_iters
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()} | {"lr": f"{lr:.2e}"},
                                 refresh=False)
@@ -353,6 +366,30 @@ class Trainer:
                 "best_metric": self.best_metric, "best_value": self.best_value,
                 "best_iteration": self.best_iteration, "metrics": dict(self.last_metrics),
                 "seconds": time.perf_counter() - t0}
+
+    BUDGET_TIMED = (10, 30)  # time_budget_s: the iterations (after the first 10, which start the
+    # data workers and warm caches) whose mean step time sets the cut
+
+    def _fit_to_budget(self, seconds_per_iter: float, elapsed: float) -> None:
+        """Cut ``max_iters`` to the steps that fit in ``time_budget_s`` (see the class docstring)."""
+        fits = self.iter + int((self.time_budget_s - elapsed) / seconds_per_iter)
+        new = dist.broadcast_object(max(self.iter + 1, min(self.max_iters, fits)))
+        if new >= self.max_iters:
+            return
+        if self.is_main:
+            tqdm.write(f"note: solver.time_budget_min={self.time_budget_s / 60:g}: {seconds_per_iter:.3f} s/iter "
+                       f"over iterations {self.BUDGET_TIMED[0] + 1}-{self.iter}, so {new} of {self.max_iters} "
+                       f"iterations fit; the schedule now ends at {new} (config.yaml records it; "
+                       f"solver.time_budget_min=0 runs all {self.max_iters})")
+        self.max_iters = new
+        self.scheduler.shorten(new)
+        if self.config_yaml is not None:
+            cfg = yaml.safe_load(self.config_yaml)
+            cfg["solver"]["max_iters"] = new
+            cfg["solver"]["steps"] = list(self.scheduler.params["steps"])
+            self.config_yaml = yaml.safe_dump(cfg, sort_keys=False)
+            if self.is_main:
+                (self.output_dir / "config.yaml").write_text(self.config_yaml)
 
     def run_step(self, data_iter: Iterator) -> tuple[dict[str, float], float]:
         """One optimizer step over ``accumulate`` batches. Returns (loss values, the LR used)."""

@@ -3,10 +3,12 @@ metrics.csv and curves."""
 import csv
 import re
 import itertools
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from common.engine import (CheckpointError, Trainer, TrainingError, WarmupSchedule, load_checkpoint, plot_curves,
@@ -385,3 +387,37 @@ def test_clip_per_parameter_leaves_small_gradients_alone():
     big, small = params()
     clip_gradients([big, small], 1.0, "full_model")
     assert small.grad[0].item() < 0.01                                 # shrunk by the big one
+
+
+class SlowToyModel(ToyModel):
+    """Each training forward takes ``seconds``: a run whose length the clock decides."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, images, targets=None):
+        if self.training:
+            time.sleep(self.seconds)
+        return super().forward(images, targets)
+
+
+def test_a_time_budget_cuts_the_run_and_ends_its_schedule(tmp_path, capsys):
+    model = SlowToyModel(0.01)  # ~0.3 s for the 30 timed iterations, ~0.6 s of budget
+    trainer = make_trainer(tmp_path, max_iters=1000, model=model, time_budget_s=0.6, config_yaml="solver:\n"
+                           "  max_iters: 1000\n  steps: [700, 900]\n")
+    trainer.scheduler = WarmupSchedule(trainer.optimizer, base_lr=0.05, max_iters=1000, schedule="step",
+                                       steps=(700, 900), warmup_iters=2)
+    summary = trainer.train()
+    assert 31 <= summary["iteration"] < 200  # cut from 1000 to what fits
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["solver"]["max_iters"] == summary["iteration"]  # a resumed run keeps it
+    assert config["solver"]["steps"] == [round(x * summary["iteration"] / 1000) for x in (700, 900)]
+    assert trainer.scheduler.params["max_iters"] == summary["iteration"]
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.01)  # both steps taken
+    assert "iterations fit; the schedule now ends at" in capsys.readouterr().out
+
+
+def test_a_time_budget_that_is_long_enough_changes_nothing(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=40, time_budget_s=600)
+    assert trainer.train()["iteration"] == 40
