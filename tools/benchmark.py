@@ -174,7 +174,7 @@ def run_budget(args, device) -> tuple[dict, dict, tuple]:
     if not train_set.has_masks:
         raise ValueError(f"{train_set.ann_file} has no instance masks; this benchmark compares Mask R-CNNs")
     with tempfile.TemporaryDirectory() as tmp:
-        t0, run = time.perf_counter(), Path(tmp) / "ours"
+        t0, run = time.perf_counter(), Path(args.ours_output or Path(tmp) / "ours")
         if train_det.main(["--data", args.data, "--output", str(run), "--no-progress", *args.overrides]) != 0:
             raise ValueError("tools/train_det.py failed (its error is printed above)")
         m, wall = json.loads((run / "metrics.json").read_text()), time.perf_counter() - t0
@@ -256,6 +256,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu; cuda with --gpu-r50)")
     p.add_argument("--out", default=None, help="write this run's settings and columns here as JSON")
+    p.add_argument("--ours-output", default=None, help="--budget-s: keep our run folder here (default: a "
+                   "temporary one)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="our recipe's overrides (--budget-s: train_det's)")
     return p.parse_args(argv)
 
