@@ -110,20 +110,18 @@ def validation_loss(model: nn.Module, loader: Iterable, device, limit: int = 0) 
 
 @torch.no_grad()
 def time_inference(model: nn.Module, batches: Sequence, device, warmup: int = 1) -> float:
-    """Seconds per image of the model call over ``batches`` (a list of (ImageList, targets)) after
-    ``warmup`` of them (all of them are timed when there are no more); CUDA is synchronised."""
+    """Seconds per image of a prediction as evaluation pays for it (the model call, then boxes,
+    keypoints and masks mapped to the size on disk: ``_predict_batch``) over ``batches`` (a list
+    of (ImageList, targets)) after ``warmup`` of them (all are timed when there are no more)."""
     model.eval()
     for images, targets in batches[:warmup]:
-        model(images.to(device), proposals_only(targets, device))
+        _predict_batch(model, images, targets, device, None)
     timed = batches[warmup:] or batches
-    cuda = device is not None and torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     for images, targets in timed:
-        model(images.to(device), proposals_only(targets, device))
-    if cuda:
-        torch.cuda.synchronize()
+        _predict_batch(model, images, targets, device, None)
+    _sync(device)
     return (time.perf_counter() - t0) / max(sum(len(images) for images, _ in timed), 1)
 
 
