@@ -15,7 +15,8 @@ TINY_RCNN = ["--no-progress", "--device", "cpu", "--config", CONFIG,
              "model.rcnn.svm_retrain_limit=20", "data.min_size=[64]", "data.test_min_size=64",
              "data.max_size=96", "data.num_workers=0", "solver.ims_per_batch=2", "solver.warmup_iters=1",
              "solver.checkpoint_period=0", "solver.log_period=1", "test.ims_per_batch=2",
-             "data.hflip_prob=0.5"]  # fine-tuning on flipped images: the proposals flip with them
+             "data.hflip_prob=0.5",  # fine-tuning on flipped images: the proposals flip with them
+             "test.num_vis=1"]  # the final evaluation draws a val image with its file's proposals
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def run(shapes_dir, proposals, tmp_path_factory):
 def test_four_stages_leave_their_artefacts_and_a_whole_detector(run):
     for name in ("finetune/model_final.pth", "finetune/metrics.csv", "features/index.json",
                  "features/shard_00000.pt", "svms.pt", "regressors.pt", "model_final.pth", "metrics.json",
-                 "results.json"):
+                 "results.json", "vis/000001.jpg"):
         assert (run / name).is_file(), name
     state = torch.load(run / "model_final.pth", weights_only=True)
     assert bool(state["model"]["svm_fitted"]) and bool(state["model"]["reg_fitted"])
