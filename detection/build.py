@@ -319,9 +319,10 @@ def build_datasets(cfg: DetConfig, paths: DataPaths,
                         skip_image_ids=checked.skip_ids(paths.val_json), **use)
     val.meta = replace(val.meta, keypoint_flip_map=train.meta.keypoint_flip_map)
     val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
-    if cfg.model.proposal_generator == "precomputed":
-        attach_proposals(train, d.train_proposals, d.max_proposals, "data.train_proposals", "train")
-        attach_proposals(val, d.val_proposals, d.max_proposals, "data.val_proposals", "val")
+    if reads_proposal_files(cfg.model):  # Fast R-CNN and R-CNN: resized and flipped with the image
+        for ds, path, split in ((train, d.train_proposals, "train"), (val, d.val_proposals, "val")):
+            attach_proposals(ds, path, proposals_to_read(cfg), f"data.{split}_proposals", split,
+                             reader=proposal_reader(cfg.model))
     if val.meta.category_ids != train.meta.category_ids:
         raise DatasetError(f"{paths.val_json} has categories {val.meta.category_ids} but {paths.train_json} "
                            f"has {train.meta.category_ids}; train and val must share one category list")
@@ -350,17 +351,42 @@ def empty_training_set_message(train: CocoDetection) -> str:
             f"on them as background only")
 
 
+def reads_proposal_files(model_cfg: ModelConfig) -> bool:
+    """Whether the detector takes precomputed proposals (``proposal_boxes`` per image) instead of
+    making its own: Fast R-CNN (``proposal_generator: precomputed``) and R-CNN."""
+    return model_cfg.proposal_generator == "precomputed" or model_cfg.meta_architecture == "rcnn"
+
+
+def proposal_reader(model_cfg: ModelConfig) -> str:
+    """Why the detector reads proposal files, as the messages about those files say it."""
+    if model_cfg.meta_architecture == "rcnn":
+        return "R-CNN (model.meta_architecture: rcnn) reads precomputed proposals"
+    return "model.proposal_generator is 'precomputed' (Fast R-CNN)"
+
+
+def proposals_to_read(cfg: DetConfig) -> int:
+    """Best proposals per image read from a proposal file (0 = all): ``data.max_proposals``, and for
+    R-CNN no more than the ``model.rcnn.proposals_per_image`` it warps (reading more would only
+    transform boxes it never looks at). Training, feature caching, evaluation and prediction all
+    read this many, so they see the same proposals."""
+    limits = [n for n in (cfg.data.max_proposals,
+                          cfg.model.rcnn.proposals_per_image if cfg.model.meta_architecture == "rcnn" else 0) if n > 0]
+    return min(limits) if limits else 0
+
+
 def attach_proposals(dataset: CocoDetection, path: str, max_proposals: int, key: str = "data.val_proposals",
-                     split: str = "val") -> None:
-    """Read the precomputed proposals of every image of ``dataset`` (Fast R-CNN) into
-    ``dataset.proposals``; targets then carry ``proposal_boxes``. A file made for other images or
-    other image files is refused (``detection.proposals.check_header``)."""
+                     split: str = "val", reader: str = "model.proposal_generator is 'precomputed' (Fast R-CNN)"
+                     ) -> None:
+    """Read the precomputed proposals of every image of ``dataset`` (Fast R-CNN, R-CNN) into
+    ``dataset.proposals``; targets then carry ``proposal_boxes``, which the dataset's transforms
+    resize and flip with the image. A file made for other images or other image files is refused
+    (``detection.proposals.check_header``); ``reader`` (:func:`proposal_reader`) starts the
+    message for an empty ``key``."""
     from detection.proposals import check_header, load_proposals, read_header
 
     if not path:
-        raise DatasetError(f"model.proposal_generator is 'precomputed' (Fast R-CNN) but {key} is empty; make the "
-                           f"file with tools/compute_proposals.py --data DIR --split {split} --out FILE.json and "
-                           f"set {key}=FILE.json")
+        raise DatasetError(f"{reader} but {key} is empty; make the file with tools/compute_proposals.py "
+                           f"--data DIR --split {split} --out FILE.json and set {key}=FILE.json")
     images = {i: dataset.image_root / dataset.coco.imgs[i]["file_name"] for i in dataset.ids}
     check_header(read_header(path), path, images)
     dataset.proposals = load_proposals(path, dataset.ids, max_proposals)

@@ -118,7 +118,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     the split's (ground truth, image folder) is left in ``args.split`` for the plots."""
     from common.dataset_check import check_splits
     from common.loaders import build_test_loader
-    from detection.build import attach_proposals, build_detector, iou_types_for, read_checkpoint
+    from detection.build import (attach_proposals, build_detector, iou_types_for, proposal_reader, proposals_to_read,
+                                 read_checkpoint, reads_proposal_files)
     from detection.data import CocoDetection, build_transforms
     from detection.inference import evaluate_detector
 
@@ -138,8 +139,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     model, cfg = build_detector(state, cfg, meta, args.checkpoint, device)
     d = cfg.data
     val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
-    if cfg.model.proposal_generator == "precomputed" or cfg.model.meta_architecture == "rcnn":
-        attach_proposals(val, d.val_proposals, d.max_proposals)  # Fast R-CNN, R-CNN: data.val_proposals
+    if reads_proposal_files(cfg.model):  # Fast R-CNN, R-CNN: data.val_proposals
+        attach_proposals(val, d.val_proposals, proposals_to_read(cfg), reader=proposal_reader(cfg.model))
     loader = build_test_loader(val, batch_size=cfg.test.ims_per_batch, num_workers=d.num_workers,
                                size_divisibility=model.backbone.size_divisibility,
                                pad_value=model.backbone.pixel_mean)

@@ -29,8 +29,7 @@ checkpoint's ``metadata["dataset"]``; the model from ``--config`` or the config 
 checkpoint (as in tools/eval_coco.py). Without ``--input`` the images are the config's val
 images (the built-in shapes dataset is generated there on first use).
 
-A Fast R-CNN checkpoint (``model.proposal_generator: precomputed``) gets its proposals from
-selective search run on each image here ("fast" mode, at most ``data.max_proposals`` boxes).
+R-CNN and Fast R-CNN checkpoints: :data:`PROPOSALS_NOTE` below (``--help`` prints it).
 
 A bad path prints one line to stderr and exits with status 2; an unreadable image inside a
 folder is skipped and counted in one warning.
@@ -47,14 +46,24 @@ from common.tooling import start_tool  # noqa: E402
 
 start_tool()  # before torch: the OpenMP wait policy; see common/tooling.py
 
+PROPOSALS_NOTE = """\
+R-CNN (model.meta_architecture: rcnn) and Fast R-CNN (model.proposal_generator: precomputed)
+have no proposal network: predict runs selective search on each image (--ss-mode, "fast" by
+default) and keeps as many boxes as training read per image (data.max_proposals, and for R-CNN
+model.rcnn.proposals_per_image); the proposal files of training are not used. An R-CNN run's
+RUN/model_final.pth holds the whole detector (fine-tuned backbone, per-class SVMs and box
+regressors); its fine-tuning checkpoint RUN/finetune/model_final.pth scores with the softmax and
+leaves the proposals unmoved (a note says so). --tile needs a detector with a proposal network."""
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=PROPOSALS_NOTE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by tools/train_det.py")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by tools/train_det.py (an R-CNN run: "
+                   "RUN/model_final.pth)")
     p.add_argument("--config", help="YAML config of the model (default: the config stored in the checkpoint)")
     p.add_argument("--input", help="an image or a folder of images (default: the config's val images)")
     p.add_argument("--out", required=True, help="folder for the drawn images and predictions.json")
@@ -63,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--tile", type=int, default=0, help="tiled inference: tile side in pixels (0 = whole images)")
     p.add_argument("--overlap", type=int, default=0, help="tiled inference: pixels shared by neighbouring tiles")
+    p.add_argument("--ss-mode", choices=("fast", "quality"), default="fast",
+                   help="R-CNN and Fast R-CNN: the selective search run on each image for its proposals")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.test_min_size=640")
     return p.parse_intermixed_args(argv)  # overrides may come before or after the options
 
@@ -113,7 +124,7 @@ def instances_json(pred: dict, meta, score_thresh: float) -> list[dict]:
 def detection_task(args: argparse.Namespace, device):
     """(run, draw, describe, to_results, default input) for a detector: ``run`` maps a list of
     (H, W, 3) RGB images to predictions, ``draw`` one image and its prediction to a drawing."""
-    from detection.build import build_detector, read_checkpoint
+    from detection.build import build_detector, proposals_to_read, read_checkpoint, reads_proposal_files
     from detection.data import DatasetError, build_transforms, load_coco_json, meta_from_coco
     from detection.evaluation import predictions_to_coco_results
     from detection.predictor import predict_batch, predict_tiled
@@ -129,14 +140,23 @@ def detection_task(args: argparse.Namespace, device):
         meta = meta_from_coco(load_coco_json(ann), str(ann))
     model, cfg = build_detector(state, cfg, meta, args.checkpoint, device)
     transforms = build_transforms(meta, train=False, min_size=cfg.data.test_min_size, max_size=cfg.data.max_size)
+    file_proposals = reads_proposal_files(cfg.model)  # Fast R-CNN, R-CNN: trained on selective search
+    if file_proposals and args.tile:
+        raise ValueError(f"--tile {args.tile}: {args.checkpoint} is a detector without a proposal network "
+                         "(R-CNN or Fast R-CNN); it runs selective search on whole images, leave --tile out")
+    if cfg.model.meta_architecture == "rcnn" and not (
+            bool(model.reg_fitted) and (bool(model.svm_fitted) or cfg.model.rcnn.classifier == "softmax")):
+        print(f"note: {args.checkpoint} is R-CNN before its SVMs and box regressors were fitted (a fine-tuning "
+              "checkpoint): scores come from the fine-tuned softmax and boxes are the proposals; the run's "
+              "model_final.pth holds the whole detector")
 
     def run(images):
-        if cfg.model.proposal_generator == "precomputed":  # Fast R-CNN: selective search on the spot
+        if file_proposals:  # selective search on the spot, as many boxes as training read per image
             from detection.selective_search import selective_search
             from detection.visualize import predict_image
 
             return [predict_image(model, im, transforms, device,
-                                  selective_search(im, "fast", max_proposals=cfg.data.max_proposals)[0])
+                                  selective_search(im, args.ss_mode, max_proposals=proposals_to_read(cfg))[0])
                     for im in images]
         if args.tile:
             return [predict_tiled(model, im, transforms, device, args.tile, args.overlap, batch_size=args.batch_size)

@@ -219,9 +219,8 @@ def final_evaluation(model, cfg, val_set, loader, device, run, main_proc: bool =
     (run.root / "results.json").write_text(json.dumps(results))
     if (run.root / "metrics.csv").is_file():
         run.plot_curves()
-    if cfg.model.meta_architecture != "rcnn":  # predict_image has no proposals to give R-CNN
-        draw_predictions(model, val_set, device, run.vis, count=cfg.test.num_vis,
-                         score_thresh=cfg.test.vis_score_thresh)
+    draw_predictions(model, val_set, device, run.vis, count=cfg.test.num_vis,  # with val_set.proposals, if any
+                     score_thresh=cfg.test.vis_score_thresh)
     line = "  ".join(f"{t} AP {metrics[t]['AP']:.1f}" for t in iou_types if t in metrics)
     print(f"done: {line}; everything is in {run.root}")
     return metrics
@@ -229,29 +228,21 @@ def final_evaluation(model, cfg, val_set, loader, device, run, main_proc: bool =
 
 def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> int:
     """R-CNN's four stages, each skipped when its artefact is there (see detection/rcnn_stages.py)."""
-    from common.config import ConfigError, to_yaml
+    from common.config import to_yaml
     from common.engine.build import build_optimizer, build_scheduler
     from common.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint, seed_everything
     from common.engine.trainer import Trainer
-    from detection.build import build_datasets, build_model
+    from detection.build import (attach_proposals, build_datasets, build_model, proposal_reader,
+                                 proposals_to_read)
     from common.loaders import build_test_loader
     from detection.data import CocoDetection, build_train_loader, build_transforms
     from common.tooling import RunDir, print_log, show_bar
     from detection.inference import evaluate_detector
-    from detection.rcnn_data import WithProposals, read_proposals
     from detection.rcnn_stages import cache_features, fit_regressors, fit_svms
 
     d, r = cfg.data, cfg.model.rcnn
-    for key in ("train_proposals", "val_proposals"):
-        if not getattr(d, key):
-            raise ConfigError(f"R-CNN needs data.{key}: a proposal file from tools/compute_proposals.py")
-    if d.hflip_prob > 0:
-        raise ConfigError(f"data.hflip_prob = {d.hflip_prob}: R-CNN's proposals from a file follow the resize "
-                          "but not a flip; set data.hflip_prob=0")
+    # both splits carry proposal_boxes from data.*_proposals (resized and flipped with the image)
     train_set, val_set = build_datasets(cfg, paths)
-    train_props = read_proposals(d.train_proposals)
-    train_set = WithProposals(train_set, train_props, d.train_proposals)
-    val_set = WithProposals(val_set, read_proposals(d.val_proposals), d.val_proposals)
     meta = train_set.meta
     seed_everything(cfg.solver.seed, cfg.solver.deterministic)
     model = build_model(cfg.model, meta.num_classes).to(device)
@@ -302,14 +293,16 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
     plain = CocoDetection(paths.train_json, paths.train_images, filter_empty=False, use_masks=False,
                           use_keypoints=False)
     plain.transforms = build_transforms(meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
+    attach_proposals(plain, d.train_proposals, proposals_to_read(cfg), "data.train_proposals", "train",
+                     reader=proposal_reader(cfg.model))
     settings = {"finetune": str(finetune.resolve()), "train_proposals": str(Path(d.train_proposals).resolve()),
                 "warp_size": r.warp_size, "context_pad": r.context_pad,
-                "proposals_per_image": r.proposals_per_image, "feature_images": r.feature_images,
-                "test_min_size": d.test_min_size, "max_size": d.max_size, "feat_norm": r.feat_norm}
+                "proposals_per_image": r.proposals_per_image, "proposals_read": proposals_to_read(cfg),
+                "feature_images": r.feature_images, "test_min_size": d.test_min_size, "max_size": d.max_size,
+                "feat_norm": r.feat_norm}
     print("stage 2 (features)")
-    cache = cache_features(model, WithProposals(plain, train_props, d.train_proposals), output / "features",
-                           settings, device, feat_norm=r.feat_norm, limit=r.feature_images,
-                           progress=show_bar(args))
+    cache = cache_features(model, plain, output / "features", settings, device, feat_norm=r.feat_norm,
+                           limit=r.feature_images, progress=show_bar(args))
     model.feature_scale.fill_(cache.scale)
     seconds["features"], clock = time.perf_counter() - clock, time.perf_counter()
 

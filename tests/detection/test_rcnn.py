@@ -118,3 +118,54 @@ def test_missing_proposals_are_one_sentence():
     bad = [dict(t, proposal_boxes=torch.zeros(3)) for t in targets]
     with pytest.raises(ValueError, match=r"image id 1: proposal_boxes must be a finite \(R, 4\) tensor, got shape \(3,\)"):
         model(images, bad)
+
+
+def test_rcnn_reads_proposals_through_the_shared_dataset_path(shapes_dir, tmp_path):
+    """R-CNN's datasets carry the file's proposals as Fast R-CNN's do (detection.build.attach_proposals):
+    resized and flipped with the image, the best ``proposals_per_image`` of them, a stale file refused."""
+    import json
+    import os
+
+    from common.config import load_config
+    from detection.build import build_datasets, proposals_to_read, resolve_data_paths
+    from detection.config import DetConfig
+    from detection.proposals import make_header, save_proposals
+
+    files = {}
+    for split in ("train", "val"):
+        coco = json.loads((shapes_dir / f"{split}.json").read_text())
+        images = {im["id"]: shapes_dir / split / im["file_name"] for im in coco["images"]}
+        files[split] = tmp_path / f"{split}.json"
+        save_proposals(files[split], {i: {"boxes": [[10, 20, 30, 40], [0, 0, 48, 300], [5, 5, 15, 15]]} for i in images},
+                       make_header("fast", images))
+    overrides = [f"data.train_proposals={files['train']}", f"data.val_proposals={files['val']}",
+                 "model.rcnn.proposals_per_image=2", "data.min_size=[192]", "data.test_min_size=192",
+                 "data.max_size=400", "data.hflip_prob=1.0"]
+    cfg = load_config(DetConfig, "configs/detection/rcnn_R18.yaml", overrides)
+    assert proposals_to_read(cfg) == 2
+    assert proposals_to_read(load_config(DetConfig, "configs/detection/rcnn_R18.yaml",
+                                         overrides + ["data.max_proposals=1"])) == 1
+    paths = resolve_data_paths(cfg.data, str(shapes_dir))
+    train_set, val_set = build_datasets(cfg, paths)
+    for dataset, flipped in ((val_set, False), (train_set, True)):
+        image, target = dataset[0]  # resized to short side 192; the third box is not read
+        h, w = image.shape[1:]
+        s = 192 / min(target["orig_size"].tolist())
+        assert min(h, w) == 192 and (h, w) == tuple(round(s * v) for v in target["orig_size"].tolist())
+        first = [w - 30 * s, 20 * s, w - 10 * s, 40 * s] if flipped else [10 * s, 20 * s, 30 * s, 40 * s]
+        second = [w - 48 * s, 0, w, h] if flipped else [0, 0, 48 * s, h]  # clipped to the image on disk
+        torch.testing.assert_close(target["proposal_boxes"], torch.tensor([first, second]))
+
+    image_file = paths.val_images / "000002.jpg"
+    before = os.stat(image_file)
+    os.utime(image_file, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # changed since the proposals
+    try:
+        with pytest.raises(ValueError, match=f"proposal file {files['val']} was made from other files: image id 2 "
+                                             "was 000002.jpg"):
+            build_datasets(cfg, paths)
+    finally:
+        os.utime(image_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    empty = load_config(DetConfig, "configs/detection/rcnn_R18.yaml", overrides + ["data.val_proposals="])
+    with pytest.raises(ValueError, match=r"R-CNN \(model.meta_architecture: rcnn\) reads precomputed proposals but "
+                                         "data.val_proposals is empty; make the file with tools/compute_proposals.py"):
+        build_datasets(empty, paths)

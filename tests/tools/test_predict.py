@@ -202,3 +202,74 @@ def test_segmentation_checkpoint_draws_label_maps(tool, shapes_dir, tmp_path):
         assert sum(c["pixels"] for c in item["instances"]) == item["height"] * item["width"]
         drawn = cv2.imread(str(out / item["drawn"]))
         assert drawn.shape[0] == item["height"] and drawn.shape[1] > item["width"]  # the legend panel
+
+
+def rcnn_checkpoint(path: Path, shapes_dir: Path, *, fitted: bool) -> Path:
+    """An R-CNN checkpoint as tools/train_det.py stores it (model_final.pth: the fine-tuned backbone,
+    the SVMs and box regressors as buffers, the config, the class names), with hand-set SVMs
+    and regressors: every window is a circle (score sigmoid(4)), moved right by 10% of its width.
+    ``fitted=False``: a fine-tuning checkpoint (softmax scores, boxes not moved)."""
+    from common.config import load_config, to_yaml
+    from common.engine.checkpoint import save_checkpoint
+    from detection.build import build_model
+    from detection.config import DetConfig
+    from detection.data import load_coco_json, meta_from_coco
+
+    cfg = load_config(DetConfig, str(ROOT / "configs" / "detection" / "rcnn_R18.yaml"),
+                      ["model.rcnn.warp_size=32", "model.rcnn.context_pad=8", "model.rcnn.proposals_per_image=40",
+                       "model.rcnn.feature_batch=64", "data.test_min_size=64", "data.max_size=96"])
+    meta = meta_from_coco(load_coco_json(shapes_dir / "val.json"), "val.json")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, meta.num_classes)
+    if fitted:
+        model.svm_weight.zero_()
+        model.svm_bias.copy_(torch.tensor([4.0, -10.0, -10.0, -10.0]))
+        model.reg_bias[0, 0] = 0.1  # t_x: 10% of the width
+        model.svm_fitted.fill_(True)
+        model.reg_fitted.fill_(True)
+    save_checkpoint(path, {"model": model.state_dict(), "config_yaml": to_yaml(cfg),
+                           "metadata": {"dataset": json.loads(json.dumps(meta.to_dict()))}})
+    return path
+
+
+def test_rcnn_run_draws_its_detections_on_selective_search_proposals(tool, shapes_dir, tmp_path, capsys):
+    from detection.selective_search import selective_search
+
+    ckpt = rcnn_checkpoint(tmp_path / "model_final.pth", shapes_dir, fitted=True)
+    source = shapes_dir / "val" / "000003.jpg"
+    assert predict(tool, ckpt, tmp_path / "vis", "--input", str(source)) == 0
+    assert "note:" not in capsys.readouterr().out
+    item = json.loads((tmp_path / "vis" / "predictions.json").read_text())[0]
+    assert (tmp_path / "vis" / "000003.jpg").is_file() and len(item["instances"]) > 0
+    # every drawn box is one of the image's own selective-search boxes (the best 40, as
+    # model.rcnn.proposals_per_image reads), moved by the class-0 regressor, in pixels on disk
+    image = cv2.cvtColor(cv2.imread(str(source)), cv2.COLOR_BGR2RGB)
+    boxes, _ = selective_search(image, "fast", max_proposals=40)
+    moved = boxes + 0.1 * (boxes[:, 2:3] - boxes[:, 0:1]) * np.array([1, 0, 1, 0], np.float32)
+    moved[:, 2] = moved[:, 2].clip(max=image.shape[1])
+    for inst in item["instances"]:
+        assert inst["class"] == "circle" and inst["score"] == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item(),
+                                                                            abs=1e-4)
+        assert np.abs(moved - np.array(inst["box"], np.float32)).max(axis=1).min() < 0.05, inst["box"]
+    results = json.loads((tmp_path / "vis" / "results.json").read_text())
+    assert len(results) >= len(item["instances"]) and {r["category_id"] for r in results} == {1}
+
+
+def test_rcnn_fine_tuning_checkpoint_gets_a_note_and_tiles_are_refused(tool, shapes_dir, tmp_path, capsys):
+    from detection.selective_search import selective_search
+
+    ckpt = rcnn_checkpoint(tmp_path / "model_final.pth", shapes_dir, fitted=False)
+    source = shapes_dir / "val" / "000003.jpg"
+    assert predict(tool, ckpt, tmp_path / "vis", "--input", str(source), "--score-thresh", "0") == 0
+    assert "is R-CNN before its SVMs and box regressors were fitted" in capsys.readouterr().out
+    item = json.loads((tmp_path / "vis" / "predictions.json").read_text())[0]
+    boxes, _ = selective_search(cv2.cvtColor(cv2.imread(str(source)), cv2.COLOR_BGR2RGB), "fast", max_proposals=40)
+    assert len(item["instances"]) > 0
+    for inst in item["instances"]:  # softmax scores, proposals as they are
+        assert np.abs(boxes - np.array(inst["box"], np.float32)).max(axis=1).min() < 0.05, inst["box"]
+    assert predict(tool, ckpt, tmp_path / "o", "--input", str(source), "--tile", "48") == 2
+    assert one_error(capsys) == (f"--tile 48: {ckpt} is a detector without a proposal network (R-CNN or Fast "
+                                 "R-CNN); it runs selective search on whole images, leave --tile out")
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--help"])
+    assert "predict runs selective search on each image" in capsys.readouterr().out.replace("\n", " ")

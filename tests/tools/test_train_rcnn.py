@@ -14,7 +14,9 @@ TINY_RCNN = ["--no-progress", "--device", "cpu", "--config", CONFIG,
              "model.rcnn.batch_size=32", "model.rcnn.feature_batch=64", "model.rcnn.feature_images=4",
              "model.rcnn.svm_retrain_limit=20", "data.min_size=[64]", "data.test_min_size=64",
              "data.max_size=96", "data.num_workers=0", "solver.ims_per_batch=2", "solver.warmup_iters=1",
-             "solver.checkpoint_period=0", "solver.log_period=1", "test.ims_per_batch=2"]
+             "solver.checkpoint_period=0", "solver.log_period=1", "test.ims_per_batch=2",
+             "data.hflip_prob=0.5",  # fine-tuning on flipped images: the proposals flip with them
+             "test.num_vis=1"]  # the final evaluation draws a val image with its file's proposals
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def run(shapes_dir, proposals, tmp_path_factory):
 def test_four_stages_leave_their_artefacts_and_a_whole_detector(run):
     for name in ("finetune/model_final.pth", "finetune/metrics.csv", "features/index.json",
                  "features/shard_00000.pt", "svms.pt", "regressors.pt", "model_final.pth", "metrics.json",
-                 "results.json"):
+                 "results.json", "vis/000001.jpg"):
         assert (run / name).is_file(), name
     state = torch.load(run / "model_final.pth", weights_only=True)
     assert bool(state["model"]["svm_fitted"]) and bool(state["model"]["reg_fitted"])
@@ -71,10 +73,12 @@ def test_eval_coco_rebuilds_the_detector(run, shapes_dir, tmp_path, capsys):
     assert "data.val_proposals is empty; make the file with tools/compute_proposals.py" in capsys.readouterr().err
 
 
-def test_rcnn_refuses_flips_and_missing_proposal_files(shapes_dir, proposals, tmp_path, capsys):
+def test_rcnn_refuses_missing_proposal_files(shapes_dir, proposals, tmp_path, capsys):
     tool = load_tool("train_det")
     base = ["--data", str(shapes_dir), "--max-iters", "1", *TINY_RCNN]
     assert tool.main(base + ["--output", str(tmp_path / "a"), proposals[0]]) == 2
-    assert "R-CNN needs data.val_proposals: a proposal file from tools/compute_proposals.py" in capsys.readouterr().err
-    assert tool.main(base + ["--output", str(tmp_path / "b"), *proposals, "data.hflip_prob=0.5"]) == 2
-    assert "data.hflip_prob = 0.5: R-CNN's proposals from a file follow the resize" in capsys.readouterr().err
+    assert ("R-CNN (model.meta_architecture: rcnn) reads precomputed proposals but data.val_proposals is empty; "
+            "make the file with tools/compute_proposals.py") in capsys.readouterr().err
+    missing = tmp_path / "none.json"
+    assert tool.main(base + ["--output", str(tmp_path / "b"), proposals[0], f"data.val_proposals={missing}"]) == 2
+    assert f"proposal file {missing} does not exist" in capsys.readouterr().err
