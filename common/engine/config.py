@@ -19,9 +19,10 @@ class SolverConfig:
     norm_weight_decay: float = 0.0  # decay on norm-layer weights and biases (usually none)
     lr_mults: dict[str, float] = field(default_factory=dict)  # module-name prefix -> LR multiplier (longest prefix wins)
     max_iters: int = 1000  # optimizer steps in the whole run
-    time_budget_min: float = 0.0  # cap on the minutes of training steps (evaluations not counted):
-    # timed over iterations 11-30 of a fresh run, max_iters is cut to what fits and the schedule
-    # fitted to it (one line printed; config.yaml records the new max_iters). 0 = off
+    time_budget_min: float = 0.0  # cap on the minutes of training, periodic evaluations included
+    # (not the final one): at iteration 30 and after each evaluation of a fresh run, max_iters is
+    # cut to what fits at the times measured so far and the schedule fitted to it (one line
+    # printed; config.yaml records the new max_iters). 0 = off
     warmup_iters: int = 100  # linear warmup length in iterations (0 = no warmup)
     warmup_factor: float = 0.001  # LR factor at iteration 0 of the warmup
     schedule: Literal["step", "cosine", "constant"] = "step"  # LR decay after warmup

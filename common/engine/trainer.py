@@ -106,11 +106,12 @@ class Trainer:
     progress: draw a tqdm bar (on stderr; tools pass True only on a terminal).
     print_log: print a line every ``log_period`` iterations and after each evaluation (iteration,
         losses, LR, s/iter, ETA), as detectron2's metric printer does; for logs nobody watches live.
-    time_budget_s: a cap on the seconds of training steps (evaluations not counted; 0 = none).
-        A fresh run times iterations 11-30 and, when ``max_iters`` of them would not fit, cuts
-        ``max_iters`` to what does, shortens the schedule with it (``scheduler.shorten``), prints
-        one line and rewrites ``config.yaml`` with the new ``solver.max_iters``, so a resumed run
-        keeps it. Every rank takes rank 0's count.
+    time_budget_s: a cap on the seconds of training, periodic evaluations included (0 = none).
+        A fresh run times its steps (from the 11th) and evaluations; at iteration 30 and after
+        each evaluation, when ``max_iters`` would not fit, it cuts ``max_iters`` to what does,
+        shortens the schedule with it (``scheduler.shorten``), prints one line and rewrites
+        ``config.yaml`` with the new ``solver.max_iters``, so a resumed run keeps it. Every rank
+        takes rank 0's count.
     metadata: what a checkpoint needs to be used on its own, e.g. ``{"dataset": meta.to_dict()}``
         (class names, keypoints); saved as ``"metadata"`` in every checkpoint (no such key without
         it). Plain dicts, lists, strings and numbers only, so ``weights_only=True`` loading works.
@@ -311,20 +312,22 @@ class Trainer:
         window: dict[str, float] = defaultdict(float)
         window_iters, window_start = 0, time.perf_counter()
         stopped_early = False
+        # time_budget_s: steps after the first few and periodic evaluations are timed (a resumed
+        # run keeps the max_iters its config.yaml recorded)
+        budgeted = self.time_budget_s > 0 and start < self.BUDGET_UNTIMED
+        clock = {"step_s": 0.0, "steps": 0, "eval_s": 0.0, "evals": 0}
         t0 = time.perf_counter()
         self.net.train()
         try:
             while self.iter < self.max_iters:
+                step_t0 = time.perf_counter()
                 losses, lr = self.run_step(data_iter)
+                if self.iter > self.BUDGET_UNTIMED:
+                    clock["step_s"] += time.perf_counter() - step_t0
+                    clock["steps"] += 1
                 for k, v in losses.items():
                     window[k] += v
                 window_iters += 1
-                if self.iter == self.BUDGET_TIMED[0]:
-                    timed_from = time.perf_counter()
-                elif self.iter == self.BUDGET_TIMED[1] and start < self.BUDGET_TIMED[0] and self.time_budget_s > 0:
-                    self._fit_to_budget((time.perf_counter() - timed_from) / (self.iter - self.BUDGET_TIMED[0]),
-                                        time.perf_counter() - t0)
-                    bar.total = self.max_iters
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()} | {"lr": f"{lr:.2e}"},
                                 refresh=False)
@@ -340,7 +343,15 @@ class Trainer:
 
                 stop = False
                 if self.eval_period and self.iter % self.eval_period == 0 and self.iter < self.max_iters:
+                    eval_t0 = time.perf_counter()
                     stop = self._run_evaluation(log)
+                    clock["eval_s"] += time.perf_counter() - eval_t0
+                    clock["evals"] += 1
+                    if budgeted:
+                        self._fit_to_budget(clock, time.perf_counter() - t0)
+                if budgeted and self.iter == self.BUDGET_FIRST_FIT:
+                    self._fit_to_budget(clock, time.perf_counter() - t0)
+                bar.total = self.max_iters
                 if self.checkpoint_period and self.iter % self.checkpoint_period == 0:
                     self._save_periodic()
                 if stop:
@@ -367,20 +378,26 @@ class Trainer:
                 "best_iteration": self.best_iteration, "metrics": dict(self.last_metrics),
                 "seconds": time.perf_counter() - t0}
 
-    BUDGET_TIMED = (10, 30)  # time_budget_s: the iterations (after the first 10, which start the
-    # data workers and warm caches) whose mean step time sets the cut
+    BUDGET_UNTIMED = 10  # time_budget_s: the first steps start the data workers and warm caches
+    BUDGET_FIRST_FIT = 30  # the first cut, from the mean of steps 11-30; again after each evaluation
 
-    def _fit_to_budget(self, seconds_per_iter: float, elapsed: float) -> None:
-        """Cut ``max_iters`` to the steps that fit in ``time_budget_s`` (see the class docstring)."""
-        fits = self.iter + int((self.time_budget_s - elapsed) / seconds_per_iter)
+    def _fit_to_budget(self, clock: dict, elapsed: float) -> None:
+        """Cut ``max_iters`` to what fits in ``time_budget_s`` at the mean step time so far plus,
+        once there has been one, each evaluation's mean time spread over ``eval_period`` steps."""
+        if not clock["steps"]:  # an evaluation before any step was timed: wait for one
+            return
+        step = clock["step_s"] / clock["steps"]
+        evaluation = clock["eval_s"] / clock["evals"] if clock["evals"] else 0.0
+        per_iter = step + (evaluation / self.eval_period if self.eval_period else 0.0)
+        fits = self.iter + int((self.time_budget_s - elapsed) / per_iter)
         new = dist.broadcast_object(max(self.iter + 1, min(self.max_iters, fits)))
         if new >= self.max_iters:
             return
         if self.is_main:
-            tqdm.write(f"note: solver.time_budget_min={self.time_budget_s / 60:g}: {seconds_per_iter:.3f} s/iter "
-                       f"over iterations {self.BUDGET_TIMED[0] + 1}-{self.iter}, so {new} of {self.max_iters} "
-                       f"iterations fit; the schedule now ends at {new} (config.yaml records it; "
-                       f"solver.time_budget_min=0 runs all {self.max_iters})")
+            how = f"{step:.3f} s per step" + (f" and {evaluation:.1f} s per evaluation" if clock["evals"] else "")
+            tqdm.write(f"note: solver.time_budget_min={self.time_budget_s / 60:g}: at {how} so far, {new} of "
+                       f"{self.max_iters} iterations fit; the schedule now ends at {new} (config.yaml records "
+                       f"it; solver.time_budget_min=0 runs them all)")
         self.max_iters = new
         self.scheduler.shorten(new)
         if self.config_yaml is not None:

@@ -421,3 +421,17 @@ def test_a_time_budget_cuts_the_run_and_ends_its_schedule(tmp_path, capsys):
 def test_a_time_budget_that_is_long_enough_changes_nothing(tmp_path):
     trainer = make_trainer(tmp_path, max_iters=40, time_budget_s=600)
     assert trainer.train()["iteration"] == 40
+
+
+def test_a_time_budget_counts_the_evaluations_too(tmp_path, capsys):
+    def slow_evaluation(model):
+        time.sleep(0.1)
+        return {"score": 1.0}
+
+    # steps alone (~2 ms) would let ~500 of 1000 iterations fit in 1 s; with 0.1 s per
+    # evaluation every 10 steps far fewer do
+    trainer = make_trainer(tmp_path, max_iters=1000, model=SlowToyModel(0.002), time_budget_s=1.0,
+                           eval_period=10, evaluate=slow_evaluation, log_period=1000)
+    summary = trainer.train()
+    assert 10 < summary["iteration"] < 300
+    assert "per evaluation so far" in capsys.readouterr().out
