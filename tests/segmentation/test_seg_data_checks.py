@@ -1,14 +1,13 @@
 """tools/train_seg.py and bad data: the COCO layout gets the detectors' start-up check, a DataLoader
 worker's error is one line, --data FILE says it is a file."""
-import importlib.util
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
+from tool_helpers import load_tool
+
 TINY = ["--device", "cpu", "model.unet_width=4", "model.unet_depth=2", "data.crop_size=48",
         "solver.ims_per_batch=2", "solver.warmup_iters=0", "solver.checkpoint_period=0",
         "solver.eval_period=0", "solver.log_period=1", "data.num_vis=0"]
@@ -18,10 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 @pytest.fixture(scope="module")
 def train_seg():
-    spec = importlib.util.spec_from_file_location("_seg_checks_train_seg", ROOT / "tools" / "train_seg.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("train_seg")
 
 
 def test_coco_layout_problems_stop_before_training(train_seg, shapes_dir, tmp_path, capsys):

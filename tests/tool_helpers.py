@@ -1,9 +1,10 @@
-"""Shared by the tool tests: load a script from tools/ as a module, and the tiny detector recipe."""
+"""Shared by the tool tests (tests/ is on sys.path through its conftest.py): load a script from
+tools/ as a module, the tiny detector recipe, a read-only file system, a folder's files."""
 import importlib.util
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 # the default detection config (Mask + Keypoint R-CNN, R18-FPN) shrunk for tests: 64 px images,
 # thin heads, few proposals, no periodic evaluation; a training run takes seconds on one thread
@@ -27,6 +28,24 @@ def load_tool(name: str):
     sys.modules[spec.name] = module  # dataclasses of a tool look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def read_only_filesystem(monkeypatch) -> None:
+    """Make every write check of ``common.tooling.check_writable`` fail as on a read-only mount
+    (chmod does not stop root, who runs the tests in CI)."""
+    import errno
+    import os
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes (to assert that a refused run left it as it was)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def train_tiny_detector(shapes_dir, out: Path, *extra: str, iters: int = 2) -> Path:
