@@ -67,7 +67,7 @@ def test_voc_layout_reads_palette_indices(tmp_path):
 def test_voc_missing_file_is_named(tmp_path):
     root = _voc_tree(tmp_path)
     (root / "SegmentationClass" / "2007_000001.png").unlink()
-    with pytest.raises(SegDataError, match=r"SegmentationClass/2007_000001.png \(image 2007_000001, listed in .*train.txt\) does not exist"):
+    with pytest.raises(SegDataError, match=r"label file .*SegmentationClass/2007_000001.png for image 2007_000001 does not exist"):
         load_voc(root, "train")
 
 
