@@ -48,6 +48,31 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def assert_output_checked_first(run, tool: str, foreign: Path, capsys, monkeypatch) -> None:
+    """The run-folder checks every training tool makes before any work (``common.tooling.prepare_run_dir``).
+
+    ``run(output, *extra)`` starts ``tool`` with ``--output output`` on data that would fail later;
+    ``foreign`` is a non-empty folder that is not a run of ``tool``: refused with and without
+    ``--resume``, one line each, its files untouched. Then, on a read-only file system, a fresh
+    folder is one line too.
+    """
+    before = files_of(foreign)
+    held = sorted(p.name for p in foreign.iterdir())
+    assert len(held) <= 4  # the message lists up to four names
+    assert run(foreign) == 2
+    assert capsys.readouterr().err == (f"{tool}: error: --output {foreign} is not empty ({', '.join(held)}); "
+                                       "choose another --output\n")
+    assert run(foreign, "--resume") == 2
+    assert capsys.readouterr().err == (f"{tool}: error: --output {foreign} holds no {tool} run to resume (no {tool} "
+                                       f"config.yaml; it has {', '.join(held)}); choose another --output\n")
+    assert files_of(foreign) == before
+
+    read_only_filesystem(monkeypatch)
+    out = foreign.parent / "read_only"
+    assert run(out) == 2
+    assert capsys.readouterr().err == f"{tool}: error: cannot write to --output {out}: Read-only file system\n"
+
+
 def train_tiny_detector(shapes_dir, out: Path, *extra: str, iters: int = 2) -> Path:
     """A seeded tools/train_det.py run of the tiny recipe; returns its model_final.pth."""
     import torch

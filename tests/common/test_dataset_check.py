@@ -10,8 +10,6 @@ import pytest
 from common.coco import DatasetError
 from common.dataset_check import check_label_split, check_split, check_splits, format_summary, report_checks
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
 
 def make_dataset(root, n=4):
     """root/train.json + root/train/ with n 40x60 JPEGs, one box each (category 1), keypoints on image 0."""

@@ -14,8 +14,6 @@ TINY = ["--device", "cpu", "model.unet_width=4", "model.unet_depth=2", "data.cro
         "solver.ims_per_batch=2", "solver.warmup_iters=0", "solver.checkpoint_period=0",
         "solver.eval_period=0", "solver.log_period=1", "data.num_vis=0"]
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
 
 @pytest.fixture(scope="module")
 def train_seg():

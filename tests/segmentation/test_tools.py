@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from tool_helpers import ROOT, load_tool, read_only_filesystem
+from tool_helpers import ROOT, assert_output_checked_first, load_tool
 
 TINY = ["--device", "cpu", "model.unet_width=4", "model.unet_depth=2", "data.crop_size=48",
         "solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.checkpoint_period=2",
@@ -142,12 +142,16 @@ def test_eval_seg_random_bytes_checkpoint_is_not_a_checkpoint(tmp_path, capsys):
     assert "weights_only" not in err
 
 
-def test_read_only_output_is_one_line_before_any_work(train_seg, shapes_dir, tmp_path, capsys, monkeypatch):
-    read_only_filesystem(monkeypatch)
-    out = tmp_path / "ro"
-    assert train_seg.main(["--data", str(tmp_path / "no_such_data"), "--output", str(out), *TINY]) == 2
-    assert capsys.readouterr().err == f"train_seg: error: cannot write to --output {out}: Read-only file system\n"
+def test_output_folder_is_checked_before_any_work(train_seg, tmp_path, capsys, monkeypatch):
+    foreign = tmp_path / "foreign"  # a detector's run is not a train_seg run
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("model:\n  meta_architecture: mask_rcnn\n")
+    (foreign / "model_final.pth").write_bytes(b"weights")
+    assert_output_checked_first(lambda out, *extra: train_seg.main(["--data", str(tmp_path / "no_such_data"),
+                                                                    "--output", str(out), *TINY, *extra]),
+                                "train_seg", foreign, capsys, monkeypatch)
     # eval_seg: before the checkpoint is even read (it does not exist here)
+    out = tmp_path / "ro"
     assert load_tool("eval_seg").main(["--checkpoint", str(tmp_path / "none.pth"), "--output", str(out),
-                                   "--device", "cpu"]) == 2
+                                       "--device", "cpu"]) == 2
     assert capsys.readouterr().err == f"eval_seg: error: cannot write to --output {out}: Read-only file system\n"

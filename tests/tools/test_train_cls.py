@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from classification.source_data import generate_source_dataset
-from tool_helpers import files_of, load_tool, read_only_filesystem
+from tool_helpers import assert_output_checked_first, files_of, load_tool
 
 TINY = ["--no-progress", "--device", "cpu", "data.image_size=32", "data.num_workers=0",
         "solver.ims_per_batch=4", "solver.log_period=1", "solver.checkpoint_period=1", "eval_batch_size=8"]
@@ -68,24 +68,10 @@ def test_bad_input_is_one_line(tool, tmp_path, capsys):
 
 
 def test_output_folder_is_checked_before_any_work(tool, tmp_path, capsys, monkeypatch):
-    # someone else's results (no train_cls config.yaml): refused with or without --resume, untouched,
-    # before the (missing) data is looked at
-    foreign = tmp_path / "foreign"
+    foreign = tmp_path / "foreign"  # someone else's results
     foreign.mkdir()
     (foreign / "config.yaml").write_text("model:\n  arch: unet\n")  # a train_seg config
     (foreign / "metrics.json").write_text("{}")
-    before = files_of(foreign)
-    args = ["--data", str(tmp_path / "none"), "--output", str(foreign), *TINY]
-    assert tool.main(args) == 2
-    assert capsys.readouterr().err == (f"train_cls: error: --output {foreign} is not empty (config.yaml, "
-                                       "metrics.json); choose another --output\n")
-    assert tool.main([*args, "--resume"]) == 2
-    assert capsys.readouterr().err == (f"train_cls: error: --output {foreign} holds no train_cls run to resume "
-                                       "(no train_cls config.yaml; it has config.yaml, metrics.json); choose "
-                                       "another --output\n")
-    assert files_of(foreign) == before
-
-    read_only_filesystem(monkeypatch)
-    out = tmp_path / "ro"
-    assert tool.main(["--data", str(tmp_path / "none"), "--output", str(out), *TINY]) == 2
-    assert capsys.readouterr().err == f"train_cls: error: cannot write to --output {out}: Read-only file system\n"
+    assert_output_checked_first(lambda out, *extra: tool.main(["--data", str(tmp_path / "none"), "--output", str(out),
+                                                               *TINY, *extra]),
+                                "train_cls", foreign, capsys, monkeypatch)

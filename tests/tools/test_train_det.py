@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tool_helpers import ROOT, TINY_DET, files_of, load_tool, read_only_filesystem
+from tool_helpers import ROOT, TINY_DET, assert_output_checked_first, load_tool
 
 TOOL = ROOT / "tools" / "train_det.py"
 # the tiny recipe with periodic evaluation, validation loss and checkpoints every 2 iterations
@@ -227,27 +227,14 @@ def test_a_failing_final_evaluation_keeps_model_final(tool, shapes_dir, tmp_path
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 2
 
 
-def test_output_folder_is_checked_before_any_work(tool, shapes_dir, tmp_path, capsys, monkeypatch):
-    # a folder of someone else's results (no config.yaml of a train_det run): refused, untouched
+def test_output_folder_is_checked_before_any_work(tool, tmp_path, capsys, monkeypatch):
+    # a folder of someone else's results (no config.yaml of a train_det run)
     foreign = tmp_path / "foreign"
     (foreign / "vis").mkdir(parents=True)
     for name in ("model_best.pth", "metrics.json", "results.json", "vis/1.jpg"):
         (foreign / name).write_bytes(name.encode())
-    before = files_of(foreign)
-    assert train(tool, shapes_dir, foreign, 2) == 2
-    assert capsys.readouterr().err == (f"train_det: error: --output {foreign} is not empty (metrics.json, "
-                                       "model_best.pth, results.json, vis); choose another --output\n")
-    assert train(tool, shapes_dir, foreign, 2, "--resume") == 2
-    assert capsys.readouterr().err == (f"train_det: error: --output {foreign} holds no train_det run to resume "
-                                       "(no train_det config.yaml; it has metrics.json, model_best.pth, "
-                                       "results.json, vis); choose another --output\n")
-    assert files_of(foreign) == before
-
-    # a read-only file system: one line, before the data is read
-    read_only_filesystem(monkeypatch)
-    out = tmp_path / "ro"
-    assert train(tool, tmp_path / "no_such_data", out, 2) == 2  # the data would fail later
-    assert capsys.readouterr().err == f"train_det: error: cannot write to --output {out}: Read-only file system\n"
+    assert_output_checked_first(lambda out, *extra: train(tool, tmp_path / "no_such_data", out, 2, *extra),
+                                "train_det", foreign, capsys, monkeypatch)
 
 
 def strip_dataset(src: Path, dst: Path) -> Path:
