@@ -31,8 +31,9 @@ from common.coco import DatasetError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.tooling import tool_parser
+
+    p = tool_parser(__doc__)
     p.add_argument("--data", help="dataset folder (train.json, val.json, train/, val/)")
     p.add_argument("--train-json", help="COCO annotations of the training split (with --train-images)")
     p.add_argument("--train-images", help="image folder for --train-json")

@@ -28,9 +28,9 @@ start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from common.tooling import add_arguments
+    from common.tooling import add_arguments, tool_parser
 
-    p = argparse.ArgumentParser(description="Evaluate a semantic segmentation checkpoint.")
+    p = tool_parser(__doc__)
     p.add_argument("--checkpoint", required=True, help="model_best.pth / model_final.pth / model_XXXXXXX.pth")
     add_arguments(p, "config", "output", "device", "overrides",
                   shown={"config": "the config stored in the checkpoint",

@@ -52,8 +52,9 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.tooling import tool_parser
+
+    p = tool_parser(__doc__)
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by tools/train_det.py")
     p.add_argument("--config", help="YAML config of the model (default: the config stored in the checkpoint)")
     p.add_argument("--input", help="an image or a folder of images (default: the config's val images)")
