@@ -1,5 +1,5 @@
 """Shared by the tool tests (tests/ is on sys.path through its conftest.py): load a script from
-tools/ as a module, the tiny detector recipe, a read-only file system, a folder's files."""
+tools/ as a module, the tiny detector and segmenter recipes, a read-only file system, a folder's files."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -19,6 +19,12 @@ TINY_DET = ["--no-progress", "--device", "cpu",
             "data.min_size=[64]", "data.test_min_size=64", "data.max_size=96", "data.num_workers=0",
             "solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.eval_period=0",
             "solver.checkpoint_period=0", "test.val_loss_batches=0", "test.num_vis=1"]
+
+# the default U-Net of tools/train_seg.py shrunk for tests: 4 channels, 2 levels, 48 px crops, no
+# periodic checkpoints or evaluation, nothing drawn
+TINY_SEG = ["--device", "cpu", "model.unet_width=4", "model.unet_depth=2", "data.crop_size=48",
+            "solver.ims_per_batch=2", "solver.warmup_iters=0", "solver.checkpoint_period=0",
+            "solver.eval_period=0", "solver.log_period=1", "data.num_vis=0"]
 
 
 def load_tool(name: str):

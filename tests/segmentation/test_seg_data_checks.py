@@ -8,11 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tool_helpers import load_tool
-
-TINY = ["--device", "cpu", "model.unet_width=4", "model.unet_depth=2", "data.crop_size=48",
-        "solver.ims_per_batch=2", "solver.warmup_iters=0", "solver.checkpoint_period=0",
-        "solver.eval_period=0", "solver.log_period=1", "data.num_vis=0"]
+from tool_helpers import TINY_SEG, load_tool
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +22,7 @@ def test_coco_layout_problems_stop_before_training(train_seg, shapes_dir, tmp_pa
     missing = sorted((data / "val").iterdir())[1]
     missing.unlink()
     out = tmp_path / "run"
-    assert train_seg.main(["--data", str(data), "--output", str(out), "--max-iters", "2", *TINY,
+    assert train_seg.main(["--data", str(data), "--output", str(out), "--max-iters", "2", *TINY_SEG,
                            "data.format=coco"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"problem: image file {missing} (image id ") and err[0].endswith("does not exist")
@@ -41,7 +37,7 @@ def test_coco_layout_skips_bad_images_on_request(train_seg, shapes_dir, tmp_path
     bad = sorted((data / "train").iterdir())[3]
     bad.write_bytes(b"")
     out = tmp_path / "run"
-    assert train_seg.main(["--data", str(data), "--output", str(out), "--max-iters", "1", *TINY,
+    assert train_seg.main(["--data", str(data), "--output", str(out), "--max-iters", "1", *TINY_SEG,
                            "data.format=coco", "data.skip_bad_images=true"]) == 0
     [line] = (out / "skipped_images.txt").read_text().splitlines()
     assert line.startswith(f"image file {bad} (image id ") and line.endswith("is empty (0 bytes)")
@@ -61,7 +57,7 @@ def test_worker_error_is_one_line(train_seg, shapes_dir, tmp_path, capsys, monke
         return result
 
     monkeypatch.setattr(segmentation.build, "check_data", check_then_break)
-    assert train_seg.main(["--data", str(data), "--output", str(tmp_path / "run"), "--max-iters", "2", *TINY,
+    assert train_seg.main(["--data", str(data), "--output", str(tmp_path / "run"), "--max-iters", "2", *TINY_SEG,
                            "data.num_workers=2"]) == 2
     err = capsys.readouterr().err  # no progress bar: stderr is not a terminal
     assert len(err.splitlines()) == 1 and "Caught" not in err
@@ -70,7 +66,7 @@ def test_worker_error_is_one_line(train_seg, shapes_dir, tmp_path, capsys, monke
 
 
 def test_data_file_says_it_is_a_file(train_seg, shapes_dir, tmp_path, capsys):
-    assert train_seg.main(["--data", str(shapes_dir / "train.json"), "--output", str(tmp_path / "r"), *TINY,
+    assert train_seg.main(["--data", str(shapes_dir / "train.json"), "--output", str(tmp_path / "r"), *TINY_SEG,
                            "data.format=coco"]) == 2
     assert capsys.readouterr().err == (f"train_seg: error: dataset folder {shapes_dir / 'train.json'} is a file, "
                                        "not a folder; a data.format=coco dataset folder holds train.json, val.json, "
@@ -94,7 +90,7 @@ def test_semantic_layout_problems_stop_before_training(train_seg, shapes_dir, tm
     shutil.copytree(shapes_dir, data)
     values, truncated, small = break_label_maps(data)
     out = tmp_path / "run"
-    assert train_seg.main(["--data", str(data), "--output", str(out), "--max-iters", "2", *TINY]) == 2
+    assert train_seg.main(["--data", str(data), "--output", str(out), "--max-iters", "2", *TINY_SEG]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == (f"problem: label file {values} (image id {values.stem}) holds class id 9, outside the 5 "
                       "classes 0..4 (ignore index 255)")
@@ -112,7 +108,7 @@ def test_semantic_layout_skips_bad_images_on_request(train_seg, shapes_dir, tmp_
     shutil.copytree(shapes_dir, data)
     maps = break_label_maps(data)
     out = tmp_path / "run"
-    assert train_seg.main(["--data", str(data), "--output", str(out), "--max-iters", "1", *TINY,
+    assert train_seg.main(["--data", str(data), "--output", str(out), "--max-iters", "1", *TINY_SEG,
                            "data.skip_bad_images=true"]) == 0
     skipped = (out / "skipped_images.txt").read_text().splitlines()
     assert [line.split(" (image id")[0] for line in skipped] == [f"label file {m}" for m in maps]
@@ -123,7 +119,7 @@ def test_eval_seg_and_benchmark_seg_check_the_data_first(train_seg, shapes_dir, 
     data = tmp_path / "data"
     shutil.copytree(shapes_dir, data)
     run = tmp_path / "run"
-    assert train_seg.main(["--data", str(data), "--output", str(run), "--max-iters", "1", *TINY]) == 0
+    assert train_seg.main(["--data", str(data), "--output", str(run), "--max-iters", "1", *TINY_SEG]) == 0
     capsys.readouterr()
     eval_seg = load_tool("eval_seg")
     assert eval_seg.main(["--checkpoint", str(run / "model_final.pth"), "--output", str(tmp_path / "e1")]) == 0
@@ -144,7 +140,7 @@ def test_eval_seg_and_benchmark_seg_check_the_data_first(train_seg, shapes_dir, 
     assert (out / "skipped_images.txt").read_text().startswith(f"label file {bad} ")
 
     bench = load_tool("benchmark_seg")
-    assert bench.main(["--data", str(data), "--max-iters", "1", "--rows", "unet", *TINY[2:]]) == 2
+    assert bench.main(["--data", str(data), "--max-iters", "1", "--rows", "unet", *TINY_SEG]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"benchmark_seg: error: 1 problem in {data / 'val_semantic'} (listed above, one per line); fix them or "
         "set data.skip_bad_images=true to leave those images out")

@@ -6,11 +6,9 @@ import sys
 import pytest
 import torch
 
-from tool_helpers import ROOT, assert_output_checked_first, load_tool
+from tool_helpers import ROOT, TINY_SEG, assert_output_checked_first, load_tool
 
-TINY = ["--device", "cpu", "model.unet_width=4", "model.unet_depth=2", "data.crop_size=48",
-        "solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.checkpoint_period=2",
-        "solver.eval_period=0", "solver.log_period=1", "data.num_vis=2"]
+TINY = [*TINY_SEG, "solver.warmup_iters=1", "solver.checkpoint_period=2", "data.num_vis=2"]
 
 
 @pytest.fixture(scope="module")
