@@ -194,6 +194,10 @@ def format_summary(check: SplitCheck) -> str:
     if not s:
         lines.append("  no summary: the file's layout is broken (see the problems)")
         return "\n".join(lines)
+    if "label_maps" in s:  # check_label_split
+        lines.append(f"  {s['images']} images with label maps of {s['label_maps']} classes")
+        lines.append(f"  problems: {len(check.problems) or 'none'}")
+        return "\n".join(lines)
     total = sum(s["instances"].values())
     lines.append(f"  {s['images']} images, {s['empty_images']} without instances; {total} instances, "
                  f"{s['crowd']} crowd")
@@ -223,7 +227,7 @@ def plot_summary(checks: list[SplitCheck], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    checks = [c for c in checks if c.summary]
+    checks = [c for c in checks if c.summary.get("instances") is not None]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(len(checks), 1)
     for j, c in enumerate(checks):
