@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from common.samplers import repeat_factors, repeat_indices
-from common.dataset_check import CheckResult, check_label_split, check_splits, report_checks
+from common.dataset_check import CheckResult, check_splits, report_checks
 from segmentation.config import DataConfig, ModelConfig
 from segmentation.data import (LabelSplit, SegDataError, SemSegDataset, build_transforms, load_coco_semantic,
                                semantic_dir_split, voc_split)
@@ -126,16 +126,8 @@ def check_data(cfg: DataConfig, root: Path, run_dir: Path | None, splits: tuple[
     if cfg.format == "coco":
         return check_splits([(root / f"{s}.json", root / s) for s in splits], skip_bad_images=cfg.skip_bad_images,
                             run_dir=run_dir, cache_dir=cache_dir)
-
-    def checks():
-        out = []
-        for s in (label_split(cfg, root, s) for s in splits):
-            pairs = [(it.image_id, it.image_path, it.label_path) for it in s.items]
-            out.append(check_label_split(s.source, s.image_root, pairs, len(s.class_names), s.ignore_index,
-                                         cache_dir=cache_dir))
-        return out
-
-    return report_checks(checks, skip_bad_images=cfg.skip_bad_images, run_dir=run_dir)
+    return report_checks(lambda: [label_split(cfg, root, s).check(cache_dir) for s in splits],
+                         skip_bad_images=cfg.skip_bad_images, run_dir=run_dir)
 
 
 def label_split(cfg: DataConfig, root: Path, split: str) -> LabelSplit:

@@ -169,6 +169,14 @@ class LabelSplit:
     class_names: list[str]
     ignore_index: int = 255
 
+    def check(self, cache_dir: Path | None = None):
+        """``common.dataset_check.check_label_split`` of every (image, label map) pair: a SplitCheck."""
+        from common.dataset_check import check_label_split
+
+        pairs = [(it.image_id, it.image_path, it.label_path) for it in self.items]
+        return check_label_split(self.source, self.image_root, pairs, len(self.class_names), self.ignore_index,
+                                 cache_dir=cache_dir)
+
     def dataset(self, transforms=None, skip_image_ids=()) -> SemSegDataset:
         """The split without ``skip_image_ids`` (the bad images ``common.dataset_check`` found, when
         they are skipped); a missing label file is an error here, anything else when it is read."""

@@ -77,9 +77,9 @@ def dataset_splits(args: argparse.Namespace) -> list[tuple[Path, Path]]:
 
 
 def label_map_checks(args: argparse.Namespace, cache_dir: Path | None) -> list:
-    """check_label_split of the train and val splits of a semantic_dir or VOC folder (those present)."""
-    from common.dataset_check import check_label_split
-    from segmentation.build import label_split, resolve_root
+    """The label-map check (``LabelSplit.check``) of the train and val splits of a semantic_dir or
+    VOC folder, those present."""
+    from segmentation.build import label_split, layout_of, resolve_root
     from segmentation.config import DataConfig
 
     if not args.data:
@@ -90,10 +90,9 @@ def label_map_checks(args: argparse.Namespace, cache_dir: Path | None) -> list:
                "voc": lambda s: (root / "ImageSets" / "Segmentation" / f"{s}.txt").is_file()}[args.format]
     splits = [label_split(cfg, root, s) for s in ("train", "val") if present(s)]
     if not splits:
-        from segmentation.build import layout_of
-        raise DatasetError(f"{root} holds no train or val split; a data.format={args.format} folder holds {layout_of(cfg)}")
-    return [check_label_split(s.source, s.image_root, [(it.image_id, it.image_path, it.label_path) for it in s.items],
-                              len(s.class_names), s.ignore_index, cache_dir=cache_dir) for s in splits]
+        raise DatasetError(f"{root} holds no train or val split; a data.format={args.format} folder holds "
+                           f"{layout_of(cfg)}")
+    return [s.check(cache_dir) for s in splits]
 
 
 def run(args: argparse.Namespace) -> int:
