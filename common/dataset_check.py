@@ -194,8 +194,8 @@ def format_summary(check: SplitCheck) -> str:
     if not s:
         lines.append("  no summary: the file's layout is broken (see the problems)")
         return "\n".join(lines)
-    if "label_maps" in s:  # check_label_split
-        lines.append(f"  {s['images']} images with label maps of {s['label_maps']} classes")
+    if "classes" in s:  # check_label_split
+        lines.append(f"  {s['images']} images with label maps of {s['classes']} classes")
         lines.append(f"  problems: {len(check.problems) or 'none'}")
         return "\n".join(lines)
     total = sum(s["instances"].values())
@@ -341,7 +341,7 @@ def check_label_split(source: str | Path, image_root: str | Path, items: list[tu
         old, workers)
     problems = [Problem(str(source), i, m) for i, image, _ in items for m in results[str(image)][-1]]
     _write_cache(cache_file, {"version": CACHE_VERSION, "source": str(source.resolve()), "images": _kept(results)})
-    return SplitCheck(source, image_root, problems, {"images": len(items), "label_maps": num_classes},
+    return SplitCheck(source, image_root, problems, {"images": len(items), "classes": num_classes},
                       decoded=decoded)
 
 
