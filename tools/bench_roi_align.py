@@ -24,7 +24,6 @@ from common.tooling import start_tool, tool_parser  # noqa: E402
 
 start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
-import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 

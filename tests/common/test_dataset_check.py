@@ -1,7 +1,6 @@
 """common.dataset_check: every image and label map decoded once (missing, empty, truncated, wrong
 size, class ids out of range found), all problems listed, the summary, the cache, skipping."""
 import json
-import os
 
 import cv2
 import numpy as np
