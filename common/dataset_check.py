@@ -1,6 +1,6 @@
-"""The dataset check every tool runs before any work: all problems of a COCO split, found once.
+"""The dataset check every tool runs before any work: all problems of a split, found once.
 
-For each split (an annotation JSON and its image folder):
+For each COCO split (an annotation JSON and its image folder):
 - every annotation is checked (``common.coco.coco_problems``);
 - every image is decoded fully once with PIL, so a missing, empty (0 bytes), truncated
   ("Premature end of JPEG file") or undecodable file, and a file whose size differs from the
@@ -9,15 +9,22 @@ For each split (an annotation JSON and its image folder):
 - a summary: images, images without (non-crowd) instances, instances per class, box sizes,
   keypoint visibility.
 
-Results are cached in ``cache_dir`` (default ``$XDG_CACHE_HOME/rcnn-toolkit/dataset_check``, else
-``~/.cache/...``; one JSON per annotation file + image folder): the annotation part is reused
-while the JSON's size and modification time are unchanged, each image's result while its own
-are. A second run only stats the files. Dataset folders are never written to (they may be
-read-only or shared).
+For each split of images with label-map PNGs (segmentation's semantic_dir and VOC layouts,
+:func:`check_label_split`): both files of every pair decoded fully once; a missing, empty,
+truncated or unreadable file, a label map that is not single-channel or palette, one whose size
+differs from its image's, and class ids outside the classes (the ignore value aside) are problems,
+each naming the file, the image id and the value (all bad ids of a map in one line).
 
-:func:`check_splits` is what the tools call: it prints one line per split, and either fails
-with every problem listed (one line each) or, when skipping, returns the image ids to leave out
-and writes what it skipped to ``skipped_images.txt`` in the run folder.
+Results are cached in ``cache_dir`` (default ``$XDG_CACHE_HOME/rcnn-toolkit/dataset_check``, else
+``~/.cache/...``; one JSON per annotation file or label folder + image folder): the annotation
+part is reused while the JSON's size and modification time are unchanged, each image's (or
+image and label map's) result while its own are. A second run only stats the files. Dataset
+folders are never written to (they may be read-only or shared).
+
+:func:`check_splits` (COCO) and :func:`report_checks` (any checks) are what the tools call: they
+print one line per split, and either fail with every problem listed (one line each) or, when
+skipping, return the image ids to leave out and write what was skipped to
+``skipped_images.txt`` in the run folder.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +43,7 @@ import numpy as np
 
 from common.coco import DatasetError, Problem, coco_problems, read_json
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one entry layout [*key, problems] for images and label maps
 SIZE_BINS = [0, 8, 16, 32, 64, 128, 256, 512, 1024, 1 << 30]  # px edges of sqrt(box area) for the histogram
 
 
@@ -70,11 +78,11 @@ class _Image:
 # images
 
 
-def image_problem(path: Path, image_id: Any, height: int, width: int, ann_name: str) -> str | None:
-    """Why the image file cannot be used (None: it decodes fully and has the JSON's size)."""
+def decoded_size(path: Path, where: str) -> tuple[int, int] | str:
+    """(height, width) of the image file at ``path`` once every row decoded, or why it cannot be
+    used (a sentence starting with ``where``)."""
     from PIL import Image, UnidentifiedImageError
 
-    where = f"image file {path} (image id {image_id})"
     if path.is_dir():
         return f"{where} is a folder"
     try:
@@ -96,9 +104,46 @@ def image_problem(path: Path, image_id: Any, height: int, width: int, ann_name: 
         h, w = img.shape[:2]
     except (OSError, SyntaxError, ValueError) as e:
         return f"{where} is truncated or corrupt ({e})"
-    if (h, w) != (height, width):
-        return f"{where} is {h}x{w} (h x w) but {ann_name} says {height}x{width}"
+    return h, w
+
+
+def image_problem(path: Path, image_id: Any, height: int, width: int, ann_name: str) -> str | None:
+    """Why the image file cannot be used (None: it decodes fully and has the JSON's size)."""
+    size = decoded_size(path, f"image file {path} (image id {image_id})")
+    if isinstance(size, str):
+        return size
+    if size != (height, width):
+        return (f"image file {path} (image id {image_id}) is {size[0]}x{size[1]} (h x w) but {ann_name} says "
+                f"{height}x{width}")
     return None
+
+
+def label_map_problems(image_path: Path, label_path: Path, image_id: Any, num_classes: int,
+                       ignore_index: int) -> list[str]:
+    """Why an image and its label map (a single-channel or palette PNG of class ids) cannot be used:
+    either file missing, empty, truncated or unreadable, a label map of another mode or size than
+    its image, class ids other than 0..num_classes-1 and ``ignore_index`` (all of them, in one
+    sentence). Empty: both are fine."""
+    from PIL import Image
+
+    image = decoded_size(image_path, f"image file {image_path} (image id {image_id})")
+    problems = [image] if isinstance(image, str) else []
+    where = f"label file {label_path} (image id {image_id})"
+    size = decoded_size(label_path, where)
+    if isinstance(size, str):
+        return problems + [size]
+    with Image.open(label_path) as im:  # decoded once already: this read cannot fail half-way
+        if im.mode not in ("P", "L"):
+            return problems + [f"{where} is a {im.mode} image; expected single-channel class ids or a palette PNG"]
+        values = np.unique(np.asarray(im))  # palette mode gives the indices, not the colours
+    if not isinstance(image, str) and size != image:
+        problems.append(f"{where} is {size[0]}x{size[1]} (h x w) but its image {image_path.name} is "
+                        f"{image[0]}x{image[1]}")
+    bad = values[(values >= num_classes) & (values != ignore_index)]
+    if bad.size:
+        problems.append(f"{where} holds class id{'s' if bad.size > 1 else ''} {', '.join(map(str, bad.tolist()))}, "
+                        f"outside the {num_classes} classes 0..{num_classes - 1} (ignore index {ignore_index})")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +194,10 @@ def format_summary(check: SplitCheck) -> str:
     if not s:
         lines.append("  no summary: the file's layout is broken (see the problems)")
         return "\n".join(lines)
+    if "classes" in s:  # check_label_split
+        lines.append(f"  {s['images']} images with label maps of {s['classes']} classes")
+        lines.append(f"  problems: {len(check.problems) or 'none'}")
+        return "\n".join(lines)
     total = sum(s["instances"].values())
     lines.append(f"  {s['images']} images, {s['empty_images']} without instances; {total} instances, "
                  f"{s['crowd']} crowd")
@@ -178,7 +227,7 @@ def plot_summary(checks: list[SplitCheck], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    checks = [c for c in checks if c.summary]
+    checks = [c for c in checks if c.summary.get("instances") is not None]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(len(checks), 1)
     for j, c in enumerate(checks):
@@ -205,11 +254,12 @@ def plot_summary(checks: list[SplitCheck], path: Path) -> Path:
 # one split, with the cache
 
 
-def _stat(path: Path) -> list[int] | None:
+def _stat(path: Path) -> list[int]:
+    """[size, modification time in ns]; [-1, -1] for a file that is not there."""
     try:
         st = path.stat()
     except OSError:
-        return None
+        return [-1, -1]
     return [st.st_size, st.st_mtime_ns]
 
 
@@ -236,7 +286,7 @@ def check_split(ann_file: str | Path, image_root: str | Path, *, cache_dir: Path
     except (OSError, ValueError):
         cache = {}
     ann_stat = _stat(ann_file)
-    if ann_stat is not None and cache.get("ann_stat") == ann_stat:
+    if -1 not in ann_stat and cache.get("ann_stat") == ann_stat:
         ann_problems = [Problem(str(ann_file), p[0], p[1]) for p in cache["ann_problems"]]
         summary, images = cache["summary"], [_Image(*im) for im in cache["image_list"]]
     else:
@@ -251,37 +301,70 @@ def check_split(ann_file: str | Path, image_root: str | Path, *, cache_dir: Path
         problems.append(Problem(str(ann_file), None, f"image folder {image_root} of {ann_file} does not exist"))
         images = []
 
+    def decode(im: _Image) -> list[str]:
+        message = image_problem(image_root / im.file_name, im.image_id, im.height, im.width, ann_file.name)
+        return [message] if message else []
+
     old = cache.get("images", {}) if cache.get("ann_stat") == ann_stat else {}
-    results: dict[str, list] = {}
-    todo = []
+    results, decoded = _cached_checks([(im.file_name, [*_stat(image_root / im.file_name), im.height, im.width],
+                                        partial(decode, im)) for im in images], old, workers)
     for im in images:
-        path = image_root / im.file_name
-        st = _stat(path)
-        entry = old.get(im.file_name)
-        if st is not None and entry and entry[:4] == [*st, im.height, im.width]:
-            results[im.file_name] = entry
-        else:
-            todo.append((im, path, st))
+        problems += [Problem(str(ann_file), im.image_id, m) for m in results[im.file_name][-1]]
 
-    def decode(job):
-        im, path, st = job
-        return im.file_name, [*(st or [-1, -1]), im.height, im.width,
-                              image_problem(path, im.image_id, im.height, im.width, ann_file.name)]
-
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-        results.update(pool.map(decode, todo))
-    for im in images:
-        message = results[im.file_name][4]
-        if message:
-            problems.append(Problem(str(ann_file), im.image_id, message))
-
-    if ann_stat is not None:
+    if -1 not in ann_stat:
         _write_cache(cache_file, {
             "version": CACHE_VERSION, "ann_file": str(ann_file.resolve()), "ann_stat": ann_stat,
             "ann_problems": [[p.image_id, p.message] for p in ann_problems],
             "summary": summary, "image_list": [[im.image_id, im.file_name, im.height, im.width] for im in images],
-            "images": {k: v for k, v in results.items() if v[0] >= 0}})
-    return SplitCheck(ann_file, image_root, problems, summary, decoded=len(todo))
+            "images": _kept(results)})
+    return SplitCheck(ann_file, image_root, problems, summary, decoded=decoded)
+
+
+def check_label_split(source: str | Path, image_root: str | Path, items: list[tuple[Any, Path, Path]],
+                      num_classes: int, ignore_index: int, *, cache_dir: Path | None = None,
+                      workers: int | None = None) -> SplitCheck:
+    """Check a split of images with label-map PNGs (segmentation's semantic_dir and VOC layouts):
+    ``items`` are (image id, image file, label file); each pair is decoded fully once
+    (:func:`label_map_problems`). ``source`` names the split in messages and skip lists (the label
+    folder, or VOC's list file). Cached like :func:`check_split`: a pair is decoded again when
+    either file's size or modification time, or the classes, change."""
+    source, image_root = Path(source), Path(image_root)
+    cache_file = _cache_path(Path(cache_dir or default_cache_dir()), source, image_root)
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    old = cache.get("images", {}) if cache.get("version") == CACHE_VERSION else {}
+    results, decoded = _cached_checks(
+        [(str(image), [*_stat(image), *_stat(label), num_classes, ignore_index],
+          partial(label_map_problems, image, label, i, num_classes, ignore_index)) for i, image, label in items],
+        old, workers)
+    problems = [Problem(str(source), i, m) for i, image, _ in items for m in results[str(image)][-1]]
+    _write_cache(cache_file, {"version": CACHE_VERSION, "source": str(source.resolve()), "images": _kept(results)})
+    return SplitCheck(source, image_root, problems, {"images": len(items), "classes": num_classes},
+                      decoded=decoded)
+
+
+def _cached_checks(jobs: list[tuple[str, list, Callable[[], list[str]]]], old: dict,
+                   workers: int | None) -> tuple[dict[str, list], int]:
+    """Run ``jobs`` (name, key, check) in threads, reusing a cached entry ``[*key, problems]``
+    while its key (file sizes and modification times, what the file is checked against) is the
+    same. Returns ({name: [*key, problems]}, how many checks ran)."""
+    results, todo = {}, []
+    for name, key, check in jobs:
+        entry = old.get(name)
+        if entry and entry[:-1] == key:
+            results[name] = entry
+        else:
+            todo.append((name, key, check))
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        results.update(pool.map(lambda job: (job[0], [*job[1], job[2]()]), todo))
+    return results, len(todo)
+
+
+def _kept(results: dict[str, list]) -> dict[str, list]:
+    """The entries worth caching: every file they name exists (a missing one is looked at again)."""
+    return {k: v for k, v in results.items() if -1 not in v[:-1]}
 
 
 def _write_cache(path: Path, obj: dict) -> None:
@@ -312,7 +395,15 @@ class CheckResult:
 def check_splits(splits: list[tuple[str | Path, str | Path]], *, skip_bad_images: bool = False,
                  run_dir: Path | None = None, cache_dir: Path | None = None,
                  log: Callable[[str], None] = print) -> CheckResult:
-    """Check every split before any work (see the module docstring).
+    """Check the COCO splits (annotation JSON, image folder) before any work: :func:`report_checks`
+    of :func:`check_split` on each."""
+    return report_checks(lambda: [check_split(a, i, cache_dir=cache_dir) for a, i in splits],
+                         skip_bad_images=skip_bad_images, run_dir=run_dir, log=log)
+
+
+def report_checks(make_checks: Callable[[], list[SplitCheck]], *, skip_bad_images: bool = False,
+                  run_dir: Path | None = None, log: Callable[[str], None] = print) -> CheckResult:
+    """Run ``make_checks`` (the splits' :func:`check_split` or :func:`check_label_split`) and act on it.
 
     Prints one line per split. With problems: unless ``skip_bad_images``, print every problem
     (one line each, to stderr) and raise one DatasetError; when skipping, leave out the images
@@ -326,18 +417,17 @@ def check_splits(splits: list[tuple[str | Path, str | Path]], *, skip_bad_images
         outcome = None
         if dist.is_main_process():
             try:
-                outcome = (_check_splits(splits, skip_bad_images, run_dir, cache_dir, log), None)
+                outcome = (_report(make_checks(), skip_bad_images, run_dir, log), None)
             except DatasetError as e:
                 outcome = (None, str(e))
         result, problem = dist.broadcast_object(outcome)
         if problem:
             raise DatasetError(problem)
         return result
-    return _check_splits(splits, skip_bad_images, run_dir, cache_dir, log)
+    return _report(make_checks(), skip_bad_images, run_dir, log)
 
 
-def _check_splits(splits, skip_bad_images, run_dir, cache_dir, log) -> CheckResult:
-    checks = [check_split(a, i, cache_dir=cache_dir) for a, i in splits]
+def _report(checks: list[SplitCheck], skip_bad_images, run_dir, log) -> CheckResult:
     result = CheckResult()
     for c in checks:
         n_images = c.summary.get("images", 0) if c.summary else 0

@@ -7,7 +7,7 @@ A tool reads top to bottom:
     start_tool()                                   # before torch is imported (see start_tool)
 
     def parse_args(argv):
-        p = argparse.ArgumentParser(...)
+        p = tool_parser(__doc__)
         add_arguments(p, "config", "output", "device", "resume", "no_progress", "overrides",
                       defaults={"config": DEFAULT_CONFIG}, shown={"output": "runs/<config name>"})
         return p.parse_intermixed_args(argv)
@@ -125,6 +125,14 @@ _ARGUMENTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                              "terminal)")),
     "overrides": (("overrides",), dict(nargs="*", help="config overrides key=value, e.g. solver.base_lr=0.01")),
 }
+
+
+def tool_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a tool whose module docstring is ``doc``: its first paragraph describes the
+    tool above the options, the rest (examples, what it writes) follows them as written."""
+    summary, _, rest = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(description=summary, epilog=rest or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_arguments(parser: argparse.ArgumentParser, *names: str, defaults: dict[str, Any] | None = None,

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from common.samplers import repeat_factors, repeat_indices
-from common.dataset_check import CheckResult, check_splits
+from common.dataset_check import CheckResult, check_splits, report_checks
 from segmentation.config import DataConfig, ModelConfig
-from segmentation.data import (SegDataError, SemSegDataset, build_transforms, load_coco_semantic,
-                               load_semantic_dir, load_voc)
+from segmentation.data import (LabelSplit, SegDataError, SemSegDataset, build_transforms, load_coco_semantic,
+                               semantic_dir_split, voc_split)
 from segmentation.fcn import FCN, ConvClassifier, ConvHead
 from segmentation.losses import class_pixel_stats, class_prior_bias, class_weights
 from segmentation.segmentor import SemanticSegmentor
@@ -115,15 +115,28 @@ def resolve_root(cfg: DataConfig) -> Path:
     return ensure_shapes_dataset()
 
 
-def check_data(cfg: DataConfig, root: Path, run_dir: Path | None) -> CheckResult:
-    """data.format=coco: the start-up dataset check of both splits (``common.dataset_check``, as
-    for the detectors): every image decoded, every annotation checked, before the first
-    iteration; stops with every problem listed unless ``data.skip_bad_images`` (then the images to
-    leave out, listed in ``run_dir``). Other layouts: nothing (their files are checked when read)."""
-    if cfg.format != "coco":
-        return CheckResult()
-    return check_splits([(root / f"{s}.json", root / s) for s in (cfg.train_split, cfg.val_split)],
-                        skip_bad_images=cfg.skip_bad_images, run_dir=run_dir)
+def check_data(cfg: DataConfig, root: Path, run_dir: Path | None, splits: tuple[str, ...] | None = None,
+               cache_dir: Path | None = None) -> CheckResult:
+    """The start-up dataset check of ``splits`` (default: train and val) with ``common.dataset_check``,
+    before any work: every image decoded once; for data.format=coco every annotation checked (as
+    for the detectors), for semantic_dir and voc every label map decoded and checked against its
+    image's size and the classes. Stops with every problem listed unless ``data.skip_bad_images``
+    (then the images to leave out, listed in ``run_dir``); results are cached."""
+    splits = splits or (cfg.train_split, cfg.val_split)
+    if cfg.format == "coco":
+        return check_splits([(root / f"{s}.json", root / s) for s in splits], skip_bad_images=cfg.skip_bad_images,
+                            run_dir=run_dir, cache_dir=cache_dir)
+    return report_checks(lambda: [label_split(cfg, root, s).check(cache_dir) for s in splits],
+                         skip_bad_images=cfg.skip_bad_images, run_dir=run_dir)
+
+
+def label_split(cfg: DataConfig, root: Path, split: str) -> LabelSplit:
+    """A split of the label-map layouts (data.format semantic_dir or voc) as listed on disk."""
+    if cfg.format == "semantic_dir":
+        return semantic_dir_split(root, split)
+    if cfg.format == "voc":
+        return voc_split(root, split)
+    raise ValueError(f"data.format = {cfg.format!r} has no label-map files (semantic_dir and voc have)")
 
 
 def build_dataset(cfg: DataConfig, split: str, train: bool, root: Path | None = None,
@@ -131,14 +144,14 @@ def build_dataset(cfg: DataConfig, split: str, train: bool, root: Path | None = 
     """One split with the training or evaluation transforms (``checked``: what :func:`check_data`
     found; its bad images are left out)."""
     root = resolve_root(cfg) if root is None else Path(root)
+    checked = checked or CheckResult()
     tf = build_transforms(train, cfg.crop_size, tuple(cfg.scale_range), cfg.hflip, cfg.color_jitter)
-    if cfg.format == "semantic_dir":
-        return load_semantic_dir(root, split, tf)
-    if cfg.format == "voc":
-        return load_voc(root, split, tf)
+    if cfg.format in ("semantic_dir", "voc"):
+        s = label_split(cfg, root, split)
+        return s.dataset(tf, checked.skip_ids(s.source))
     if cfg.format == "coco":
         ann = root / f"{split}.json"
-        return load_coco_semantic(ann, root / split, tf, (checked or CheckResult()).skip_ids(ann))
+        return load_coco_semantic(ann, root / split, tf, checked.skip_ids(ann))
     raise ValueError(f"data.format = {cfg.format!r} must be semantic_dir, voc or coco")
 
 

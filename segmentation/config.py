@@ -51,7 +51,7 @@ class DataConfig:
     color_jitter: float = 0.2  # training colour jitter strength (0 = off)
     repeat_threshold: float = 0.0  # repeat-factor resampling threshold t (0 = off)
     num_workers: int = 0  # DataLoader workers
-    skip_bad_images: bool = False  # coco format: leave out images the start-up dataset check finds bad (listed in RUN/skipped_images.txt) instead of stopping
+    skip_bad_images: bool = False  # leave out images (or label maps) the start-up dataset check finds bad (listed in RUN/skipped_images.txt) instead of stopping
     num_vis: int = 4  # val images drawn with their predictions at evaluation
 
 

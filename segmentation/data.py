@@ -6,7 +6,8 @@ A dataset returns ``(image, target)``: ``image`` (3, H, W) uint8 RGB after trans
 ``target`` = {"sem_seg": (H, W) int64 labels with ``ignore_index`` for "don't care",
 "image_id", "file_name", "orig_size": (2,) int64 (height, width) on disk}.
 
-Layouts (each a function returning a :class:`SemSegDataset`):
+Layouts (each a function returning a :class:`SemSegDataset`; the two label-map layouts also list
+their files as a :class:`LabelSplit` for the start-up check):
 - :func:`load_semantic_dir`: the synthetic shapes dataset (``common.shapes``):
   ``ROOT/{split}/*.jpg``, ``ROOT/{split}_semantic/<stem>.png``, ``ROOT/semantic.json`` =
   {"classes": [...], "ignore_index": 255};
@@ -18,7 +19,7 @@ Layouts (each a function returning a :class:`SemSegDataset`):
 
 Every label map is checked when read: its size must equal its image's and its values must be
 declared classes or the ignore index; the error is one sentence naming the file, the image id
-and the value.
+and the value. The tools find all of these before any work (``common.dataset_check``).
 """
 from __future__ import annotations
 
@@ -157,7 +158,36 @@ def read_label_png(path: Path, image_id) -> np.ndarray:
 
 # --------------------------------------------------------------------------- layouts
 
-def load_semantic_dir(root: str | Path, split: str, transforms=None) -> SemSegDataset:
+@dataclass
+class LabelSplit:
+    """One split of a label-map layout as listed on disk (semantic_dir or VOC); its files are
+    checked by ``common.dataset_check.check_label_split`` and again when read."""
+
+    source: Path              # what names the split: semantic_dir's label folder, VOC's list file
+    image_root: Path
+    items: list[SemSegItem]
+    class_names: list[str]
+    ignore_index: int = 255
+
+    def check(self, cache_dir: Path | None = None):
+        """``common.dataset_check.check_label_split`` of every (image, label map) pair: a SplitCheck."""
+        from common.dataset_check import check_label_split
+
+        pairs = [(it.image_id, it.image_path, it.label_path) for it in self.items]
+        return check_label_split(self.source, self.image_root, pairs, len(self.class_names), self.ignore_index,
+                                 cache_dir=cache_dir)
+
+    def dataset(self, transforms=None, skip_image_ids=()) -> SemSegDataset:
+        """The split without ``skip_image_ids`` (the bad images ``common.dataset_check`` found, when
+        they are skipped); a missing label file is an error here, anything else when it is read."""
+        items = [it for it in self.items if it.image_id not in skip_image_ids]
+        for it in items:
+            if not it.label_path.is_file():
+                raise SegDataError(f"label file {it.label_path} for image {it.image_id} does not exist")
+        return SemSegDataset(items, self.class_names, self.ignore_index, transforms)
+
+
+def semantic_dir_split(root: str | Path, split: str) -> LabelSplit:
     """The shapes layout: ``root/{split}/*.jpg`` + ``root/{split}_semantic/<stem>.png``."""
     root = Path(root)
     meta_path = root / "semantic.json"
@@ -171,31 +201,28 @@ def load_semantic_dir(root: str | Path, split: str, transforms=None) -> SemSegDa
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise SegDataError(f"no images in {image_dir}")
-    items = []
-    for p in images:
-        lab = label_dir / f"{p.stem}.png"
-        if not lab.is_file():
-            raise SegDataError(f"label file {lab} for image {p.stem} does not exist")
-        items.append(SemSegItem(p.stem, p, lab))
-    return SemSegDataset(items, meta["classes"], int(meta.get("ignore_index", 255)), transforms)
+    items = [SemSegItem(p.stem, p, label_dir / f"{p.stem}.png") for p in images]
+    return LabelSplit(label_dir, image_dir, items, meta["classes"], int(meta.get("ignore_index", 255)))
 
 
-def load_voc(root: str | Path, split: str, transforms=None, class_names: list[str] | None = None) -> SemSegDataset:
+def voc_split(root: str | Path, split: str, class_names: list[str] | None = None) -> LabelSplit:
     """Pascal VOC: ``root`` holds JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/."""
     root = Path(root)
     list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not list_file.is_file():
         raise SegDataError(f"VOC split file {list_file} does not exist")
     ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
-    items = []
-    for image_id in ids:
-        img = root / "JPEGImages" / f"{image_id}.jpg"
-        lab = root / "SegmentationClass" / f"{image_id}.png"
-        for p in (img, lab):
-            if not p.is_file():
-                raise SegDataError(f"{p} (image {image_id}, listed in {list_file}) does not exist")
-        items.append(SemSegItem(image_id, img, lab))
-    return SemSegDataset(items, class_names or VOC_CLASSES, 255, transforms)
+    items = [SemSegItem(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids]
+    return LabelSplit(list_file, root / "JPEGImages", items, class_names or VOC_CLASSES, 255)
+
+
+def load_semantic_dir(root: str | Path, split: str, transforms=None, skip_image_ids=()) -> SemSegDataset:
+    return semantic_dir_split(root, split).dataset(transforms, skip_image_ids)
+
+
+def load_voc(root: str | Path, split: str, transforms=None, class_names: list[str] | None = None,
+             skip_image_ids=()) -> SemSegDataset:
+    return voc_split(root, split, class_names).dataset(transforms, skip_image_ids)
 
 
 def load_coco_semantic(json_path: str | Path, image_dir: str | Path, transforms=None,

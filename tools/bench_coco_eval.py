@@ -16,8 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout, like the other tools
     sys.path.insert(0, str(ROOT))
+from common.tooling import start_tool, tool_parser  # noqa: E402
 
-import argparse  # noqa: E402
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
+
 import contextlib  # noqa: E402
 import io  # noqa: E402
 import time  # noqa: E402
@@ -73,7 +75,7 @@ def synthetic(num_images: int, dets_per_image: int, seed: int = 0) -> tuple[dict
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = tool_parser(__doc__)
     p.add_argument("--images", type=int, default=5000, help="val images (COCO val2017: 5000)")
     p.add_argument("--dets", type=int, default=100, help="detections per image (COCO's maximum: 100)")
     p.add_argument("--iou-types", nargs="+", default=["bbox", "segm"], choices=("bbox", "segm"))

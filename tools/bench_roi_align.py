@@ -17,12 +17,13 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout, like the other tools
     sys.path.insert(0, str(ROOT))
+from common.tooling import start_tool, tool_parser  # noqa: E402
 
-import argparse  # noqa: E402
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
+
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -59,7 +60,7 @@ def time_once(fn, x, rois, size, scale, sr, aligned, backward: bool) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tool_parser(__doc__)
     parser.add_argument("--reps", type=int, default=3, help="timed runs per implementation and mode")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     args = parser.parse_args()

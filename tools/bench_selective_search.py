@@ -36,6 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from common.tooling import start_tool, tool_parser  # noqa: E402
+
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 from detection.proposals import ProposalError, load_proposals, proposal_recall  # noqa: E402
 
@@ -61,8 +64,7 @@ print(json.dumps({"seconds": seconds, "cpu": cpu, "version": cv2.__version__}))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tool_parser(__doc__)
     p.add_argument("--data", nargs="+", required=True, help="dataset folders (each with <split>.json and <split>/)")
     p.add_argument("--split", default="val", help="split to run on (default: %(default)s)")
     p.add_argument("--limit", type=int, default=50, help="first N images of each split (0 = all; default: %(default)s)")

@@ -40,7 +40,7 @@ import train_det  # noqa: E402  (tools/: the training tool's fit is what every c
 from common.backbones.backbone import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.engine import Trainer, WarmupSchedule, build_optimizer, seed_everything  # noqa: E402
-from common.tooling import RunDir, parse_device, run_tool  # noqa: E402
+from common.tooling import RunDir, parse_device, run_tool, tool_parser  # noqa: E402
 from detection import torchvision_ref as tv  # noqa: E402
 from detection.build import build_datasets, build_detector, build_model, check_data, read_checkpoint  # noqa: E402
 from detection.build import resolve_data_paths  # noqa: E402
@@ -230,7 +230,7 @@ def format_table(columns: dict, rows) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tool_parser(__doc__)
     p.add_argument("--iters", type=int, default=200, help="training iterations per column (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=5, help="iterations left out of the s/iter median")
     p.add_argument("--size", type=int, default=192, help="image short side in px (default: %(default)s)")

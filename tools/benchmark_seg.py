@@ -18,6 +18,7 @@ stride-32 network on half-size 128 px crops would have a 2 x 2 top feature map).
     python tools/benchmark_seg.py --max-iters 20 --rows fcn8s_R18,tv_fcnhead_R18   # a quick check
 
 Columns: parameters, seconds per iteration, mIoU, boundary IoU (3 px band), pixel accuracy (%).
+The data gets the training tool's start-up dataset check first; errors are one line, exit 2.
 """
 from __future__ import annotations
 
@@ -88,56 +89,60 @@ def build_row(name: str, cfg, num_classes: int, ignore_index: int, class_stats=N
     return wrap_net(net, model_cfg, num_classes, **loss_args)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="FCN-8s vs torchvision FCNHead, U-Net vs FCN-32s boundary IoU")
-    p.add_argument("--config", default=str(ROOT / "configs" / "segmentation" / "unet_shapes_cpu.yaml"),
-                   help="data and solver settings shared by every row")
+def parse_args(argv=None) -> argparse.Namespace:
+    from common.tooling import add_arguments, tool_parser
+
+    p = tool_parser(__doc__)
+    add_arguments(p, "config", defaults={"config": str(ROOT / "configs" / "segmentation" / "unet_shapes_cpu.yaml")})
     p.add_argument("--data", help="dataset directory (default: the shapes dataset)")
-    p.add_argument("--max-iters", type=int, help="shorter schedule for a quick check")
+    add_arguments(p, "max_iters", "device", "overrides", defaults={"device": "cpu"})
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ", ".join(ROWS))
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
+
+def run(args: argparse.Namespace) -> int:
     import train_seg
     from common.engine import seed_everything
-    from common.tooling import RunDir
-    from segmentation.build import build_datasets, class_pixel_stats_of, needs_class_stats, resolve_root
+    from common.tooling import RunDir, parse_device
+    from segmentation.build import build_datasets, check_data, class_pixel_stats_of, needs_class_stats, resolve_root
 
-    try:
-        cfg, _ = train_seg.load_cfg(argparse.Namespace(overrides=args.overrides, data=args.data,
-                                                       max_iters=args.max_iters, config=args.config))
-        rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-        for r in rows:
-            if r not in ROWS:
-                raise ValueError(f"unknown row {r!r}; choose from {', '.join(ROWS)}")
-    except ValueError as e:
-        print(f"benchmark_seg.py: error: {e}".splitlines()[0], file=sys.stderr)
-        return 2
+    cfg, _ = train_seg.load_cfg(args)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    for r in rows:
+        if r not in ROWS:
+            raise ValueError(f"unknown row {r!r}; choose from {', '.join(ROWS)}")
+    device = parse_device(args.device)
     torch.set_num_threads(args.threads)
     cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, checkpoint_period=0, eval_period=0,
                                                               best_metric=None))
-    train_ds, val_ds = build_datasets(cfg.data, resolve_root(cfg.data))
+    root = resolve_root(cfg.data)
+    train_ds, val_ds = build_datasets(cfg.data, root, check_data(cfg.data, root, None))  # every image, first
     stats = class_pixel_stats_of(train_ds) if needs_class_stats(cfg.model) else None
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in rows:
             seed_everything(cfg.solver.seed)
             model = build_row(name, cfg, train_ds.num_classes, train_ds.ignore_index, stats)
-            summary = train_seg.fit(cfg, model, train_ds, val_ds, torch.device(args.device),
-                                    RunDir(Path(tmp) / name), progress=False, tensorboard=False, report=False)
+            summary = train_seg.fit(cfg, model, train_ds, val_ds, device, RunDir(Path(tmp) / name),
+                                    progress=False, tensorboard=False, report=False)
             m = summary["metrics"]
             params = sum(p.numel() for p in model.parameters()) / 1e6
             results.append((name, params, summary["seconds"] / summary["iteration"], m["mIoU"],
                             m["boundary_IoU"], m["pixel_acc"]))
             print(f"  {name}: mIoU {m['mIoU']:.1f} ({summary['seconds']:.0f} s)", file=sys.stderr)
     print(f"shapes val, {cfg.solver.max_iters} iterations x {cfg.solver.ims_per_batch} images, "
-          f"{args.threads} threads on {args.device}")
+          f"{args.threads} threads on {device}")
     print(f"{'model':<16}{'params (M)':>11}{'s/iter':>8}{'mIoU':>7}{'bIoU':>7}{'pixAcc':>8}")
     for name, params, spi, miou, biou, acc in results:
         print(f"{name:<16}{params:>11.2f}{spi:>8.2f}{miou:>7.1f}{biou:>7.1f}{acc:>8.1f}")
     return 0
+
+
+def main(argv=None) -> int:
+    from common.tooling import run_tool
+
+    return run_tool("benchmark_seg", run, parse_args(argv))
 
 
 if __name__ == "__main__":

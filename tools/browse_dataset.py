@@ -28,7 +28,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import shapes  # noqa: E402
-from common.tooling import ToolError, check_writable, run_tool  # noqa: E402
+from common.tooling import ToolError, check_writable, run_tool, tool_parser  # noqa: E402
 from common.visual import color_for, draw_instances, draw_semantic  # noqa: E402
 from detection.data import CocoDetection, DatasetError  # noqa: E402
 
@@ -36,7 +36,7 @@ GAP = 4  # px of white between the instance and semantic panels
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser = tool_parser(__doc__)
     parser.add_argument("--data", help="COCO-format dataset directory (default: the shapes dataset)")
     parser.add_argument("--split", default="val", help="which DIR/<split>.json to draw (default: val)")
     parser.add_argument("--out", required=True, help="output directory for the drawings")

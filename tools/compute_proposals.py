@@ -26,18 +26,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from common.tooling import start_tool  # noqa: E402
+
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from detection.proposals import (ProposalError, check_header, load_proposals, make_header,  # noqa: E402
                                  proposal_recall, read_header, save_proposals)
+from common.tooling import run_tool, tool_parser  # noqa: E402
 from detection.selective_search import MODES, selective_search  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tool_parser(__doc__)
     p.add_argument("--data", required=True, help="dataset folder holding <split>.json and <split>/")
     p.add_argument("--split", default="val", help="train or val (default: %(default)s)")
     p.add_argument("--mode", choices=sorted(MODES), default="fast", help="selective search mode (default: %(default)s)")
@@ -138,12 +141,7 @@ def compute(images: dict[int, Path], settings: dict, workers: int, progress: boo
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (ProposalError, ValueError, OSError) as e:
-        print(f"compute_proposals: error: {e}", file=sys.stderr)
-        return 2
+    return run_tool("compute_proposals", run, parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,15 +40,14 @@ from common.tooling import start_tool  # noqa: E402
 
 start_tool()  # before torch: the OpenMP wait policy; see common/tooling.py
 
-from common.tooling import parse_device, run_tool  # noqa: E402
+from common.tooling import parse_device, run_tool, tool_parser  # noqa: E402
 from detection.data import DatasetError  # noqa: E402
 from detection.evaluation import IOU_TYPES, evaluate_coco, metrics_to_json  # noqa: E402
 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser(__doc__)
     files = parser.add_argument_group("evaluate a results file")
     files.add_argument("--gt", help="ground-truth COCO JSON (model mode: the val annotations, with --images)")
     files.add_argument("--results", help="COCO results JSON (a list of detections); model mode: where "

@@ -8,7 +8,9 @@ frequency-weighted IoU and boundary IoU (percent), a confusion-matrix PNG and dr
 The model is built from the config the checkpoint stores (train_seg's resolved config) unless
 ``--config`` is given, with the ``key=value`` overrides on top; nothing is downloaded. Writes
 ``OUT/metrics.json``, ``OUT/plots/confusion_matrix.png`` and ``OUT/vis/*.jpg``; ``OUT`` defaults
-to ``eval_<checkpoint name>/`` beside the checkpoint. Errors: one line on stderr, exit 2.
+to ``eval_<checkpoint name>/`` beside the checkpoint. The val split gets the training tools'
+start-up dataset check first (``data.skip_bad_images=true`` leaves bad images out and lists them
+in ``OUT/skipped_images.txt``). Errors: one line on stderr, exit 2.
 """
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ start_tool()  # before torch: the OpenMP wait policy; see common/tooling.py
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from common.tooling import add_arguments
+    from common.tooling import add_arguments, tool_parser
 
-    p = argparse.ArgumentParser(description="Evaluate a semantic segmentation checkpoint.")
+    p = tool_parser(__doc__)
     p.add_argument("--checkpoint", required=True, help="model_best.pth / model_final.pth / model_XXXXXXX.pth")
     add_arguments(p, "config", "output", "device", "overrides",
                   shown={"config": "the config stored in the checkpoint",
@@ -47,7 +49,7 @@ def run(args) -> dict:
     from common.engine import load_model_state
     from common.loaders import build_test_loader
     from common.tooling import RunDir, check_writable, parse_device
-    from segmentation.build import build_dataset, build_model, read_checkpoint, resolve_root
+    from segmentation.build import build_dataset, build_model, check_data, read_checkpoint, resolve_root
     from segmentation.metrics import PredictionDrawer, SemSegEvaluator, evaluate_model
 
     device = parse_device(args.device)
@@ -55,7 +57,9 @@ def run(args) -> dict:
     check_writable(out.root)  # before the evaluation, not after it
     overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else [])
     state, cfg = read_checkpoint(args.checkpoint, args.config, overrides)
-    val_ds = build_dataset(cfg.data, cfg.data.val_split, train=False, root=resolve_root(cfg.data))
+    root = resolve_root(cfg.data)
+    checked = check_data(cfg.data, root, out.root, splits=(cfg.data.val_split,))  # every image, first
+    val_ds = build_dataset(cfg.data, cfg.data.val_split, train=False, root=root, checked=checked)
     model = build_model(cfg.model, val_ds.num_classes, ignore_index=val_ds.ignore_index)
     load_model_state(model, state["model"], str(args.checkpoint))
     model.to(device)

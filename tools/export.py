@@ -38,9 +38,9 @@ start_tool()  # before torch: the OpenMP wait policy; see common/tooling.py
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from common.export import FORMATS
+    from common.tooling import tool_parser
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tool_parser(__doc__)
     p.add_argument("--checkpoint", required=True, help="written by tools/train_det.py or tools/train_seg.py")
     p.add_argument("--config", help="YAML config of the model (default: the config stored in the checkpoint)")
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx or torchscript")

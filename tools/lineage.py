@@ -39,6 +39,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from common.tooling import start_tool  # noqa: E402
+
+start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
+
+from common.tooling import ToolError, run_tool, tool_parser  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,7 @@ DETECTORS = (
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tool_parser(__doc__)
     p.add_argument("--data", required=True, help="dataset folder (train.json, val.json, train/, val/)")
     p.add_argument("--max-iters", type=int, default=None, help="training steps of every detector "
                    "(default: each config's solver.max_iters)")
@@ -150,17 +154,17 @@ def write_subset(data: Path, out: Path, train_images: int, eval_images: int) -> 
     return out
 
 
-def run_tool(args: list[str], log: Path) -> float:
+def run_script(args: list[str], log: Path) -> float:
     """Run ``python tools/...`` with its output in ``log``; wall seconds. A failure stops the lineage
-    with the log's last lines."""
+    with the log's last line (the tool's one-line error) and the log's path."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
     with open(log, "w") as f:
         code = subprocess.call([sys.executable, *args], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     seconds = time.perf_counter() - t0
     if code != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-8:])
-        raise RuntimeError(f"{' '.join(args[:1])} failed (exit {code}); see {log}:\n{tail}")
+        last = (log.read_text().strip().splitlines() or ["no output"])[-1]
+        raise ToolError(f"{args[0]} failed (exit {code}): {last}; its log is {log}")
     return seconds
 
 
@@ -172,7 +176,7 @@ def make_proposals(data: Path, out_dir: Path, workers: int) -> tuple[dict[str, P
         timing = out_dir / f"proposals_{split}.seconds"
         if not (path.is_file() and timing.is_file()):
             path.unlink(missing_ok=True)  # an untimed file of an earlier run: time a fresh one
-            seconds = run_tool(["tools/compute_proposals.py", "--data", str(data), "--split", split, "--mode", "fast",
+            seconds = run_script(["tools/compute_proposals.py", "--data", str(data), "--split", split, "--mode", "fast",
                                 "--workers", str(n_workers), "--out", str(path)], out_dir / f"proposals_{split}.log")
             timing.write_text(f"{seconds}\n")
         files[split] = path
@@ -196,8 +200,7 @@ def evaluate(run: Path, data: Path, device: str, log: Path) -> tuple[dict, float
     return metrics, seconds
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     data = write_subset(Path(args.data), out_dir / "data", args.train_images, args.eval_images)
     val_images = len(json.loads((data / "val.json").read_text())["images"])
@@ -221,7 +224,7 @@ def main(argv=None) -> int:
             if args.max_iters:
                 cmd += ["--max-iters", str(args.max_iters)]
             print(f"training {det.title}: {' '.join(cmd)}")
-            wall = run_tool(cmd, out_dir / f"train_{det.name}.log")
+            wall = run_script(cmd, out_dir / f"train_{det.name}.log")
             timing.write_text(json.dumps({"wall_s": wall, "iters": args.max_iters}))
         trained = json.loads(timing.read_text())
         print(f"evaluating {det.title} on {val_images} val images")
@@ -233,6 +236,10 @@ def main(argv=None) -> int:
     write_rows(rows, args.out)
     print(f"rows written to {args.out}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_tool("lineage", run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -60,8 +60,10 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=PROPOSALS_NOTE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.tooling import tool_parser
+
+    p = tool_parser(__doc__)
+    p.epilog = f"{p.epilog}\n\n{PROPOSALS_NOTE}" if p.epilog else PROPOSALS_NOTE
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by tools/train_det.py (an R-CNN run: "
                    "RUN/model_final.pth)")
     p.add_argument("--config", help="YAML config of the model (default: the config stored in the checkpoint)")

@@ -12,15 +12,17 @@ ImageFolder); without it, the built-in generated source task (classification/sou
 synthetic texture and figure classes; it is not ImageNet). Augmentation: random resized crop and
 horizontal flip (albumentations). Evaluation: top-1 / top-5 accuracy on val/.
 
-RUN gets what every training tool writes (config.yaml, metrics.csv, TensorBoard events, resumable
-checkpoints, model_best.pth, model_final.pth, curves) plus metrics.json ({"top1", "top5", "loss"},
-percent) and classifier.pth: the final network as a plain state dict in torchvision's
+RUN (default runs/cls) gets the run layout of common/tooling.py (config.yaml, metrics.csv,
+TensorBoard events, resumable checkpoints, model_best.pth, model_final.pth, metrics.json with
+{"top1", "top5", "loss"} in percent, plots/) plus classifier.pth: the final network as a plain state dict in torchvision's
 classification format (keys and shapes of ``torchvision.models.<arch>(num_classes=K)``), so
 
     python tools/train_det.py model.backbone.weights=RUN/classifier.pth ...
 
 starts a detector (or train_seg.py a segmenter) from it exactly as from a downloaded torchvision
-checkpoint (the K-class head is left out there). Errors are one line on stderr, exit status 2.
+checkpoint (the K-class head is left out there). A folder that is not empty is refused unless it is
+a train_cls run and ``--resume`` (or ``--resume-from PATH``) is given. Errors are one line on
+stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -35,72 +37,60 @@ from common.tooling import start_tool  # noqa: E402
 start_tool()  # before torch: the OpenMP wait policy; see common/tooling.py
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 
-import torch  # noqa: E402
+DEFAULT_OUTPUT = str(ROOT / "runs" / "cls")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.tooling import add_arguments, tool_parser
+
+    p = tool_parser(__doc__)
     p.add_argument("--data", help="ImageNet-layout folder (train/<class>/*, val/<class>/*); "
                    "default: the built-in source task, generated on first use")
     p.add_argument("--arch", help="backbone architecture (default: arch of the config, resnet18)")
-    p.add_argument("--config", help="YAML holding what differs from classification/config.py")
-    p.add_argument("--output", default=str(ROOT / "runs" / "cls"), help="run directory (default: %(default)s)")
-    p.add_argument("--max-iters", type=int, help="override solver.max_iters")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/last_checkpoint")
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. solver.base_lr=0.1")
-    return p.parse_intermixed_args(argv)
+    add_arguments(p, "config", "output", "max_iters", "resume", "resume_from", "device", "no_progress", "overrides",
+                  defaults={"output": DEFAULT_OUTPUT}, shown={"config": "classification/config.py as written"})
+    return p.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
-def load_cfg(args):
-    from common.config import load_config
-    from common.engine.config import fit_schedule_to_max_iters
+def load_cfg(args: argparse.Namespace):
+    """(ClsConfig from --config, --data, --arch, --max-iters and the overrides; notes to print)."""
     from classification.config import ClsConfig
+    from common.tooling import load_run_config, overrides_of
 
-    overrides = list(args.overrides)
-    for value, key in ((args.data, "data.root"), (args.arch, "arch"), (args.max_iters, "solver.max_iters")):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    cfg = load_config(ClsConfig, args.config, overrides)
-    if args.max_iters is not None:
-        fit_schedule_to_max_iters(cfg.solver)
-    return cfg
+    return load_run_config(ClsConfig, args.config, overrides_of(args, data="data.root", arch="arch"))
 
 
-def train(args) -> dict:
-    from common.config import to_yaml
-    from common.engine import (Trainer, barrier, build_optimizer, build_scheduler,
-                               get_rank, get_world_size, init_distributed, is_main_process, plot_curves,
-                               seed_everything)
-    from common.engine.distributed import cleanup
-    from common.tooling import parse_device
+def train(args: argparse.Namespace) -> dict:
+    import torch
+
     from classification.build import build_datasets, build_model, check_arch, resolve_root
+    from classification.config import ClsConfig
     from classification.data import build_test_loader, build_train_loader
     from classification.model import evaluate_classifier
+    from common.config import to_yaml
+    from common.engine import (Trainer, barrier, build_optimizer, build_scheduler, get_rank, get_world_size,
+                               is_main_process)
+    from common.engine.distributed import cleanup
+    from common.tooling import prepare_run_dir, print_log, seed_process, select_device, show_bar
 
-    cfg = load_cfg(args)
+    cfg, notes = load_cfg(args)
     check_arch(cfg.arch)  # before any data is generated or read
-    out = Path(args.output)
-    if not args.resume and any((out / n).exists() for n in ("last_checkpoint", "model_final.pth")):
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
-    device = init_distributed()
-    if args.device:
-        device = parse_device(args.device)
-    elif device.type == "cpu" and torch.cuda.is_available():
-        device = torch.device("cuda")
+    resume = args.resume or args.resume_from is not None
+    run = prepare_run_dir(args.output, resume=resume, config_cls=ClsConfig, tool="train_cls")
+    device = select_device(args.device)
     rank, world = get_rank(), get_world_size()
-    if is_main_process() and cfg.data.root is None:
-        print(f"data: the built-in source task in {cfg.data.builtin_root} (generated, not ImageNet)")
-        resolve_root(cfg.data)  # rank 0 generates it; the others wait at the barrier
+    if is_main_process():
+        for n in notes:
+            print(f"note: {n}")
+        if cfg.data.root is None:
+            print(f"data: the built-in source task in {cfg.data.builtin_root} (generated, not ImageNet)")
+            resolve_root(cfg.data)  # rank 0 generates it; the others wait at the barrier
     barrier()
     root = resolve_root(cfg.data)
     train_set, val_set = build_datasets(cfg, root)
 
-    seed_everything(cfg.solver.seed + rank, cfg.solver.deterministic)
+    seed_process(cfg.solver.seed, cfg.solver.deterministic)
     model = build_model(cfg.arch, train_set.num_classes)
     optimizer = build_optimizer(model, cfg.solver)
     scheduler = build_scheduler(optimizer, cfg.solver)
@@ -115,26 +105,26 @@ def train(args) -> dict:
         return evaluate_classifier(m, val_loader, device) if is_main_process() else {}
 
     s = cfg.solver
-    trainer = Trainer(model, optimizer, scheduler, make_data_iter, output_dir=out, max_iters=s.max_iters,
-                      device=device, amp=s.amp, clip_grad_norm=s.clip_grad_norm, accumulate=s.accumulate,
-                      checkpoint_period=s.checkpoint_period, eval_period=s.eval_period, log_period=s.log_period,
-                      evaluate=evaluate, best_metric=s.best_metric, early_stop_patience=s.early_stop_patience,
-                      keep_checkpoints=s.keep_checkpoints, config_yaml=to_yaml(cfg),
-                      metadata={"arch": cfg.arch, "class_names": list(train_set.class_names)},
-                      progress=not args.no_progress)
-    if args.resume:
-        start = trainer.resume()
+    trainer = Trainer(model, optimizer, scheduler, make_data_iter, output_dir=run.root, max_iters=s.max_iters,
+                      device=device, amp=s.amp, clip_grad_norm=s.clip_grad_norm, clip_grad_type=s.clip_grad_type,
+                      accumulate=s.accumulate, checkpoint_period=s.checkpoint_period, eval_period=s.eval_period,
+                      log_period=s.log_period, evaluate=evaluate, best_metric=s.best_metric,
+                      early_stop_patience=s.early_stop_patience, keep_checkpoints=s.keep_checkpoints,
+                      config_yaml=to_yaml(cfg), metadata={"arch": cfg.arch, "class_names": list(train_set.class_names)},
+                      progress=show_bar(args), print_log=print_log(args))
+    if resume:
+        start = trainer.resume(args.resume_from)
         if is_main_process():
-            print(f"resuming from iteration {start}" if start else f"nothing to resume in {out}; starting fresh")
+            print(f"resuming from iteration {start}" if start else f"nothing to resume in {run.root}; starting fresh")
     summary = trainer.train()
     if is_main_process():
         metrics = summary["metrics"]
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        torch.save(trainer.model.net.state_dict(), out / "classifier.pth")
-        plot_curves(out / "metrics.csv", out)
+        run.write_metrics(metrics)
+        torch.save(trainer.model.net.state_dict(), run.root / "classifier.pth")
+        run.plot_curves()
         print(f"done: {summary['iteration']} iterations in {summary['seconds']:.0f} s; top-1 "
               f"{metrics['top1']:.1f}, top-5 {metrics['top5']:.1f} on {len(val_set)} val images; "
-              f"backbone weights in {out / 'classifier.pth'}")
+              f"backbone weights in {run.root / 'classifier.pth'}")
     cleanup()
     return summary
 

@@ -36,10 +36,9 @@ DEFAULT_CONFIG = ROOT / "configs" / "detection" / "shapes_R18_FPN.yaml"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from common.tooling import add_arguments
+    from common.tooling import add_arguments, tool_parser
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tool_parser(__doc__)
     add_arguments(p, "config", defaults={"config": str(DEFAULT_CONFIG)})
     p.add_argument("--data", default=None, help="dataset folder in the synthetic layout "
                    "(train.json, val.json, train/, val/); default: data.root, the built-in dataset")

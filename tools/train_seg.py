@@ -32,10 +32,9 @@ DEFAULT_OUTPUT = "runs/seg"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from common.tooling import add_arguments
+    from common.tooling import add_arguments, tool_parser
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tool_parser(__doc__)
     add_arguments(p, "config", defaults={"config": str(DEFAULT_CONFIG)})
     p.add_argument("--data", help="dataset directory (default: the shapes dataset, generated if missing)")
     add_arguments(p, "output", "max_iters", "resume", "resume_from", "device", "no_progress", "overrides",

@@ -86,8 +86,9 @@ class StudyError(ValueError):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.tooling import tool_parser
+
+    p = tool_parser(__doc__)
     p.add_argument("--weights", help="pretrained backbone (a torchvision-format .pth, e.g. RUN/classifier.pth "
                    "of tools/train_cls.py, or 'imagenet'); needed by every arm but scratch")
     p.add_argument("--output", required=True, help="study folder (subsets/, cells/, study.json, learning_curves.png)")

@@ -8,7 +8,6 @@ import pytest
 from common.coco import DatasetError, coco_problems, load_coco_json, without_images
 from segmentation.data import load_coco_semantic
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 
 
 def small_coco():

@@ -1,16 +1,13 @@
-"""common.dataset_check and tools/check_dataset.py: every image decoded once (missing, empty,
-truncated, wrong size found), all problems listed, the summary, the plot, the cache, skipping."""
+"""common.dataset_check: every image and label map decoded once (missing, empty, truncated, wrong
+size, class ids out of range found), all problems listed, the summary, the cache, skipping."""
 import json
-import os
 
 import cv2
 import numpy as np
 import pytest
 
 from common.coco import DatasetError
-from common.dataset_check import check_split, check_splits, format_summary
-
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+from common.dataset_check import check_label_split, check_split, check_splits, format_summary, report_checks
 
 
 def make_dataset(root, n=4):
@@ -126,3 +123,79 @@ def test_an_image_entry_without_a_size_is_one_problem_not_a_crash(tmp_path):
     check = check_split(ann, images, cache_dir=tmp_path / "cache")
     assert [p.message.replace(str(ann), "A") for p in check.problems] == [
         "A: image 1 has no 'height'", "A: image 2 (1.jpg) has width nan and height 40; expected positive numbers"]
+
+
+def make_label_split(root, n=5):
+    """root/img/{i}.jpg (20x30) with root/lab/{i}.png: single-channel class ids 0..2 and 255 (ignore)."""
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True)
+    (root / "lab").mkdir()
+    items = []
+    for i in range(n):
+        cv2.imwrite(str(root / "img" / f"{i}.jpg"), np.full((20, 30, 3), 40 * i, np.uint8))
+        lab = np.zeros((20, 30), np.uint8)
+        lab[5:10, 5:10], lab[0, 0] = 2, 255
+        Image.fromarray(lab, mode="L").save(root / "lab" / f"{i}.png")
+        items.append((f"{i:03d}", root / "img" / f"{i}.jpg", root / "lab" / f"{i}.png"))
+    return items
+
+
+def test_every_label_map_problem_listed_with_file_id_and_value(tmp_path):
+    from PIL import Image
+
+    items = make_label_split(tmp_path, 7)
+    lab = tmp_path / "lab"
+    (lab / "0.png").unlink()
+    (lab / "1.png").write_bytes(b"")
+    truncate(lab / "2.png")
+    Image.fromarray(np.zeros((19, 30), np.uint8), mode="L").save(lab / "3.png")
+    bad_values = np.zeros((20, 30), np.uint8)
+    bad_values[0, :3] = [3, 7, 255]  # 255 is the ignore value: not a problem
+    Image.fromarray(bad_values, mode="L").save(lab / "4.png")
+    Image.new("RGB", (30, 20)).save(lab / "5.png")
+    (tmp_path / "img" / "6.jpg").unlink()
+    check = check_label_split(lab, tmp_path / "img", items, 3, 255, cache_dir=tmp_path / "cache")
+    assert [p.image_id for p in check.problems] == ["000", "001", "002", "003", "004", "005", "006"]
+    assert {p.file for p in check.problems} == {str(lab)}
+    messages = [p.message.replace(str(tmp_path), "D") for p in check.problems]
+    assert messages[0] == "label file D/lab/0.png (image id 000) does not exist"
+    assert messages[1] == "label file D/lab/1.png (image id 001) is empty (0 bytes)"
+    assert messages[2].startswith("label file D/lab/2.png (image id 002) is truncated or corrupt (")
+    assert messages[3] == "label file D/lab/3.png (image id 003) is 19x30 (h x w) but its image 3.jpg is 20x30"
+    assert messages[4] == ("label file D/lab/4.png (image id 004) holds class ids 3, 7, outside the 3 classes "
+                           "0..2 (ignore index 255)")
+    assert messages[5] == ("label file D/lab/5.png (image id 005) is a RGB image; expected single-channel class "
+                           "ids or a palette PNG")
+    assert messages[6] == "image file D/img/6.jpg (image id 006) does not exist"
+    assert check.summary["images"] == 7
+
+
+def test_label_maps_are_cached_until_a_file_or_the_classes_change(tmp_path):
+    items = make_label_split(tmp_path, 3)
+    args = (tmp_path / "lab", tmp_path / "img", items)
+    cache = tmp_path / "cache"
+    assert check_label_split(*args, 3, 255, cache_dir=cache).decoded == 3
+    assert check_label_split(*args, 3, 255, cache_dir=cache).decoded == 0
+    truncate(tmp_path / "lab" / "1.png")
+    third = check_label_split(*args, 3, 255, cache_dir=cache)
+    assert third.decoded == 1 and [p.image_id for p in third.problems] == ["001"]
+    fewer = check_label_split(*args, 2, 255, cache_dir=cache)  # class 2 is out of range now: every map again
+    assert fewer.decoded == 3 and [p.image_id for p in fewer.problems] == ["000", "001", "002"]
+
+
+def test_label_problems_stop_or_skip_like_coco_ones(tmp_path, capsys):
+    items = make_label_split(tmp_path, 3)
+    (tmp_path / "lab" / "2.png").unlink()
+
+    def checks():
+        return [check_label_split(tmp_path / "lab", tmp_path / "img", items, 3, 255, cache_dir=tmp_path / "c")]
+
+    with pytest.raises(DatasetError, match=r"^1 problem in .*lab \(listed above, one per line\); fix them or set "
+                                           r"data.skip_bad_images=true to leave those images out$"):
+        report_checks(checks, log=lambda s: None)
+    assert capsys.readouterr().err.splitlines() == [f"problem: label file {tmp_path}/lab/2.png (image id 002) does not exist"]
+    result = report_checks(checks, skip_bad_images=True, run_dir=tmp_path / "run", log=lambda s: None)
+    assert result.skip_ids(tmp_path / "lab") == {"002"}
+    assert (tmp_path / "run" / "skipped_images.txt").read_text() == \
+        f"label file {tmp_path}/lab/2.png (image id 002) does not exist\n"

@@ -5,31 +5,11 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+from engine_toys import ToyImages, ToyModel
 
 WORLD = 2
 ITERS = 3
-
-
-class Images:
-    def __init__(self, tensor):
-        self.tensor = tensor
-
-    def to(self, device):
-        return Images(self.tensor.to(device))
-
-
-class Toy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Linear(4, 8)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, images, targets=None):
-        out = self.head(torch.relu(self.body(images.tensor)))  # (N, 2)
-        y = torch.stack([t["y"] for t in targets])  # (N, 2)
-        return [], {"loss_a": F.mse_loss(out[:, 0], y[:, 0]), "loss_b": F.mse_loss(out[:, 1], y[:, 1])}
 
 
 def batch(rank, i):
@@ -53,13 +33,13 @@ def _worker(rank, port, out_dir):
 
     device = init_distributed(timeout_s=60)
     torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
-    model = Toy()
+    model = ToyModel()
     opt, sched = optimizer_and_schedule(model)
 
     def make_data_iter(start):
         for i in itertools.count(start):
             x, y = batch(rank, i)
-            yield Images(x), [{"y": t} for t in y]
+            yield ToyImages(x), [{"y": t} for t in y]
 
     trainer = Trainer(model, opt, sched, make_data_iter, output_dir=os.path.join(out_dir, "run"),
                       max_iters=ITERS, device=device, checkpoint_period=ITERS, log_period=1,
@@ -82,12 +62,12 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(tmp_path, run_ranks):
 
     # one process on both ranks' batches (mean loss over 6 samples = mean of the two ranks' grads)
     torch.manual_seed(0)
-    model = Toy()
+    model = ToyModel()
     opt, sched = optimizer_and_schedule(model)
     for i in range(ITERS):
         (x0, y0), (x1, y1) = batch(0, i), batch(1, i)
         x, y = torch.cat([x0, x1]), torch.cat([y0, y1])
-        _, losses = model(Images(x), [{"y": t} for t in y])
+        _, losses = model(ToyImages(x), [{"y": t} for t in y])
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()

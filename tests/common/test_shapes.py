@@ -16,7 +16,6 @@ from common.shapes import ensure_shapes_dataset, generate_shapes_dataset
 REPO = Path(__file__).resolve().parents[2]
 LABEL = {1: 1, 3: 2, 5: 3, 7: 4}  # category id -> semantic value (1 + contiguous index)
 KP = {name: i for i, name in enumerate(shapes.KEYPOINT_NAMES)}
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 
 
 @pytest.fixture(scope="module")

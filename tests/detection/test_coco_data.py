@@ -12,7 +12,6 @@ from pycocotools import mask as mask_utils
 
 from detection.data import CocoDetection, DatasetError, DatasetWarning, meta_from_coco
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 PERSON_KPS = ["nose", "left_eye", "right_eye"]
 
 

@@ -10,7 +10,6 @@ from common.loaders import build_test_loader
 from common.samplers import InfiniteSampler
 from detection.data import AspectRatioGroupedBatches, CocoDetection, build_train_loader, build_transforms
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 
 
 def make_dataset(root, train=True):

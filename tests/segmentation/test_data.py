@@ -67,7 +67,7 @@ def test_voc_layout_reads_palette_indices(tmp_path):
 def test_voc_missing_file_is_named(tmp_path):
     root = _voc_tree(tmp_path)
     (root / "SegmentationClass" / "2007_000001.png").unlink()
-    with pytest.raises(SegDataError, match=r"SegmentationClass/2007_000001.png \(image 2007_000001, listed in .*train.txt\) does not exist"):
+    with pytest.raises(SegDataError, match=r"label file .*SegmentationClass/2007_000001.png for image 2007_000001 does not exist"):
         load_voc(root, "train")
 
 
@@ -178,3 +178,27 @@ def test_train_batches_line_up_with_their_label_maps(shapes_dir):
             inside = cv2.dilate(lab.astype(np.uint8), kernel) == cv2.erode(lab.astype(np.uint8), kernel)
             valid = inside & (lab != 255)
             assert valid.mean() > 0.5 and (decoded[valid] != lab[valid]).mean() < 0.005
+
+
+def test_voc_layout_gets_the_start_up_check(tmp_path, capsys):
+    from common.coco import DatasetError
+    from segmentation.build import build_dataset, check_data
+    from segmentation.config import DataConfig
+
+    root = _voc_tree(tmp_path / "voc", 3)
+    lab = np.array(Image.open(root / "SegmentationClass" / "2007_000001.png"))
+    lab[0, 0] = 21  # VOC has classes 0..20
+    im = Image.fromarray(lab, mode="P")
+    im.putpalette([0, 0, 0] * 256)
+    im.save(root / "SegmentationClass" / "2007_000001.png")
+    cfg = DataConfig(format="voc", root=str(root))
+    list_file = root / "ImageSets" / "Segmentation" / "train.txt"
+    with pytest.raises(DatasetError, match=rf"^1 problem in {list_file} \(listed above"):
+        check_data(cfg, root, None, splits=("train",), cache_dir=tmp_path / "cache")
+    assert capsys.readouterr().err == (f"problem: label file {root}/SegmentationClass/2007_000001.png (image id "
+                                       "2007_000001) holds class id 21, outside the 21 classes 0..20 (ignore "
+                                       "index 255)\n")
+    skipping = DataConfig(format="voc", root=str(root), skip_bad_images=True)
+    checked = check_data(skipping, root, None, splits=("train",), cache_dir=tmp_path / "cache")
+    ds = build_dataset(skipping, "train", train=False, root=root, checked=checked)
+    assert [it.image_id for it in ds.items] == ["2007_000000", "2007_000002"]

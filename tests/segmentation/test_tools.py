@@ -1,29 +1,19 @@
 """tools/train_seg.py and tools/eval_seg.py end to end on the tiny shapes fixture."""
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--device", "cpu", "model.unet_width=4", "model.unet_depth=2", "data.crop_size=48",
-        "solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.checkpoint_period=2",
-        "solver.eval_period=0", "solver.log_period=1", "data.num_vis=2"]
+from tool_helpers import ROOT, TINY_SEG, assert_output_checked_first, load_tool
 
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"_seg_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+TINY = [*TINY_SEG, "solver.warmup_iters=1", "solver.checkpoint_period=2", "data.num_vis=2"]
 
 
 @pytest.fixture(scope="module")
 def train_seg():
-    return _tool("train_seg")
+    return load_tool("train_seg")
 
 
 def _train(train_seg, shapes_dir, out, iters, *extra):
@@ -67,7 +57,7 @@ def test_train_resume_and_eval(train_seg, shapes_dir, tmp_path, capsys, monkeypa
 
     # eval_seg builds the model from the config the checkpoint stores (no --config, no overrides)
     # and writes beside the checkpoint by default, never into the current directory
-    eval_seg = _tool("eval_seg")
+    eval_seg = load_tool("eval_seg")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -89,7 +79,7 @@ def test_errors_are_one_line_exit_2(shapes_dir, tmp_path):
 
 
 def test_eval_bad_checkpoint_names_it(shapes_dir, tmp_path, capsys):
-    eval_seg = _tool("eval_seg")
+    eval_seg = load_tool("eval_seg")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     rc = eval_seg.main(["--config", str(ROOT / "configs/segmentation/unet_shapes_cpu.yaml"),
@@ -100,7 +90,7 @@ def test_eval_bad_checkpoint_names_it(shapes_dir, tmp_path, capsys):
 
 
 def test_benchmark_seg_rows_share_the_recipe(shapes_dir, capsys):
-    bench = _tool("benchmark_seg")
+    bench = load_tool("benchmark_seg")
     tiny = ["model.unet_width=4", "model.unet_depth=2", "data.crop_size=64", "solver.ims_per_batch=2",
             "solver.warmup_iters=1", "data.num_vis=0"]
     rc = bench.main(["--data", str(shapes_dir), "--max-iters", "1", "--threads", "1", *tiny])
@@ -115,7 +105,7 @@ def test_benchmark_seg_rows_share_the_recipe(shapes_dir, capsys):
 
     from segmentation.build import build_class_prior, build_datasets, class_pixel_stats_of
 
-    cfg, _ = _tool("train_seg").load_cfg(argparse.Namespace(
+    cfg, _ = load_tool("train_seg").load_cfg(argparse.Namespace(
         overrides=tiny, data=str(shapes_dir), max_iters=1, config=ROOT / "configs/segmentation/unet_shapes_cpu.yaml"))
     train_ds, _ = build_datasets(cfg.data)
     stats = class_pixel_stats_of(train_ds)
@@ -131,7 +121,7 @@ def test_benchmark_seg_rows_share_the_recipe(shapes_dir, capsys):
 
 
 def test_eval_seg_device_typo_is_one_line(tmp_path, capsys):
-    eval_seg = _tool("eval_seg")
+    eval_seg = load_tool("eval_seg")
     assert eval_seg.main(["--checkpoint", str(tmp_path / "any.pth"), "--device", "gpu0"]) == 2
     assert capsys.readouterr().err == "eval_seg: error: --device 'gpu0' is not a device; use cpu, cuda or cuda:N\n"
     if not torch.cuda.is_available():
@@ -143,30 +133,23 @@ def test_eval_seg_device_typo_is_one_line(tmp_path, capsys):
 def test_eval_seg_random_bytes_checkpoint_is_not_a_checkpoint(tmp_path, capsys):
     noise = tmp_path / "model_final.pth"
     noise.write_bytes(bytes(range(256)) * 8)
-    assert _tool("eval_seg").main(["--checkpoint", str(noise), "--device", "cpu"]) == 2
+    assert load_tool("eval_seg").main(["--checkpoint", str(noise), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err == (f"eval_seg: error: checkpoint {noise} is corrupt or not a torch file (not a checkpoint, "
                    "or one cut off while it was written)\n")
     assert "weights_only" not in err
 
 
-def _read_only(monkeypatch):
-    import errno
-    import os
-    import tempfile
-
-    def refuse(*args, **kwargs):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
-
-
-def test_read_only_output_is_one_line_before_any_work(train_seg, shapes_dir, tmp_path, capsys, monkeypatch):
-    _read_only(monkeypatch)
-    out = tmp_path / "ro"
-    assert train_seg.main(["--data", str(tmp_path / "no_such_data"), "--output", str(out), *TINY]) == 2
-    assert capsys.readouterr().err == f"train_seg: error: cannot write to --output {out}: Read-only file system\n"
+def test_output_folder_is_checked_before_any_work(train_seg, tmp_path, capsys, monkeypatch):
+    foreign = tmp_path / "foreign"  # a detector's run is not a train_seg run
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("model:\n  meta_architecture: mask_rcnn\n")
+    (foreign / "model_final.pth").write_bytes(b"weights")
+    assert_output_checked_first(lambda out, *extra: train_seg.main(["--data", str(tmp_path / "no_such_data"),
+                                                                    "--output", str(out), *TINY, *extra]),
+                                "train_seg", foreign, capsys, monkeypatch)
     # eval_seg: before the checkpoint is even read (it does not exist here)
-    assert _tool("eval_seg").main(["--checkpoint", str(tmp_path / "none.pth"), "--output", str(out),
-                                   "--device", "cpu"]) == 2
+    out = tmp_path / "ro"
+    assert load_tool("eval_seg").main(["--checkpoint", str(tmp_path / "none.pth"), "--output", str(out),
+                                       "--device", "cpu"]) == 2
     assert capsys.readouterr().err == f"eval_seg: error: cannot write to --output {out}: Read-only file system\n"

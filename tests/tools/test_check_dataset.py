@@ -1,13 +1,11 @@
-"""tools/check_dataset.py on a copy of the shapes fixture: problems one per line, the summary,
-the plot, the exit status; bad arguments are one line."""
+"""tools/check_dataset.py on a copy of the shapes fixture (COCO and label-map layouts): problems
+one per line, the summary, the plot, the exit status; bad arguments are one line."""
 import re
 import shutil
 
 import pytest
 
 from tool_helpers import load_tool
-
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +45,26 @@ def test_bad_arguments_are_one_line(tool, tmp_path, capsys, args, message):
     assert tool.main(args) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and re.search(message, err), err
+
+
+def test_label_map_layouts(tool, shapes_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    bad = sorted((data / "val_semantic").iterdir())[0]
+    lab = np.array(Image.open(bad))
+    lab[0, 0] = 5  # the shapes have classes 0..4
+    Image.fromarray(lab, mode="L").save(bad)
+    args = ["--data", str(data), "--format", "semantic_dir", "--cache-dir", str(tmp_path / "c")]
+    assert tool.main(args) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"problem: label file {bad} (image id {bad.stem}) holds class id 5, outside the 5 classes "
+                        "0..4 (ignore index 255)")
+    assert lines[1:4] == [f"{data / 'train_semantic'} (images in {data / 'train'})",
+                          "  12 images with label maps of 5 classes", "  problems: none"]
+    assert lines[-1] == f"1 problem in {data / 'train_semantic'}, {data / 'val_semantic'}"
+    assert tool.main(["--data", str(data), "--format", "voc"]) == 2
+    assert capsys.readouterr().err == (f"check_dataset: error: {data} holds no train or val split; a data.format=voc "
+                                       "folder holds JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/\n")

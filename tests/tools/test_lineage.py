@@ -58,7 +58,7 @@ def test_main_runs_the_tools_on_a_subset(lineage, shapes_dir, tmp_path, monkeypa
         assert json.loads((data / "val.json").read_text())["images"][0]["id"] == 1
         return {"bbox": {"AP": 1.0, "AP50": 2.0}, **({"segm": {"AP": 0.5}} if "mask" in run.name else {})}, 3.0
 
-    monkeypatch.setattr(lineage, "run_tool", fake_tool)
+    monkeypatch.setattr(lineage, "run_script", fake_tool)
     monkeypatch.setattr(lineage, "evaluate", fake_eval)
     out = tmp_path / "lineage.json"
     assert lineage.main(["--data", str(shapes_dir), "--max-iters", "5", "--eval-images", "3", "--train-images", "4",
@@ -80,3 +80,13 @@ def test_main_runs_the_tools_on_a_subset(lineage, shapes_dir, tmp_path, monkeypa
     assert rows[0]["train_s"] == 4.0 and rows[0]["proposal_s_per_img"] == pytest.approx(7 / 3)
     assert rows[0]["test_s_per_img"] == pytest.approx(7 / 3 + 1.0) and rows[2]["proposal_s_per_img"] == 0.0
     assert rows[3]["mask_AP"] == 0.5 and rows[2]["mask_AP"] is None
+
+
+def test_a_failing_tool_stops_the_lineage_with_its_one_line_error(lineage, shapes_dir, tmp_path, capsys,
+                                                                  monkeypatch):
+    script = ["-c", "import sys; print('note: x'); print('train_det: error: bad data'); sys.exit(2)"]
+    monkeypatch.setattr(lineage, "run_script", lambda args, log, run=lineage.run_script: run(script, log))
+    out = tmp_path / "o"
+    assert lineage.main(["--data", str(shapes_dir), "--output-dir", str(out), "--only", "faster_rcnn"]) == 2
+    assert capsys.readouterr().err == (f"lineage: error: -c failed (exit 2): train_det: error: bad data; its log is "
+                                       f"{out / 'train_faster_rcnn.log'}\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tool_helpers import ROOT, TINY_DET, load_tool
+from tool_helpers import ROOT, TINY_DET, assert_output_checked_first, load_tool
 
 TOOL = ROOT / "tools" / "train_det.py"
 # the tiny recipe with periodic evaluation, validation loss and checkpoints every 2 iterations
@@ -187,10 +187,6 @@ def test_bad_input_is_one_line_exit_2(tool, run, shapes_dir, tmp_path, capsys):
         assert "--device 'cuda' but CUDA is not available here" in capsys.readouterr().err
 
 
-def listing(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_solver_numbers_are_named_before_the_warmup(tool, shapes_dir, tmp_path, capsys):
     for value in ("nan", "inf", ".inf"):
         assert train(tool, shapes_dir, tmp_path / "a", 20, f"solver.base_lr={value}") == 2
@@ -231,33 +227,14 @@ def test_a_failing_final_evaluation_keeps_model_final(tool, shapes_dir, tmp_path
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 2
 
 
-def test_output_folder_is_checked_before_any_work(tool, shapes_dir, tmp_path, capsys, monkeypatch):
-    # a folder of someone else's results (no config.yaml of a train_det run): refused, untouched
+def test_output_folder_is_checked_before_any_work(tool, tmp_path, capsys, monkeypatch):
+    # a folder of someone else's results (no config.yaml of a train_det run)
     foreign = tmp_path / "foreign"
     (foreign / "vis").mkdir(parents=True)
     for name in ("model_best.pth", "metrics.json", "results.json", "vis/1.jpg"):
         (foreign / name).write_bytes(name.encode())
-    before = listing(foreign)
-    assert train(tool, shapes_dir, foreign, 2) == 2
-    assert capsys.readouterr().err == (f"train_det: error: --output {foreign} is not empty (metrics.json, "
-                                       "model_best.pth, results.json, vis); choose another --output\n")
-    assert train(tool, shapes_dir, foreign, 2, "--resume") == 2
-    assert capsys.readouterr().err == (f"train_det: error: --output {foreign} holds no train_det run to resume "
-                                       "(no train_det config.yaml; it has metrics.json, model_best.pth, "
-                                       "results.json, vis); choose another --output\n")
-    assert listing(foreign) == before
-
-    # a read-only file system: one line, before the data is read
-    import errno
-    import tempfile
-
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
-    out = tmp_path / "ro"
-    assert train(tool, tmp_path / "no_such_data", out, 2) == 2  # the data would fail later
-    assert capsys.readouterr().err == f"train_det: error: cannot write to --output {out}: Read-only file system\n"
+    assert_output_checked_first(lambda out, *extra: train(tool, tmp_path / "no_such_data", out, 2, *extra),
+                                "train_det", foreign, capsys, monkeypatch)
 
 
 def strip_dataset(src: Path, dst: Path) -> Path:

@@ -7,8 +7,6 @@ import pytest
 
 from tool_helpers import TINY_DET, load_tool
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
 
 @pytest.fixture(scope="module")
 def tool():

@@ -1,9 +1,10 @@
-"""Shared by the tool tests: load a script from tools/ as a module, and the tiny detector recipe."""
+"""Shared by the tool tests (tests/ is on sys.path through its conftest.py): load a script from
+tools/ as a module, the tiny detector and segmenter recipes, a read-only file system, a folder's files."""
 import importlib.util
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 # the default detection config (Mask + Keypoint R-CNN, R18-FPN) shrunk for tests: 64 px images,
 # thin heads, few proposals, no periodic evaluation; a training run takes seconds on one thread
@@ -19,6 +20,12 @@ TINY_DET = ["--no-progress", "--device", "cpu",
             "solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.eval_period=0",
             "solver.checkpoint_period=0", "test.val_loss_batches=0", "test.num_vis=1"]
 
+# the default U-Net of tools/train_seg.py shrunk for tests: 4 channels, 2 levels, 48 px crops, no
+# periodic checkpoints or evaluation, nothing drawn
+TINY_SEG = ["--device", "cpu", "model.unet_width=4", "model.unet_depth=2", "data.crop_size=48",
+            "solver.ims_per_batch=2", "solver.warmup_iters=0", "solver.checkpoint_period=0",
+            "solver.eval_period=0", "solver.log_period=1", "data.num_vis=0"]
+
 
 def load_tool(name: str):
     """tools/<name>.py as a module (tools/ is not a package)."""
@@ -27,6 +34,49 @@ def load_tool(name: str):
     sys.modules[spec.name] = module  # dataclasses of a tool look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def read_only_filesystem(monkeypatch) -> None:
+    """Make every write check of ``common.tooling.check_writable`` fail as on a read-only mount
+    (chmod does not stop root, who runs the tests in CI)."""
+    import errno
+    import os
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes (to assert that a refused run left it as it was)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_output_checked_first(run, tool: str, foreign: Path, capsys, monkeypatch) -> None:
+    """The run-folder checks every training tool makes before any work (``common.tooling.prepare_run_dir``).
+
+    ``run(output, *extra)`` starts ``tool`` with ``--output output`` on data that would fail later;
+    ``foreign`` is a non-empty folder that is not a run of ``tool``: refused with and without
+    ``--resume``, one line each, its files untouched. Then, on a read-only file system, a fresh
+    folder is one line too.
+    """
+    before = files_of(foreign)
+    held = sorted(p.name for p in foreign.iterdir())
+    assert len(held) <= 4  # the message lists up to four names
+    assert run(foreign) == 2
+    assert capsys.readouterr().err == (f"{tool}: error: --output {foreign} is not empty ({', '.join(held)}); "
+                                       "choose another --output\n")
+    assert run(foreign, "--resume") == 2
+    assert capsys.readouterr().err == (f"{tool}: error: --output {foreign} holds no {tool} run to resume (no {tool} "
+                                       f"config.yaml; it has {', '.join(held)}); choose another --output\n")
+    assert files_of(foreign) == before
+
+    read_only_filesystem(monkeypatch)
+    out = foreign.parent / "read_only"
+    assert run(out) == 2
+    assert capsys.readouterr().err == f"{tool}: error: cannot write to --output {out}: Read-only file system\n"
 
 
 def train_tiny_detector(shapes_dir, out: Path, *extra: str, iters: int = 2) -> Path:
