@@ -29,7 +29,7 @@ checkpoint's ``metadata["dataset"]``; the model from ``--config`` or the config 
 checkpoint (as in tools/eval_coco.py). Without ``--input`` the images are the config's val
 images (the built-in shapes dataset is generated there on first use).
 
-R-CNN and Fast R-CNN checkpoints: :data:`PROPOSALS_NOTE` below (``--help`` prints it).
+R-CNN and Fast R-CNN checkpoints get their proposals from selective search (the note below).
 
 A bad path prints one line to stderr and exits with status 2; an unreadable image inside a
 folder is skipped and counted in one warning.
