@@ -114,8 +114,8 @@ _ARGUMENTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "config": (("--config",), dict(help="YAML config (default: %(default)s)")),
     "output": (("--output",), dict(help="folder for everything the tool writes (default: %(default)s)")),
     "device": (("--device",), dict(help="cpu, cuda or cuda:N (default: cuda when available)")),
-    "max_iters": (("--max-iters",), dict(type=int, help="override solver.max_iters (the warm-up is "
-                                                        "shortened to fit)")),
+    "max_iters": (("--max-iters",), dict(type=int, help="run exactly this many steps: solver.max_iters, "
+                                                        "no time budget (the warm-up is shortened to fit)")),
     "resume": (("--resume",), dict(action="store_true", help="continue the run in --output from its "
                                                              "last checkpoint")),
     "resume_from": (("--resume-from",), dict(metavar="PATH", help="continue from this checkpoint "
@@ -155,10 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser, *names: str, defaults: dict[s
 
 
 def overrides_of(args: argparse.Namespace, **flags: str) -> list[str]:
-    """``args.overrides`` plus ``--max-iters`` and each ``flags`` item (argument -> config key) given."""
+    """``args.overrides`` plus ``--max-iters`` and each ``flags`` item (argument -> config key) given.
+    ``--max-iters N`` runs exactly N steps: it also turns the config's time budget off (an explicit
+    ``solver.time_budget_min`` among the overrides still sets one)."""
     out = list(getattr(args, "overrides", None) or [])
     if getattr(args, "max_iters", None) is not None:
-        out.append(f"solver.max_iters={args.max_iters}")
+        out = ["solver.time_budget_min=0", *out, f"solver.max_iters={args.max_iters}"]
     for arg, key in flags.items():
         value = getattr(args, arg, None)
         if value is not None:

@@ -66,7 +66,8 @@ BUDGET_ROWS = (("wall_s", "training + evaluation wall s", "lower"), ("iterations
 
 def compare_config(args):
     """The shared recipe of the equal-iteration modes, then the user's overrides."""
-    run = [f"solver.max_iters={args.iters}", f"solver.warmup_iters={min(args.iters, 50)}", f"solver.seed={args.seed}",
+    run = [f"solver.max_iters={args.iters}", "solver.time_budget_min=0",  # equal iterations, not equal time
+           f"solver.warmup_iters={min(args.iters, 50)}", f"solver.seed={args.seed}",
            "solver.log_period=1", "solver.checkpoint_period=0", "solver.eval_period=0", "solver.best_metric=null",
            f"data.num_workers={args.workers}", "model.keypoint_on=false", "test.num_vis=0", "test.val_loss_batches=0",
            "test.eval_images=1"]  # the trainer's end-of-run evaluation: 1 image; fit's full one follows

@@ -205,7 +205,7 @@ def arm_overrides(arm: Arm, task: str, weights: str | None) -> list[str]:
     key = TASKS[task]["backbone_key"]
     body = TASKS[task]["body"]
     over = [f"{key}.weights={weights if arm.pretrained else 'null'}", f"{key}.freeze_at={arm.freeze_at}",
-            f"{key}.norm={arm.norm}"]
+            f"{key}.norm={arm.norm}", "solver.time_budget_min=0"]  # every arm the same steps, whatever each costs
     over.append(f"solver.lr_mults={{{body}: {arm.backbone_lr}}}" if arm.backbone_lr != 1.0 else "solver.lr_mults={}")
     return over
 

@@ -22,7 +22,7 @@ class SolverConfig:
     time_budget_min: float = 0.0  # cap on the minutes of training, periodic evaluations included
     # (not the final one): at iteration 30 and after each evaluation of a fresh run, max_iters is
     # cut to what fits at the times measured so far and the schedule fitted to it (one line
-    # printed; config.yaml records the new max_iters). 0 = off
+    # printed; config.yaml records the new max_iters). 0 = off; a tool's --max-iters N turns it off
     warmup_iters: int = 100  # linear warmup length in iterations (0 = no warmup)
     warmup_factor: float = 0.001  # LR factor at iteration 0 of the warmup
     schedule: Literal["step", "cosine", "constant"] = "step"  # LR decay after warmup

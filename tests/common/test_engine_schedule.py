@@ -87,6 +87,8 @@ def test_scheduler_state_round_trip():
     ({"ims_per_batch": 0, "max_iters": 20}, "^solver.ims_per_batch = 0 must be at least 1$"),
     ({"momentum": float("nan")}, "^solver.momentum = nan must be a finite number$"),
     ({"lr_mults": {"backbone": float("inf")}}, "^solver.lr_mults = .* must map module prefixes to finite"),
+    ({"time_budget_min": float("nan")}, "^solver.time_budget_min = nan must be a finite number$"),
+    ({"time_budget_min": -1.0}, r"^solver.time_budget_min = -1.0 must be >= 0 \(0 = no budget\)$"),
 ])
 def test_bad_solver_settings_are_named(changes, message):
     with pytest.raises(ConfigError, match=message):

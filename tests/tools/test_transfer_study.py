@@ -37,9 +37,10 @@ def test_sizes_and_arms_are_checked(tool):
 def test_arm_overrides(tool):
     assert tool.arm_overrides(tool.ARMS["finetune"], "det", "/w.pth") == [
         "model.backbone.weights=/w.pth", "model.backbone.freeze_at=0", "model.backbone.norm=FrozenBN",
-        "solver.lr_mults={backbone.body: 0.1}"]
+        "solver.time_budget_min=0", "solver.lr_mults={backbone.body: 0.1}"]
     assert tool.arm_overrides(tool.ARMS["scratch"], "seg", "/w.pth") == [
-        "model.backbone.weights=null", "model.backbone.freeze_at=0", "model.backbone.norm=BN", "solver.lr_mults={}"]
+        "model.backbone.weights=null", "model.backbone.freeze_at=0", "model.backbone.norm=BN",
+        "solver.time_budget_min=0", "solver.lr_mults={}"]
     assert tool.arm_overrides(tool.ARMS["freeze3"], "seg", "/w.pth")[-1] == "solver.lr_mults={net.backbone.body: 0.1}"
     assert "model.backbone.freeze_at=5" in tool.arm_overrides(tool.ARMS["probe"], "det", "/w.pth")
 
