@@ -45,6 +45,17 @@ def test_arm_overrides(tool):
     assert "model.backbone.freeze_at=5" in tool.arm_overrides(tool.ARMS["probe"], "det", "/w.pth")
 
 
+def test_a_detection_cell_measures_box_ap_without_the_other_heads_unless_asked(tool, tmp_path):
+    args = tool.parse_args(["--output", str(tmp_path), "model.mask_on=true"])
+    assert args.max_iters == tool.DEFAULT_MAX_ITERS
+    subset = {"json": tmp_path / "train_50.json", "images": tmp_path / "train_50"}
+    argv = tool.cell_argv("det", tmp_path / "cell", subset, tmp_path, args, ["model.backbone.freeze_at=5"])
+    assert argv[argv.index("--max-iters") + 1] == str(tool.DEFAULT_MAX_ITERS)
+    tail = argv[argv.index("--no-progress") + 1:]
+    assert tail == ["model.mask_on=false", "model.keypoint_on=false", "solver.eval_period=0",
+                    "model.backbone.freeze_at=5", "model.mask_on=true"]  # the user's override last, so it wins
+
+
 def test_report_on_stubbed_metrics(tool, tmp_path):
     results = [{"arm": "scratch", "size": "50", "num_images": 50, "metric": 3.5, "seconds": 10.0},
                {"arm": "finetune", "size": "50", "num_images": 50, "metric": 9.9, "seconds": 11.0},
