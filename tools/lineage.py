@@ -1,12 +1,17 @@
 #!/usr/bin/env python
 """The R-CNN lineage on one dataset: R-CNN -> Fast R-CNN -> Faster R-CNN -> Mask R-CNN.
 
-    python tools/lineage.py --data DIR [--max-iters N] [--eval-images M] [--train-images T] \
-        [--out lineage.json] [--output-dir runs/lineage] [--workers W] [--only rcnn fast_rcnn ...]
+    python tools/lineage.py --data DIR [--max-iters N | --train-min M] [--eval-images M] \
+        [--train-images T] [--out lineage.json] [--output-dir runs/lineage] [--workers W] \
+        [--only rcnn fast_rcnn ...]
 
-Every detector uses ResNet-18 and the same images at the same size; each is trained for
-``--max-iters`` steps by tools/train_det.py (a subprocess) and evaluated on the first
-``--eval-images`` val images by tools/eval_coco.py's evaluation. Selective-search proposals
+Every detector uses ResNet-18 and the same images at the same size; each is trained by
+tools/train_det.py (a subprocess) for ``--max-iters`` steps of its own recipe (a step of R-CNN
+is 128 warped windows, of Fast R-CNN 2 images, of Faster and Mask R-CNN 4), or for ``--train-min``
+minutes of network training each (``solver.time_budget_min``: each run times its steps and
+stops when the minutes are spent; R-CNN's feature, SVM and regressor stages come on top), or by
+default as each config says; each is evaluated on the first ``--eval-images`` val images by
+tools/eval_coco.py's evaluation. Selective-search proposals
 for R-CNN and Fast R-CNN come from tools/compute_proposals.py (``--mode fast``): the training
 split with ``--workers`` processes, the evaluated val images with one (that run is timed: the
 proposal seconds per image, start-up included). Faster and Mask R-CNN make their proposals
@@ -17,7 +22,7 @@ test seconds per image split into proposals and network, plus the network speed-
 R-CNN. ``--out`` gets one row per detector: ``name``, ``box_AP``, ``box_AP50``, ``mask_AP``
 (null without masks), ``train_s`` (wall seconds of train_det less its final evaluation, which
 the row's own evaluation timing stands in for), ``test_s_per_img`` (proposals + network),
-``proposal_s_per_img``, ``net_s_per_img``, ``iters``, ``config``. A detector whose run
+``proposal_s_per_img``, ``net_s_per_img``, ``iters`` (the steps run), ``config``. A detector whose run
 directory already holds model_final.pth and lineage_train.json is not trained again (delete
 the directory to redo it); proposal files are likewise reused.
 
@@ -46,6 +51,9 @@ start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling
 from common.tooling import ToolError, run_tool, tool_parser  # noqa: E402
 
 
+BUDGET_STEP_CAP = 100_000  # solver.max_iters under --train-min: the minutes, not the steps, end a run
+
+
 @dataclass(frozen=True)
 class Detector:
     name: str  # row name (and run directory)
@@ -68,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="dataset folder (train.json, val.json, train/, val/)")
     p.add_argument("--max-iters", type=int, default=None, help="training steps of every detector "
                    "(default: each config's solver.max_iters)")
+    p.add_argument("--train-min", type=float, default=None, help="minutes of network training for every "
+                   "detector, each at its own step cost (instead of --max-iters)")
     p.add_argument("--eval-images", type=int, default=0, help="evaluate on the first M val images (0 = all)")
     p.add_argument("--train-images", type=int, default=0, help="train on the first T train images (0 = all)")
     p.add_argument("--out", default="lineage.json", help="the rows as JSON (default: %(default)s)")
@@ -200,7 +210,30 @@ def evaluate(run: Path, data: Path, device: str, log: Path) -> tuple[dict, float
     return metrics, seconds
 
 
+def steps_run(run: Path) -> int | None:
+    """The steps a finished run trained: solver.max_iters of the config.yaml its trainer wrote (a
+    time budget rewrites it with the steps that fit); R-CNN's trainer is its fine-tuning stage's."""
+    import yaml
+
+    for path in (run / "finetune" / "config.yaml", run / "config.yaml"):
+        if path.is_file():
+            return int((yaml.safe_load(path.read_text()).get("solver") or {}).get("max_iters", 0)) or None
+    return None
+
+
+def budget_overrides(args: argparse.Namespace) -> list[str]:
+    """The training length every detector gets from --max-iters or --train-min (none: its config's)."""
+    if args.train_min is not None:
+        # the budget only ever cuts a schedule: make the cap one that no run reaches in its minutes
+        return [f"solver.time_budget_min={args.train_min:g}", f"solver.max_iters={BUDGET_STEP_CAP}"]
+    return ["--max-iters", str(args.max_iters)] if args.max_iters else []
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.max_iters is not None and args.train_min is not None:
+        raise ToolError("--max-iters and --train-min are two ways to size the training: give one")
+    if args.train_min is not None and args.train_min <= 0:
+        raise ToolError(f"--train-min {args.train_min:g} must be above 0 minutes")
     out_dir = Path(args.output_dir)
     data = write_subset(Path(args.data), out_dir / "data", args.train_images, args.eval_images)
     val_images = len(json.loads((data / "val.json").read_text())["images"])
@@ -221,11 +254,10 @@ def run(args: argparse.Namespace) -> int:
             run.mkdir(parents=True, exist_ok=True)
             cmd = ["tools/train_det.py", "--config", f"configs/detection/{det.config}", "--data", str(data),
                    "--output", str(run), "--device", args.device, "--no-progress", *overrides]
-            if args.max_iters:
-                cmd += ["--max-iters", str(args.max_iters)]
+            cmd += budget_overrides(args)
             print(f"training {det.title}: {' '.join(cmd)}")
             wall = run_script(cmd, out_dir / f"train_{det.name}.log")
-            timing.write_text(json.dumps({"wall_s": wall, "iters": args.max_iters}))
+            timing.write_text(json.dumps({"wall_s": wall, "iters": steps_run(run) or args.max_iters}))
         trained = json.loads(timing.read_text())
         print(f"evaluating {det.title} on {val_images} val images")
         metrics, eval_s = evaluate(run, data, args.device, out_dir / f"eval_{det.name}.log")

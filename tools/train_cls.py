@@ -111,7 +111,7 @@ def train(args: argparse.Namespace) -> dict:
                       log_period=s.log_period, evaluate=evaluate, best_metric=s.best_metric,
                       early_stop_patience=s.early_stop_patience, keep_checkpoints=s.keep_checkpoints,
                       config_yaml=to_yaml(cfg), metadata={"arch": cfg.arch, "class_names": list(train_set.class_names)},
-                      progress=show_bar(args), print_log=print_log(args))
+                      progress=show_bar(args), print_log=print_log(args), time_budget_s=s.time_budget_min * 60)
     if resume:
         start = trainer.resume(args.resume_from)
         if is_main_process():

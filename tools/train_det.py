@@ -279,7 +279,8 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
                           evaluate=evaluate if s.eval_period else None,
                           early_stop_patience=s.early_stop_patience, config_yaml=to_yaml(cfg),
                           keep_checkpoints=s.keep_checkpoints, metadata=metadata,
-                          progress=show_bar(args), print_log=print_log(args))
+                          progress=show_bar(args), print_log=print_log(args),
+                          time_budget_s=s.time_budget_min * 60)  # the fine-tuning stage's budget
         if (finetune.parent / "last_checkpoint").is_file():
             print(f"stage 1 (fine-tuning): resuming from iteration {trainer.resume()}")
         trainer.train()

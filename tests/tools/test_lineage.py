@@ -1,6 +1,7 @@
 """tools/lineage.py: the table and JSON on stubbed rows, the data subset, and the commands it runs
 (tools stubbed: the real runs are benchmarks, not tests)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,31 @@ def test_a_failing_tool_stops_the_lineage_with_its_one_line_error(lineage, shape
     assert lineage.main(["--data", str(shapes_dir), "--output-dir", str(out), "--only", "faster_rcnn"]) == 2
     assert capsys.readouterr().err == (f"lineage: error: -c failed (exit 2): train_det: error: bad data; its log is "
                                        f"{out / 'train_faster_rcnn.log'}\n")
+
+
+def test_train_min_gives_every_detector_the_same_minutes(lineage, shapes_dir, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_tool(args, log):
+        calls.append(args)
+        if args[0] == "tools/train_det.py":  # the run's trainer rewrites config.yaml with the steps that fit
+            run = Path(args[args.index("--output") + 1])
+            folder = run / "finetune" if "rcnn_R18.yaml" in args[2] else run
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.yaml").write_text("solver:\n  max_iters: 37\n")
+        return 7.0
+
+    monkeypatch.setattr(lineage, "run_script", fake_tool)
+    monkeypatch.setattr(lineage, "evaluate", lambda run, data, device, log: ({"bbox": {"AP": 1.0, "AP50": 2.0}}, 3.0))
+    out = tmp_path / "lineage.json"
+    assert lineage.main(["--data", str(shapes_dir), "--train-min", "2.5", "--eval-images", "3", "--train-images", "4",
+                         "--output-dir", str(tmp_path / "o"), "--out", str(out), "--only", "rcnn", "faster_rcnn"]) == 0
+    trains = [c for c in calls if c[0] == "tools/train_det.py"]
+    for c in trains:
+        assert c[-2:] == ["solver.time_budget_min=2.5", f"solver.max_iters={lineage.BUDGET_STEP_CAP}"]
+    assert [r["iters"] for r in json.loads(out.read_text())] == [37, 37]
+
+    assert lineage.main(["--data", str(shapes_dir), "--train-min", "2", "--max-iters", "5",
+                         "--output-dir", str(tmp_path / "p")]) == 2
+    assert capsys.readouterr().err == ("lineage: error: --max-iters and --train-min are two ways to size the "
+                                       "training: give one\n")
