@@ -245,22 +245,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {proposal_s:.3f} s per val image")
     rows = []
     for det in chosen:
-        run = out_dir / "runs" / det.name
+        run_dir = out_dir / "runs" / det.name
         overrides = list(det.overrides)
         if det.proposals:
             overrides += [f"data.train_proposals={proposals['train']}", f"data.val_proposals={proposals['val']}"]
-        timing = run / "lineage_train.json"
-        if not ((run / "model_final.pth").is_file() and timing.is_file()):
-            run.mkdir(parents=True, exist_ok=True)
+        timing = run_dir / "lineage_train.json"
+        if not ((run_dir / "model_final.pth").is_file() and timing.is_file()):
+            run_dir.mkdir(parents=True, exist_ok=True)
             cmd = ["tools/train_det.py", "--config", f"configs/detection/{det.config}", "--data", str(data),
-                   "--output", str(run), "--device", args.device, "--no-progress", *overrides]
+                   "--output", str(run_dir), "--device", args.device, "--no-progress", *overrides]
             cmd += budget_overrides(args)
             print(f"training {det.title}: {' '.join(cmd)}")
             wall = run_script(cmd, out_dir / f"train_{det.name}.log")
-            timing.write_text(json.dumps({"wall_s": wall, "iters": steps_run(run) or args.max_iters}))
+            timing.write_text(json.dumps({"wall_s": wall, "iters": steps_run(run_dir) or args.max_iters}))
         trained = json.loads(timing.read_text())
         print(f"evaluating {det.title} on {val_images} val images")
-        metrics, eval_s = evaluate(run, data, args.device, out_dir / f"eval_{det.name}.log")
+        metrics, eval_s = evaluate(run_dir, data, args.device, out_dir / f"eval_{det.name}.log")
         net_s = eval_s / max(val_images, 1)
         rows.append(row_from_metrics(det.name, metrics, max(trained["wall_s"] - eval_s, 0.0),
                                      proposal_s if det.proposals else 0.0, net_s, trained["iters"], det.config))

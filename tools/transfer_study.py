@@ -223,9 +223,8 @@ def arm_overrides(arm: Arm, task: str, weights: str | None) -> list[str]:
 
 def cell_argv(task: str, run: Path, subset: dict, study: Path, args, arm_over: list[str]) -> list[str]:
     """The command line of one cell's training tool (tools/train_det.py or tools/train_seg.py)."""
-    argv = ["--output", str(run), "--config", str(args.config or TASKS[task]["config"])]
-    if args.max_iters is not None:
-        argv += ["--max-iters", str(args.max_iters)]
+    argv = ["--output", str(run), "--config", str(args.config or TASKS[task]["config"]),
+            "--max-iters", str(args.max_iters)]
     if args.device:
         argv += ["--device", args.device]
     if task == "det":
@@ -241,8 +240,6 @@ def cell_argv(task: str, run: Path, subset: dict, study: Path, args, arm_over: l
 
 def schedule_fix(task: str, args) -> list[str]:
     """With --max-iters below the config's warmup, shorten the warmup (and drop later LR steps)."""
-    if args.max_iters is None:
-        return []
     from common.config import load_config
     from common.engine.config import fit_schedule_to_max_iters
     if task == "det":
@@ -336,7 +333,7 @@ def write_report(study: Path, results: list[dict], arms: list[str], sizes: list[
 def study(args) -> str:
     task = TASKS[args.task]
     sizes, arms = parse_sizes(args.sizes), parse_arms(args.arms)
-    if args.max_iters is not None and args.max_iters < 1:
+    if args.max_iters < 1:
         raise StudyError(f"--max-iters {args.max_iters} must be at least 1")
     if any(ARMS[a].pretrained for a in arms) and not args.weights:
         raise StudyError(f"arms {', '.join(a for a in arms if ARMS[a].pretrained)} start from pretrained "

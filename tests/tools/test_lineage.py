@@ -119,3 +119,5 @@ def test_train_min_gives_every_detector_the_same_minutes(lineage, shapes_dir, tm
                          "--output-dir", str(tmp_path / "p")]) == 2
     assert capsys.readouterr().err == ("lineage: error: --max-iters and --train-min are two ways to size the "
                                        "training: give one\n")
+    assert lineage.main(["--data", str(shapes_dir), "--train-min", "0", "--output-dir", str(tmp_path / "q")]) == 2
+    assert capsys.readouterr().err == "lineage: error: --train-min 0 must be above 0 minutes\n"

@@ -32,6 +32,8 @@ def test_sizes_and_arms_are_checked(tool):
         tool.parse_sizes("50,x")
     with pytest.raises(tool.StudyError, match=r"--arms 'scratch,lora': choose distinct arms among scratch, probe"):
         tool.parse_arms("scratch,lora")
+    with pytest.raises(tool.StudyError, match=r"^--max-iters 0 must be at least 1$"):
+        tool.study(tool.parse_args(["--output", "unused", "--max-iters", "0"]))
 
 
 def test_arm_overrides(tool):
