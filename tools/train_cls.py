@@ -64,7 +64,7 @@ def load_cfg(args: argparse.Namespace):
 def train(args: argparse.Namespace) -> dict:
     import torch
 
-    from classification.build import build_datasets, build_model, check_arch, resolve_root
+    from classification.build import build_datasets, build_model, check_arch, resolve_root, with_data_defaults
     from classification.config import ClsConfig
     from classification.data import build_test_loader, build_train_loader
     from classification.model import evaluate_classifier
@@ -75,6 +75,8 @@ def train(args: argparse.Namespace) -> dict:
     from common.tooling import prepare_run_dir, print_log, seed_process, select_device, show_bar
 
     cfg, notes = load_cfg(args)
+    cfg, crop_note = with_data_defaults(cfg)
+    notes = notes + [crop_note] if crop_note else notes
     check_arch(cfg.arch)  # before any data is generated or read
     resume = args.resume or args.resume_from is not None
     run = prepare_run_dir(args.output, resume=resume, config_cls=ClsConfig, tool="train_cls")

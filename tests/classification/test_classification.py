@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from classification.build import build_datasets, build_model
+from classification.build import build_datasets, build_model, with_data_defaults
 from classification.config import ClsConfig
 from classification.data import ClassificationDataError, build_train_loader
 from classification.model import topk_correct
@@ -27,6 +27,15 @@ def test_source_task_is_an_image_folder_with_ten_classes_and_a_seeded_prefix(sou
     bigger = generate_source_dataset(tmp_path / "big", num_train=3, num_val=0, size=40)
     name = "stripes/stripes_000001.jpg"
     assert (bigger / "train" / name).read_bytes() == (source_dir / "train" / name).read_bytes()
+
+
+def test_crop_scale_follows_the_data_unless_set():
+    builtin, note = with_data_defaults(load_config(ClsConfig))
+    assert builtin.data.crop_scale == (0.35, 1.0) and "built-in task" in note
+    folder, note = with_data_defaults(load_config(ClsConfig, None, ["data.root=/imagenet"]))
+    assert folder.data.crop_scale == (0.08, 1.0) and "ImageNet's" in note
+    mine, note = with_data_defaults(load_config(ClsConfig, None, ["data.crop_scale=[0.5,1.0]"]))
+    assert mine.data.crop_scale == (0.5, 1.0) and note == ""
 
 
 def test_source_task_refuses_bad_arguments(tmp_path):
