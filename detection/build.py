@@ -411,22 +411,60 @@ def adapt_to_dataset(cfg: DetConfig, train: CocoDetection) -> tuple[DetConfig, l
         rpn, note = anchors_from_data(model_cfg.rpn, cfg.data, train)
         model_cfg = replace(model_cfg, rpn=rpn)
         notes.append(note)
+    notes += image_size_notes(cfg.data, train)
     return replace(cfg, model=model_cfg), notes
+
+
+TINY_SIDE = 8.0  # px at the training size: below this a box spans less than two cells of the finest (stride-4) map
+TINY_SHARE = 0.05  # warn when more than this share of the training boxes is that small
+
+
+def training_scales(data: DataConfig, train: CocoDetection) -> tuple[np.ndarray, np.ndarray, float]:
+    """(images (N, 2) height and width on disk, their resize factors (N,) under ``data.min_size`` /
+    ``data.max_size``, the mean training short side)."""
+    hw = np.array([(train.coco.imgs[i]["height"], train.coco.imgs[i]["width"]) for i in train.ids],
+                  np.float64).reshape(-1, 2)
+    short = float(np.mean(data.min_size))
+    return hw, np.minimum(short / hw.min(axis=1), data.max_size / hw.max(axis=1)), short
+
+
+def box_sides_at_training_size(data: DataConfig, train: CocoDetection) -> tuple[np.ndarray, np.ndarray, float]:
+    """(sqrt(w * h) of every training box as the model sees it, its h / w, the training short side)."""
+    boxes, index = train.instance_boxes()
+    _, scale, short = training_scales(data, train)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return np.sqrt(w * h) * scale[index], h / np.maximum(w, 1e-6), short
+
+
+def image_size_notes(data: DataConfig, train: CocoDetection) -> list[str]:
+    """The image size is the config's (``data.min_size``, ``data.max_size``), a compute budget: one
+    line on how it relates to the images on disk, and a warning when it shrinks many objects to a few
+    pixels (a larger size trades steps for them: each step costs about (size / now)^2 as much)."""
+    hw, scale, short = training_scales(data, train)
+    if len(hw) == 0:
+        return []
+    native = hw.min(axis=1)
+    notes = [f"image size: short side {short:.0f} px (data.min_size; long side at most {data.max_size}) for "
+             f"training images of short side {np.median(native):.0f} px median ({native.min():.0f}-{native.max():.0f}), "
+             f"resized x{np.median(scale):.2f} median"]
+    sides = box_sides_at_training_size(data, train)[0]
+    tiny = float((sides < TINY_SIDE).mean()) if len(sides) else 0.0
+    if tiny > TINY_SHARE:
+        notes.append(f"warning: {tiny:.0%} of the training boxes are under {TINY_SIDE:g} px at this size "
+                     f"(5th percentile {np.percentile(sides, 5):.1f} px), too small for the finest feature map to "
+                     f"see well; a larger data.min_size / data.max_size / data.test_min_size helps them at about "
+                     f"(new / {short:.0f})^2 the cost of a step")
+    return notes
 
 
 def anchors_from_data(rpn: RPNConfig, data: DataConfig, train: CocoDetection) -> tuple[RPNConfig, str]:
     """Anchor sizes and aspect ratios (``detection.anchors.anchors_for_boxes``) for the training
     boxes as the model sees them (resized like ``data.min_size`` / ``data.max_size`` do)."""
-    boxes, index = train.instance_boxes()
-    if len(boxes) == 0:
+    sides, h_over_w, short = box_sides_at_training_size(data, train)
+    if len(sides) == 0:
         return rpn, "anchors: as configured (no training boxes to derive them from)"
-    hw = np.array([(train.coco.imgs[i]["height"], train.coco.imgs[i]["width"]) for i in train.ids], np.float64)
-    short = float(np.mean(data.min_size))
-    scale = np.minimum(short / hw.min(axis=1), data.max_size / hw.max(axis=1))[index]
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    sides = np.sqrt(w * h) * scale
     strides = [2 ** int(f[1:]) for f in rpn.in_features]  # c<k> / p<k> has stride 2^k
-    sizes, ratios = anchors_for_boxes(torch.as_tensor(sides), torch.as_tensor(h / w), strides)
+    sizes, ratios = anchors_for_boxes(torch.as_tensor(sides), torch.as_tensor(h_over_w), strides)
     lo, hi = np.percentile(sides, [5, 99])
     same = sizes == tuple(tuple(s) for s in rpn.anchor_sizes) and (ratios,) == tuple(tuple(r) for r in rpn.aspect_ratios)
     note = (f"anchors from {len(sides)} training boxes (5th-99th percentile side {lo:.0f}-{hi:.0f} px at "
