@@ -32,8 +32,8 @@ Every cell trains ``--max-iters`` steps (default 200, whatever its arm costs per
 evaluated once, at the end. A detection cell has the mask and keypoint heads off (its metric is box
 AP; ``model.mask_on=true`` puts them back). Every extra ``key=value`` goes to every cell (after
 these and the arm's own settings). ``--max-iters``, ``--sizes`` and ``--arms`` size the study for
-a CPU budget: the default (5 arms x 4 sizes, detection at 160 px) is sized to fit in an hour on 2
-CPU cores (measured time in the README). Errors: one line, exit status 2.
+a CPU budget: the default (5 arms x 4 sizes, detection at 160 px) took 46 minutes on 2 CPU cores
+(README). Errors: one line, exit status 2.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ TASKS = {
                 study=("solver.eval_period=0",)),
 }
 DEFAULT_SIZES = "50,200,800,all"
-DEFAULT_MAX_ITERS = 200  # per cell: at 300 the default study (5 arms x 4 sizes, detection) took 63 min on 2 CPU cores
+DEFAULT_MAX_ITERS = 200  # per cell: the default study (5 arms x 4 sizes, detection) took 46 min on 2 CPU cores (63 at 300)
 DEFAULT_ARMS = "scratch,probe,finetune,freeze2,freeze3"
 CELL_RECORD = "study_cell.json"  # written into a cell's run folder when it has finished
 
