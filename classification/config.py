@@ -17,7 +17,7 @@ class DataConfig:
     image_size: int = 64  # side of the square training crop and of the evaluation centre crop
     # random resized crop: area fraction range; None = by data: ImageNet's (0.08, 1) for a --data folder,
     # (0.35, 1) for the built-in source task, whose one figure fills 45-90 % of a 72 px image (an 8 %
-    # crop often holds none of it: 32.8 % top-1 in 600 steps, against 42.6 % with 0.35 at step 500)
+    # crop often holds none of it)
     crop_scale: Optional[tuple[float, float]] = None
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)  # random resized crop: aspect ratio range
     hflip: bool = True  # random horizontal flips in training
@@ -33,7 +33,8 @@ class ClsConfig:
         optimizer="sgd", base_lr=0.0125, momentum=0.9, weight_decay=1e-4, max_iters=2000, warmup_iters=50,
         schedule="cosine", steps=(), ims_per_batch=32, checkpoint_period=500, eval_period=500,
         log_period=20, best_metric="top1", clip_grad_norm=0.0))
-    # a CPU-sized schedule (16 min on 2 cores: 86 % top-1 on the built-in task, 33 % after 600 steps,
-    # and a backbone that transfers: README, "Transfer learning"); base_lr follows the ImageNet rule 0.1 * batch / 256 (0.05 diverged at
-    # first and reached only 23 % top-1 on the source task in 200 iterations)
+    # a CPU-sized schedule: 16 min on 2 cores, 86 % top-1 on the built-in task and a backbone that
+    # transfers (README, "Transfer learning"; 600 steps with 8-100 % crops gave 33 % and one that did
+    # not). base_lr follows the ImageNet rule 0.1 * batch / 256 (0.05 diverged at first and reached
+    # only 23 % top-1 on the source task in 200 iterations)
     eval_batch_size: int = 64  # images per evaluation batch
