@@ -407,11 +407,13 @@ def adapt_to_dataset(cfg: DetConfig, train: CocoDetection) -> tuple[DetConfig, l
         notes.append(f"{train.ann_file} has no keypoints: the keypoint head is off")
     if model_cfg.keypoint_on:
         notes += flip_map_notes(train.meta)
+    hw, scale, short = training_scales(cfg.data, train)
+    sides, h_over_w = box_sides_at_training_size(train, scale)
     if model_cfg.rpn.auto_anchors and model_cfg.proposal_generator == "rpn":
-        rpn, note = anchors_from_data(model_cfg.rpn, cfg.data, train)
+        rpn, note = anchors_from_data(model_cfg.rpn, sides, h_over_w, short)
         model_cfg = replace(model_cfg, rpn=rpn)
         notes.append(note)
-    notes += image_size_notes(cfg.data, train)
+    notes += image_size_notes(cfg.data, hw, scale, short, sides)
     return replace(cfg, model=model_cfg), notes
 
 
@@ -428,26 +430,27 @@ def training_scales(data: DataConfig, train: CocoDetection) -> tuple[np.ndarray,
     return hw, np.minimum(short / hw.min(axis=1), data.max_size / hw.max(axis=1)), short
 
 
-def box_sides_at_training_size(data: DataConfig, train: CocoDetection) -> tuple[np.ndarray, np.ndarray, float]:
-    """(sqrt(w * h) of every training box as the model sees it, its h / w, the training short side)."""
+def box_sides_at_training_size(train: CocoDetection, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sqrt(w * h) of every training box as the model sees it, its h / w); ``scale``: the resize
+    factor of every image (:func:`training_scales`)."""
     boxes, index = train.instance_boxes()
-    _, scale, short = training_scales(data, train)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return np.sqrt(w * h) * scale[index], h / np.maximum(w, 1e-6), short
+    return np.sqrt(w * h) * scale[index], h / np.maximum(w, 1e-6)
 
 
-def image_size_notes(data: DataConfig, train: CocoDetection) -> list[str]:
+def image_size_notes(data: DataConfig, hw: np.ndarray, scale: np.ndarray, short: float,
+                     sides: np.ndarray) -> list[str]:
     """The image size is the config's (``data.min_size``, ``data.max_size``), a compute budget: one
-    line on how it relates to the images on disk, and a warning when it shrinks many objects to a few
-    pixels (a larger size trades steps for them: each step costs about (size / now)^2 as much)."""
-    hw, scale, short = training_scales(data, train)
+    line on how it relates to the images on disk (``hw``, ``scale``, ``short`` from
+    :func:`training_scales`), and a warning when it shrinks many of the boxes (``sides`` at the
+    training size) to a few pixels (a larger size trades steps for them: each step costs about
+    (size / now)^2 as much)."""
     if len(hw) == 0:
         return []
     native = hw.min(axis=1)
     notes = [f"image size: short side {short:.0f} px (data.min_size; long side at most {data.max_size}) for "
              f"training images of short side {np.median(native):.0f} px median ({native.min():.0f}-{native.max():.0f}), "
              f"resized x{np.median(scale):.2f} median"]
-    sides = box_sides_at_training_size(data, train)[0]
     tiny = float((sides < TINY_SIDE).mean()) if len(sides) else 0.0
     if tiny > TINY_SHARE:
         notes.append(f"warning: {tiny:.0%} of the training boxes are under {TINY_SIDE:g} px at this size "
@@ -457,10 +460,9 @@ def image_size_notes(data: DataConfig, train: CocoDetection) -> list[str]:
     return notes
 
 
-def anchors_from_data(rpn: RPNConfig, data: DataConfig, train: CocoDetection) -> tuple[RPNConfig, str]:
+def anchors_from_data(rpn: RPNConfig, sides: np.ndarray, h_over_w: np.ndarray, short: float) -> tuple[RPNConfig, str]:
     """Anchor sizes and aspect ratios (``detection.anchors.anchors_for_boxes``) for the training
-    boxes as the model sees them (resized like ``data.min_size`` / ``data.max_size`` do)."""
-    sides, h_over_w, short = box_sides_at_training_size(data, train)
+    boxes as the model sees them (:func:`box_sides_at_training_size`, at short side ``short``)."""
     if len(sides) == 0:
         return rpn, "anchors: as configured (no training boxes to derive them from)"
     strides = [2 ** int(f[1:]) for f in rpn.in_features]  # c<k> / p<k> has stride 2^k
