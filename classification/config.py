@@ -34,7 +34,6 @@ class ClsConfig:
         schedule="cosine", steps=(), ims_per_batch=32, checkpoint_period=500, eval_period=500,
         log_period=20, best_metric="top1", clip_grad_norm=0.0))
     # a CPU-sized schedule: 16 min on 2 cores, 86 % top-1 on the built-in task and a backbone that
-    # transfers (README, "Transfer learning"; 600 steps with 8-100 % crops gave 33 % and one that did
-    # not). base_lr follows the ImageNet rule 0.1 * batch / 256 (0.05 diverged at first and reached
-    # only 23 % top-1 on the source task in 200 iterations)
+    # transfers (README, "Transfer learning"). base_lr follows the ImageNet rule 0.1 * batch / 256
+    # (0.05 diverged at first and reached only 23 % top-1 on the source task in 200 iterations)
     eval_batch_size: int = 64  # images per evaluation batch
