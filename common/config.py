@@ -161,6 +161,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 
 def _name(hint: Any) -> str:
+    """How a type reads in an error message: 'int', "bool | 'eval'"."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -70,7 +70,7 @@ def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0
                                 keypoint_classes, class_counts)
     model = GeneralizedRCNN(backbone, rpn, roi_heads, num_classes, num_keypoints if cfg.keypoint_on else 0,
                             keypoint_flip_indices, channels_last=cfg.channels_last)
-    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last is True else model
 
 
 def build_rcnn(cfg: ModelConfig, num_classes: int, backbone: nn.Module | None = None) -> RCNN:
@@ -312,13 +312,10 @@ def build_datasets(cfg: DetConfig, paths: DataPaths,
         raise DatasetError(empty_training_set_message(train))
     if d.keypoint_flip_map:
         train.meta = with_flip_map(train.meta, d.keypoint_flip_map, paths.train_json)
-    train.transforms = build_transforms(train.meta, train=True, min_size=d.min_size, max_size=d.max_size,
-                                        hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter,
-                                        color_jitter=d.color_jitter, seed=cfg.solver.seed)
     val = CocoDetection(paths.val_json, paths.val_images, filter_empty=False,
                         skip_image_ids=checked.skip_ids(paths.val_json), **use)
     val.meta = replace(val.meta, keypoint_flip_map=train.meta.keypoint_flip_map)
-    val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
+    set_transforms(cfg, train, val)
     if reads_proposal_files(cfg.model):  # Fast R-CNN and R-CNN: resized and flipped with the image
         for ds, path, split in ((train, d.train_proposals, "train"), (val, d.val_proposals, "val")):
             attach_proposals(ds, path, proposals_to_read(cfg), f"data.{split}_proposals", split,
@@ -327,6 +324,16 @@ def build_datasets(cfg: DetConfig, paths: DataPaths,
         raise DatasetError(f"{paths.val_json} has categories {val.meta.category_ids} but {paths.train_json} "
                            f"has {train.meta.category_ids}; train and val must share one category list")
     return train, val
+
+
+def set_transforms(cfg: DetConfig, train: CocoDetection, val: CocoDetection | None) -> None:
+    """The training augmentation and the val resize, at the sizes ``cfg.data`` gives."""
+    d = cfg.data
+    train.transforms = build_transforms(train.meta, train=True, min_size=d.min_size, max_size=d.max_size,
+                                        hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter,
+                                        color_jitter=d.color_jitter, seed=cfg.solver.seed)
+    if val is not None:
+        val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
 
 
 def with_flip_map(meta: DatasetMeta, pairs, source) -> DatasetMeta:
@@ -392,12 +399,20 @@ def attach_proposals(dataset: CocoDetection, path: str, max_proposals: int, key:
     dataset.proposals = load_proposals(path, dataset.ids, max_proposals)
 
 
-def adapt_to_dataset(cfg: DetConfig, train: CocoDetection) -> tuple[DetConfig, list[str]]:
+def adapt_to_dataset(cfg: DetConfig, train: CocoDetection,
+                     val: CocoDetection | None = None) -> tuple[DetConfig, list[str]]:
     """The settings that depend on the data, chosen at start-up from the training set: the mask /
     keypoint branch off when the dataset has no masks / keypoints (so one config trains on any
-    COCO-format dataset), the anchors from the training boxes (``model.rpn.auto_anchors``), how
+    COCO-format dataset), the image size (``data.size_from_images``: the transforms of ``train``
+    and ``val`` follow it), the anchors from the training boxes (``model.rpn.auto_anchors``), how
     keypoints flip. Returns the config (what ``config.yaml`` records) and a line per choice
     (warnings start with "warning:")."""
+    size_note = ""
+    if cfg.data.size_from_images:
+        data, size_note = size_from_images(cfg.data, train)
+        if data != cfg.data:
+            cfg = replace(cfg, data=data)
+            set_transforms(cfg, train, val)
     model_cfg, notes = cfg.model, []
     if model_cfg.mask_on and not train.has_masks:
         model_cfg = replace(model_cfg, mask_on=False)
@@ -413,8 +428,27 @@ def adapt_to_dataset(cfg: DetConfig, train: CocoDetection) -> tuple[DetConfig, l
         rpn, note = anchors_from_data(model_cfg.rpn, sides, h_over_w, short)
         model_cfg = replace(model_cfg, rpn=rpn)
         notes.append(note)
-    notes += image_size_notes(cfg.data, hw, scale, short, sides)
+    notes += image_size_notes(cfg.data, hw, scale, short, sides, size_note)
     return replace(cfg, model=model_cfg), notes
+
+
+def size_from_images(data: DataConfig, train: CocoDetection) -> tuple[DataConfig, str]:
+    """``data.min_size`` is the most the images are enlarged to: when the training images' median
+    short side is smaller, every size (``min_size``, ``max_size``, ``test_min_size``) shrinks by
+    that ratio, since an enlargement adds compute, not detail. Returns the data config and what
+    was chosen ('' when nothing changed)."""
+    if not train.ids:
+        return data, ""
+    native = float(np.median([min(train.coco.imgs[i]["height"], train.coco.imgs[i]["width"]) for i in train.ids]))
+    largest = max(data.min_size)
+    if native >= largest:
+        return data, ""
+    f = native / largest
+    sizes = tuple(dict.fromkeys(max(1, round(s * f)) for s in data.min_size))
+    resized = replace(data, min_size=sizes, max_size=max(1, round(data.max_size * f)),
+                      test_min_size=max(1, round(data.test_min_size * f)))
+    return resized, (f"the training images' median short side, below data.min_size={largest}: "
+                     f"data.size_from_images does not enlarge them")
 
 
 TINY_SIDE = 8.0  # px at the training size: below this a box spans less than two cells of the finest (stride-4) map
@@ -439,16 +473,16 @@ def box_sides_at_training_size(train: CocoDetection, scale: np.ndarray) -> tuple
 
 
 def image_size_notes(data: DataConfig, hw: np.ndarray, scale: np.ndarray, short: float,
-                     sides: np.ndarray) -> list[str]:
-    """The image size is the config's (``data.min_size``, ``data.max_size``), a compute budget: one
-    line on how it relates to the images on disk (``hw``, ``scale``, ``short`` from
-    :func:`training_scales`), and a warning when it shrinks many of the boxes (``sides`` at the
-    training size) to a few pixels (a larger size trades steps for them: each step costs about
-    (size / now)^2 as much)."""
+                     sides: np.ndarray, why: str = "") -> list[str]:
+    """The image size is the config's (``data.min_size``, ``data.max_size``), a compute budget, or
+    smaller images' own (``why``: :func:`size_from_images`): one line on how it relates to the
+    images on disk (``hw``, ``scale``, ``short`` from :func:`training_scales`), and a warning when
+    it shrinks many of the boxes (``sides`` at the training size) to a few pixels (a larger size
+    trades steps for them: each step costs about (size / now)^2 as much)."""
     if len(hw) == 0:
         return []
     native = hw.min(axis=1)
-    notes = [f"image size: short side {short:.0f} px (data.min_size; long side at most {data.max_size}) for "
+    notes = [f"image size: short side {short:.0f} px ({why or 'data.min_size'}; long side at most {data.max_size}) for "
              f"training images of short side {np.median(native):.0f} px median ({native.min():.0f}-{native.max():.0f}), "
              f"resized x{np.median(scale):.2f} median"]
     tiny = float((sides < TINY_SIDE).mean()) if len(sides) else 0.0

@@ -18,10 +18,12 @@ class GeneralizedRCNN(nn.Module):
 
     def __init__(self, backbone: nn.Module, proposal_generator: nn.Module | None, roi_heads: nn.Module,
                  num_classes: int, num_keypoints: int = 0, keypoint_flip_indices: list[int] | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool | str = False):
         """keypoint_flip_indices: index of the mirrored keypoint (kept for flip test-time
-        augmentation and tools; the model itself does not use it). channels_last: feed the
-        backbone NHWC images (its weights must be NHWC too: ``model.to(memory_format=...)``)."""
+        augmentation and tools; the model itself does not use it). channels_last: True feeds the
+        backbone NHWC images (its weights must be NHWC too: ``model.to(memory_format=...)``);
+        "eval" keeps the weights NCHW in train mode and NHWC in eval mode (``train()`` converts
+        them in place, so optimizers and checkpoints see the same parameters)."""
         super().__init__()
         self.backbone = backbone
         self.proposal_generator = proposal_generator
@@ -29,7 +31,15 @@ class GeneralizedRCNN(nn.Module):
         self.num_classes = num_classes
         self.num_keypoints = num_keypoints
         self.keypoint_flip_indices = list(keypoint_flip_indices) if keypoint_flip_indices else None
+        if channels_last not in (True, False, "eval"):
+            raise ValueError(f"channels_last must be true, false or 'eval', got {channels_last!r}")
         self.channels_last = channels_last
+
+    def train(self, mode: bool = True) -> "GeneralizedRCNN":
+        super().train(mode)
+        if self.channels_last == "eval":  # oneDNN's faster layout for inference only
+            self.to(memory_format=torch.contiguous_format if mode else torch.channels_last)
+        return self
 
     def forward(self, images: ImageList, targets: list[dict[str, Tensor]] | None = None
                 ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
@@ -44,7 +54,8 @@ class GeneralizedRCNN(nn.Module):
             self._check_targets(images, targets)
         has_gt = targets is not None and all("gt_boxes" in t for t in targets)
         x = images.tensor
-        if self.channels_last:  # the weights are NHWC too (build_model): oneDNN's faster layout
+        if self.channels_last is True or (self.channels_last == "eval" and not self.training):
+            # the weights are NHWC too (build_model, train()): oneDNN's faster layout
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone(self.backbone.normalize(x))
         losses: dict[str, Tensor] = {}

@@ -101,7 +101,7 @@ def train(args: argparse.Namespace) -> int:
             raise ValueError("R-CNN trains in one process (its stages are not distributed); run it without torchrun")
         return train_rcnn(args, cfg, paths, run.root, device)
     train_set, val_set = build_datasets(cfg, paths, check_data(cfg, paths, run.root))  # both splits, before training
-    cfg, data_notes = adapt_to_dataset(cfg, train_set)
+    cfg, data_notes = adapt_to_dataset(cfg, train_set, val_set)
     train_indices, note = repeat_factor_indices(cfg.data, train_set, cfg.solver.seed)
     data_notes += [note] if note else []
     data_notes += [n for n in (emulation_note(k, v, device) for k, v in (("solver.amp", cfg.solver.amp),

@@ -67,6 +67,27 @@ def test_image_size_note_and_tiny_box_warning(shapes_dir):
     assert "data.min_size" in warning[0]
 
 
+def test_size_from_images_does_not_enlarge_small_images(shapes_dir):
+    paths = DataPaths(shapes_dir / "train.json", shapes_dir / "train", shapes_dir / "val.json", shapes_dir / "val")
+    cfg = load_config(DetConfig, ROOT / "configs" / "detection" / "shapes_R18_FPN.yaml",
+                      ["data.size_from_images=true", "data.min_size=[150, 200]", "data.max_size=300",
+                       "data.test_min_size=200"])
+    train, val = build_datasets(cfg, paths)
+    native = sorted(min(im["height"], im["width"]) for im in train.coco.imgs.values())
+    native = (native[(len(native) - 1) // 2] + native[len(native) // 2]) / 2  # the median short side
+    assert native < 150
+    adapted, notes = adapt_to_dataset(cfg, train, val)
+    f = native / 200
+    assert adapted.data.min_size == (round(150 * f), round(200 * f))   # recorded in config.yaml
+    assert (adapted.data.max_size, adapted.data.test_min_size) == (round(300 * f), round(native))
+    assert any(n.startswith(f"image size: short side {(150 + 200) * f / 2:.0f} px (the training images' median "
+                            f"short side, below data.min_size=200") for n in notes)
+    image, target = val[0]                                             # the val resize follows
+    assert min(image.shape[-2:]) == round(native)
+    larger = replace(cfg, data=replace(cfg.data, min_size=(48,), max_size=64, test_min_size=48))
+    assert adapt_to_dataset(larger, train, val)[0].data == larger.data  # smaller sizes stay as they are
+
+
 def test_explicit_flip_map_is_checked(shapes_dir, tmp_path):
     paths = _variant(shapes_dir, tmp_path, lambda coco, split: kp3_noflip(coco))
     cfg = load_config(DetConfig, ROOT / "configs" / "detection" / "shapes_R18_FPN.yaml",

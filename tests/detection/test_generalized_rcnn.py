@@ -177,3 +177,33 @@ def test_channels_last_model_trains_and_predicts_like_the_nchw_one():
     for p, q in zip(pa, pb):
         torch.testing.assert_close(p["pred_boxes"], q["pred_boxes"], rtol=1e-3, atol=1e-2)
         torch.testing.assert_close(p["pred_mask_probs"], q["pred_mask_probs"], rtol=1e-3, atol=1e-3)
+
+
+def test_eval_only_channels_last_switches_layout_in_place_and_predicts_alike():
+    torch.manual_seed(0)
+    nchw = build_model(shapes_cfg(), K, P)
+    torch.manual_seed(0)
+    model = build_model(shapes_cfg(channels_last="eval"), K, P)
+    params = list(model.parameters())
+    convs = [p for p in params if p.ndim == 4 and p.shape[-1] > 1]  # 1x1 kernels look alike in both
+
+    def nhwc() -> bool:
+        return all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
+
+    model.train()
+    assert all(p.is_contiguous() for p in convs) and not nhwc()
+    model.eval()
+    assert nhwc()
+    assert [id(p) for p in model.parameters()] == [id(p) for p in params]  # an optimizer keeps its parameters
+    images, _ = batch()
+    nchw.eval()
+    with torch.no_grad():
+        pa, _ = nchw(images)
+        pb, _ = model(images)
+    for p, q in zip(pa, pb):
+        torch.testing.assert_close(p["pred_boxes"], q["pred_boxes"], rtol=1e-3, atol=1e-2)
+        torch.testing.assert_close(p["pred_mask_probs"], q["pred_mask_probs"], rtol=1e-3, atol=1e-3)
+    model.train()
+    assert all(p.is_contiguous() for p in convs)
+    with pytest.raises(ValueError, match="channels_last must be"):
+        build_model(shapes_cfg(channels_last="yes"), K, P)
