@@ -170,10 +170,15 @@ def test_channels_last_model_trains_and_predicts_like_the_nchw_one():
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
     sum(b.values()).backward()
-    nchw.eval(), nhwc.eval()
+    assert_same_predictions(nchw, nhwc, images)
+
+
+def assert_same_predictions(a, b, images) -> None:
+    """Two models predict the same boxes and masks up to float rounding (eval mode)."""
+    a.eval(), b.eval()
     with torch.no_grad():
-        pa, _ = nchw(images)
-        pb, _ = nhwc(images)
+        pa, _ = a(images)
+        pb, _ = b(images)
     for p, q in zip(pa, pb):
         torch.testing.assert_close(p["pred_boxes"], q["pred_boxes"], rtol=1e-3, atol=1e-2)
         torch.testing.assert_close(p["pred_mask_probs"], q["pred_mask_probs"], rtol=1e-3, atol=1e-3)
@@ -195,14 +200,7 @@ def test_eval_only_channels_last_switches_layout_in_place_and_predicts_alike():
     model.eval()
     assert nhwc()
     assert [id(p) for p in model.parameters()] == [id(p) for p in params]  # an optimizer keeps its parameters
-    images, _ = batch()
-    nchw.eval()
-    with torch.no_grad():
-        pa, _ = nchw(images)
-        pb, _ = model(images)
-    for p, q in zip(pa, pb):
-        torch.testing.assert_close(p["pred_boxes"], q["pred_boxes"], rtol=1e-3, atol=1e-2)
-        torch.testing.assert_close(p["pred_mask_probs"], q["pred_mask_probs"], rtol=1e-3, atol=1e-3)
+    assert_same_predictions(nchw, model, batch()[0])
     model.train()
     assert all(p.is_contiguous() for p in convs)
     with pytest.raises(ValueError, match="channels_last must be"):
