@@ -569,6 +569,18 @@ def read_checkpoint(checkpoint: str | Path, config: str | Path | None = None, ov
     return state, cfg, meta
 
 
+def branches_in_use(weights: dict, model_cfg: ModelConfig, checkpoint: str | Path) -> dict:
+    """The checkpoint's weights without those of a mask / keypoint branch the config turns off
+    (``model.keypoint_on=false`` at inference: no keypoints, and no time spent on them), with a
+    line saying so."""
+    for branch, on in (("mask", model_cfg.mask_on), ("keypoint", model_cfg.keypoint_on)):
+        prefix = f"roi_heads.{branch}_head."
+        if not on and any(k.removeprefix("module.").startswith(prefix) for k in weights):
+            weights = {k: v for k, v in weights.items() if not k.removeprefix("module.").startswith(prefix)}
+            print(f"note: model.{branch}_on=false: the {branch} head of {checkpoint} is left out")
+    return weights
+
+
 def build_detector(state: dict, cfg, meta, checkpoint: str | Path, device="cpu"):
     """(model in eval mode on ``device``, cfg as built): ``cfg.model`` for ``meta``'s classes and
     keypoints, with the checkpoint's weights (a checkpoint of another architecture is one
@@ -582,7 +594,7 @@ def build_detector(state: dict, cfg, meta, checkpoint: str | Path, device="cpu")
                             keypoint_classes=meta.keypoint_classes or None)
     except ValueError as e:
         raise ConfigError(f"cannot build the model for {checkpoint}: {e}") from None
-    load_model_state(model, state["model"], f"checkpoint {checkpoint}")
+    load_model_state(model, branches_in_use(state["model"], model_cfg, checkpoint), f"checkpoint {checkpoint}")
     if model_cfg.box_head.svd_rank > 0:  # test-time truncated SVD (Fast R-CNN), after the weights are in
         replaced = compress_fc_layers(model.roi_heads.box_head, model_cfg.box_head.svd_rank)
         print(f"truncated SVD (rank {model_cfg.box_head.svd_rank}) of the box head's "

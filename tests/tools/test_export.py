@@ -51,6 +51,17 @@ def eager_predict(model, image: np.ndarray) -> dict:
     return p
 
 
+def test_a_branch_turned_off_at_inference_is_left_out(det_ckpt, shapes_dir, capsys):
+    full, _ = eager_detector(det_ckpt)
+    boxes_only, _ = eager_detector(det_ckpt, ["model.keypoint_on=false", "model.mask_on=false"])
+    assert "the keypoint head of" in capsys.readouterr().out
+    assert not boxes_only.roi_heads.keypoint_on and not boxes_only.roi_heads.mask_on
+    image = val_images(shapes_dir)[0]
+    p, q = eager_predict(full, image), eager_predict(boxes_only, image)
+    assert "pred_keypoints" not in q and "pred_mask_probs" not in q
+    torch.testing.assert_close(q["pred_boxes"], p["pred_boxes"])   # the box branch is untouched
+
+
 def test_wrapper_matches_the_eager_detector(det_ckpt, shapes_dir):
     from detection.export import ExportableDetector
 
