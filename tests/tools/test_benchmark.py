@@ -93,6 +93,7 @@ def test_bad_arguments_fail_with_one_line(bench, capsys):
              (["--size", "16"], r"--size must be at least 32, got 16"),
              (["--budget-s", "60"], r"--budget-s needs a positive number of seconds and --data DIR"),
              (["--budget-s", "60", "--anatomy", "x.pth"], r"are separate modes; choose one"),
+             (["--budget-s", "60", "--data", "d", "--sides", "torchvision_stock"], r"names neither"),
              (["--sides", "ours,detectron2"], r"--sides takes ours, torchvision, torchvision_stock; got 'ours,detectron2'"),
              (["--device", "tpu"], r"--device 'tpu' is not a device")]
     for argv, message in cases:
@@ -154,6 +155,9 @@ def test_budget_mode_trains_both_on_the_folder(bench, shapes_dir, tmp_path, caps
     assert lean["iterations"] >= 1 and lean["wall_s"] >= 2 and 0 <= lean["box_AP"] <= 100
     assert result["settings"]["budget_s"] == 2
     assert "| training + evaluation wall s |" in capsys.readouterr().out
+    assert bench.main(["--budget-s", "1", "--data", str(shapes_dir), "--out", str(out), "--sides", "torchvision",
+                       *TINY_OVERRIDES]) == 0                      # torchvision alone, beside a run made before
+    assert list(json.loads(out.read_text())["columns"]) == ["torchvision_lean"]
 
 
 @pytest.mark.slow  # trains the tiny default detector for 1 iteration to get a checkpoint
