@@ -80,10 +80,10 @@ def one_error(capsys) -> str:
 
 def test_checkpoint_of_another_architecture(tool, run, shapes_dir, capsys):
     ckpt = run / "model_final.pth"
-    assert tool.main(["--checkpoint", str(ckpt), "model.mask_on=false"]) == 2
+    assert tool.main(["--checkpoint", str(ckpt), "model.mask_head.num_convs=0"]) == 2
     err = one_error(capsys)
     assert err.startswith(f"checkpoint {ckpt} does not fit GeneralizedRCNN (another architecture?); ")
-    assert "unexpected: roi_heads.mask_head." in err
+    assert "unexpected: roi_heads.mask_head.convs." in err
 
     assert tool.main(["--checkpoint", str(ckpt), "model.backbone.fpn_channels=64"]) == 2
     err = one_error(capsys)

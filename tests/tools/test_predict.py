@@ -117,7 +117,7 @@ def test_bad_paths_are_one_line_exit_2(tool, ckpt, tmp_path, capsys):
     assert predict(tool, ckpt, tmp_path / "o", "--score-thresh", "1.5") == 2
     assert one_error(capsys) == "--score-thresh must be in [0, 1], got 1.5"
 
-    assert predict(tool, ckpt, tmp_path / "o", "model.mask_on=false") == 2
+    assert predict(tool, ckpt, tmp_path / "o", "model.box_head.fc_dim=32") == 2
     assert "does not fit GeneralizedRCNN (another architecture?)" in one_error(capsys)
 
 
