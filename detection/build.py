@@ -326,14 +326,13 @@ def build_datasets(cfg: DetConfig, paths: DataPaths,
     return train, val
 
 
-def set_transforms(cfg: DetConfig, train: CocoDetection, val: CocoDetection | None) -> None:
+def set_transforms(cfg: DetConfig, train: CocoDetection, val: CocoDetection) -> None:
     """The training augmentation and the val resize, at the sizes ``cfg.data`` gives."""
     d = cfg.data
     train.transforms = build_transforms(train.meta, train=True, min_size=d.min_size, max_size=d.max_size,
                                         hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter,
                                         color_jitter=d.color_jitter, seed=cfg.solver.seed)
-    if val is not None:
-        val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
+    val.transforms = build_transforms(val.meta, train=False, min_size=d.test_min_size, max_size=d.max_size)
 
 
 def with_flip_map(meta: DatasetMeta, pairs, source) -> DatasetMeta:
@@ -399,18 +398,18 @@ def attach_proposals(dataset: CocoDetection, path: str, max_proposals: int, key:
     dataset.proposals = load_proposals(path, dataset.ids, max_proposals)
 
 
-def adapt_to_dataset(cfg: DetConfig, train: CocoDetection,
-                     val: CocoDetection | None = None) -> tuple[DetConfig, list[str]]:
+def adapt_to_dataset(cfg: DetConfig, train: CocoDetection, val: CocoDetection) -> tuple[DetConfig, list[str]]:
     """The settings that depend on the data, chosen at start-up from the training set: the mask /
     keypoint branch off when the dataset has no masks / keypoints (so one config trains on any
     COCO-format dataset), the image size (``data.size_from_images``: the transforms of ``train``
     and ``val`` follow it), the anchors from the training boxes (``model.rpn.auto_anchors``), how
     keypoints flip. Returns the config (what ``config.yaml`` records) and a line per choice
     (warnings start with "warning:")."""
+    hw = image_sizes(train)
     size_note = ""
     if cfg.data.size_from_images:
-        data, size_note = size_from_images(cfg.data, train)
-        if data != cfg.data:
+        data, size_note = size_from_images(cfg.data, hw)
+        if size_note:
             cfg = replace(cfg, data=data)
             set_transforms(cfg, train, val)
     model_cfg, notes = cfg.model, []
@@ -422,7 +421,7 @@ def adapt_to_dataset(cfg: DetConfig, train: CocoDetection,
         notes.append(f"{train.ann_file} has no keypoints: the keypoint head is off")
     if model_cfg.keypoint_on:
         notes += flip_map_notes(train.meta)
-    hw, scale, short = training_scales(cfg.data, train)
+    scale, short = training_scales(cfg.data, hw)
     sides, h_over_w = box_sides_at_training_size(train, scale)
     if model_cfg.rpn.auto_anchors and model_cfg.proposal_generator == "rpn":
         rpn, note = anchors_from_data(model_cfg.rpn, sides, h_over_w, short)
@@ -432,14 +431,14 @@ def adapt_to_dataset(cfg: DetConfig, train: CocoDetection,
     return replace(cfg, model=model_cfg), notes
 
 
-def size_from_images(data: DataConfig, train: CocoDetection) -> tuple[DataConfig, str]:
+def size_from_images(data: DataConfig, hw: np.ndarray) -> tuple[DataConfig, str]:
     """``data.min_size`` is the most the images are enlarged to: when the training images' median
-    short side is smaller, every size (``min_size``, ``max_size``, ``test_min_size``) shrinks by
-    that ratio, since an enlargement adds compute, not detail. Returns the data config and what
-    was chosen ('' when nothing changed)."""
-    if not train.ids:
+    short side (``hw``: :func:`image_sizes`) is smaller, every size (``min_size``, ``max_size``,
+    ``test_min_size``) shrinks by that ratio, since an enlargement adds compute, not detail.
+    Returns the data config and what was chosen ('' when nothing changed)."""
+    if len(hw) == 0:
         return data, ""
-    native = float(np.median([min(train.coco.imgs[i]["height"], train.coco.imgs[i]["width"]) for i in train.ids]))
+    native = float(np.median(hw.min(axis=1)))
     largest = max(data.min_size)
     if native >= largest:
         return data, ""
@@ -455,13 +454,17 @@ TINY_SIDE = 8.0  # px at the training size: below this a box spans less than two
 TINY_SHARE = 0.05  # warn when more than this share of the training boxes is that small
 
 
-def training_scales(data: DataConfig, train: CocoDetection) -> tuple[np.ndarray, np.ndarray, float]:
-    """(images (N, 2) height and width on disk, their resize factors (N,) under ``data.min_size`` /
+def image_sizes(train: CocoDetection) -> np.ndarray:
+    """(N, 2) height and width on disk of every training image."""
+    return np.array([(train.coco.imgs[i]["height"], train.coco.imgs[i]["width"]) for i in train.ids],
+                    np.float64).reshape(-1, 2)
+
+
+def training_scales(data: DataConfig, hw: np.ndarray) -> tuple[np.ndarray, float]:
+    """(the resize factors (N,) of images ``hw`` (:func:`image_sizes`) under ``data.min_size`` /
     ``data.max_size``, the mean training short side)."""
-    hw = np.array([(train.coco.imgs[i]["height"], train.coco.imgs[i]["width"]) for i in train.ids],
-                  np.float64).reshape(-1, 2)
     short = float(np.mean(data.min_size))
-    return hw, np.minimum(short / hw.min(axis=1), data.max_size / hw.max(axis=1)), short
+    return np.minimum(short / hw.min(axis=1), data.max_size / hw.max(axis=1)), short
 
 
 def box_sides_at_training_size(train: CocoDetection, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -476,8 +479,8 @@ def image_size_notes(data: DataConfig, hw: np.ndarray, scale: np.ndarray, short:
                      sides: np.ndarray, why: str = "") -> list[str]:
     """The image size is the config's (``data.min_size``, ``data.max_size``), a compute budget, or
     smaller images' own (``why``: :func:`size_from_images`): one line on how it relates to the
-    images on disk (``hw``, ``scale``, ``short`` from :func:`training_scales`), and a warning when
-    it shrinks many of the boxes (``sides`` at the training size) to a few pixels (a larger size
+    images on disk (``hw``: :func:`image_sizes`; ``scale``, ``short``: :func:`training_scales`), and
+    a warning when it shrinks many of the boxes (``sides`` at the training size) to a few pixels (a larger size
     trades steps for them: each step costs about (size / now)^2 as much)."""
     if len(hw) == 0:
         return []

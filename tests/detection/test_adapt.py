@@ -46,8 +46,8 @@ def test_start_up_choices_are_printed_and_recorded(shapes_dir, tmp_path):
     paths = _variant(shapes_dir, tmp_path, lambda coco, split: kp3_noflip(coco))
     cfg = load_config(DetConfig, ROOT / "configs" / "detection" / "shapes_R18_FPN.yaml")
     cfg = replace(cfg, model=replace(cfg.model, rpn=replace(cfg.model.rpn, anchor_sizes=((8,), (9,), (10,), (11,)))))
-    train, _ = build_datasets(cfg, paths)
-    adapted, notes = adapt_to_dataset(cfg, train)
+    train, val = build_datasets(cfg, paths)
+    adapted, notes = adapt_to_dataset(cfg, train, val)
     assert train.meta.keypoint_flip_map == [("left", "right")]   # found from the names
     assert "keypoint flip pairs: left<->right" in notes
     assert adapted.model.rpn.anchor_sizes != cfg.model.rpn.anchor_sizes  # what config.yaml records
@@ -57,12 +57,12 @@ def test_start_up_choices_are_printed_and_recorded(shapes_dir, tmp_path):
 def test_image_size_note_and_tiny_box_warning(shapes_dir):
     paths = DataPaths(shapes_dir / "train.json", shapes_dir / "train", shapes_dir / "val.json", shapes_dir / "val")
     cfg = load_config(DetConfig, ROOT / "configs" / "detection" / "shapes_R18_FPN.yaml")
-    train, _ = build_datasets(cfg, paths)
-    notes = adapt_to_dataset(cfg, train)[1]
+    train, val = build_datasets(cfg, paths)
+    notes = adapt_to_dataset(cfg, train, val)[1]
     assert any(n.startswith("image size: short side 160 px (data.min_size; long side at most 214)") for n in notes)
     assert not any("px at this size" in n for n in notes)     # the shapes' boxes are large enough at 160 px
     small = replace(cfg, data=replace(cfg.data, min_size=(24,), max_size=32))
-    warning = [n for n in adapt_to_dataset(small, train)[1] if n.startswith("warning:")]
+    warning = [n for n in adapt_to_dataset(small, train, val)[1] if n.startswith("warning:")]
     assert len(warning) == 1 and "of the training boxes are under 8 px at this size" in warning[0]
     assert "data.min_size" in warning[0]
 
