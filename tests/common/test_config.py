@@ -12,6 +12,7 @@ class Inner:
     steps: tuple[int, ...] = (10, 20)  # decay points
     name: Literal["sgd", "adamw"] = "sgd"
     weights: Optional[str] = None
+    layout: bool | Literal["eval"] = False  # a union with a literal: its error names both
     betas: tuple[float, float] = (0.9, 0.999)  # fixed-length tuple
 
 
@@ -83,6 +84,10 @@ def test_unknown_override_and_bad_types():
         load_config(Outer, None, ["size=big"])
     with pytest.raises(ConfigError, match=r"must be one of \['sgd', 'adamw'\]"):
         load_config(Outer, None, ["solver.name=adam"])
+    assert load_config(Outer, None, ["solver.layout=eval"]).solver.layout == "eval"
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, None, ["solver.layout=yes please"])
+    assert str(e.value) == "command line: 'solver.layout' = 'yes please' does not match bool | 'eval'"
     with pytest.raises(ConfigError, match="not of the form key=value"):
         load_config(Outer, None, ["size"])
     with pytest.raises(ConfigError, match="config file not found"):
