@@ -156,11 +156,11 @@ def add_arguments(parser: argparse.ArgumentParser, *names: str, defaults: dict[s
 
 def overrides_of(args: argparse.Namespace, **flags: str) -> list[str]:
     """``args.overrides`` plus ``--max-iters`` and each ``flags`` item (argument -> config key) given.
-    ``--max-iters N`` runs exactly N steps: it also turns the config's time budget off (an explicit
-    ``solver.time_budget_min`` among the overrides still sets one)."""
+    ``--max-iters N`` runs exactly N steps: it also turns the config's time budget and epochs off (an
+    explicit ``solver.time_budget_min`` among the overrides still sets one)."""
     out = list(getattr(args, "overrides", None) or [])
     if getattr(args, "max_iters", None) is not None:
-        out = ["solver.time_budget_min=0", *out, f"solver.max_iters={args.max_iters}"]
+        out = ["solver.time_budget_min=0", "solver.epochs=0", *out, f"solver.max_iters={args.max_iters}"]
     for arg, key in flags.items():
         value = getattr(args, arg, None)
         if value is not None:

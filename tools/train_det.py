@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
 def train(args: argparse.Namespace) -> int:
     from common.engine import distributed as dist
-    from common.engine.build import scale_to_batch
+    from common.engine.build import scale_to_batch, schedule_in_epochs
     from common.engine.distributed import check_sync_bn
     from common.engine.precision import emulation_note
     from common.tooling import (load_run_config, overrides_of, prepare_run_dir, seed_process, select_device,
@@ -104,6 +104,9 @@ def train(args: argparse.Namespace) -> int:
     cfg, data_notes = adapt_to_dataset(cfg, train_set, val_set)
     train_indices, note = repeat_factor_indices(cfg.data, train_set, cfg.solver.seed)
     data_notes += [note] if note else []
+    solver, note = schedule_in_epochs(cfg.solver, len(train_set if train_indices is None else train_indices), world)
+    cfg = replace(cfg, solver=solver)
+    data_notes.append(note)
     data_notes += [n for n in (emulation_note(k, v, device) for k, v in (("solver.amp", cfg.solver.amp),
                                                                           ("test.amp", cfg.test.amp))) if n]
     if main_proc:
@@ -228,7 +231,7 @@ def final_evaluation(model, cfg, val_set, loader, device, run, main_proc: bool =
 def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> int:
     """R-CNN's four stages, each skipped when its artefact is there (see detection/rcnn_stages.py)."""
     from common.config import to_yaml
-    from common.engine.build import build_optimizer, build_scheduler
+    from common.engine.build import build_optimizer, build_scheduler, schedule_in_epochs
     from common.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint, seed_everything
     from common.engine.trainer import Trainer
     from detection.build import (attach_proposals, build_datasets, build_model, proposal_reader,
@@ -242,6 +245,9 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
     d, r = cfg.data, cfg.model.rcnn
     # both splits carry proposal_boxes from data.*_proposals (resized and flipped with the image)
     train_set, val_set = build_datasets(cfg, paths)
+    solver, note = schedule_in_epochs(cfg.solver, len(train_set))
+    cfg = replace(cfg, solver=solver)
+    print(f"note: {note}")
     meta = train_set.meta
     seed_everything(cfg.solver.seed, cfg.solver.deterministic)
     model = build_model(cfg.model, meta.num_classes).to(device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,16 +86,20 @@ def fit(cfg, model, train_ds, val_ds, device, run_dir, *, resume: bool = False, 
     """
     from common.config import to_yaml
     from common.engine import (Trainer, build_optimizer, build_scheduler, get_rank, get_world_size,
-                               is_main_process)
+                               is_main_process, schedule_in_epochs)
     from common.loaders import build_test_loader
     from segmentation.build import build_train_indices
     from segmentation.data import build_train_loader
     from segmentation.metrics import PredictionDrawer, SemSegEvaluator, evaluate_model
 
-    optimizer = build_optimizer(model, cfg.solver)
-    scheduler = build_scheduler(optimizer, cfg.solver)
     indices = build_train_indices(cfg.data, train_ds, cfg.solver.seed)
     rank, world = get_rank(), get_world_size()
+    solver, note = schedule_in_epochs(cfg.solver, len(indices), world)
+    cfg = replace(cfg, solver=solver)
+    if is_main_process() and report:
+        print(f"note: {note}")
+    optimizer = build_optimizer(model, cfg.solver)
+    scheduler = build_scheduler(optimizer, cfg.solver)
 
     def make_data_iter(start: int):
         return build_train_loader(train_ds, batch_size=cfg.solver.ims_per_batch,

@@ -20,7 +20,8 @@ A training tool reads top to bottom (device, seeds and SyncBN through ``common.t
     if is_main_process():
         plot_curves(out / "metrics.csv", out)
 """
-from common.engine.build import build_optimizer, build_scheduler, check_solver, scale_to_batch
+from common.engine.build import (build_optimizer, build_scheduler, check_solver, scale_to_batch,
+                                 schedule_in_epochs)
 from common.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
                                       load_model_state, save_checkpoint, seed_everything,
                                       set_rng_state)
@@ -35,6 +36,7 @@ from common.engine.trainer import Trainer, TrainingError, to_device
 
 __all__ = [
     "SolverConfig", "build_optimizer", "build_scheduler", "check_solver", "lr_factor", "scale_to_batch",
+    "schedule_in_epochs",
     "WarmupSchedule", "save_checkpoint", "load_checkpoint", "load_model_state", "CheckpointError",
     "seed_everything", "get_rng_state", "set_rng_state", "Trainer", "TrainingError", "to_device",
     "MetricsLog", "plot_curves", "init_distributed", "is_distributed", "get_rank",

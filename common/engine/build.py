@@ -22,7 +22,7 @@ def check_solver(cfg: SolverConfig) -> None:
         raise ConfigError(f"solver.{key} = {getattr(cfg, key)!r} {why}")
 
     for key in ("base_lr", "momentum", "weight_decay", "norm_weight_decay", "warmup_factor", "gamma",
-                "clip_grad_norm", "time_budget_min"):
+                "clip_grad_norm", "time_budget_min", "epochs"):
         if not math.isfinite(getattr(cfg, key)):
             bad(key, "must be a finite number")
     if cfg.base_lr <= 0:
@@ -31,6 +31,8 @@ def check_solver(cfg: SolverConfig) -> None:
         bad("max_iters", "must be at least 1")
     if cfg.time_budget_min < 0:
         bad("time_budget_min", "must be >= 0 (0 = no budget)")
+    if cfg.epochs < 0:
+        bad("epochs", "must be >= 0 (0 = solver.max_iters as written)")
     if cfg.ims_per_batch < 1:
         bad("ims_per_batch", "must be at least 1")
     if cfg.accumulate < 1:
@@ -88,6 +90,36 @@ def scale_to_batch(cfg: SolverConfig, world_size: int) -> tuple[SolverConfig, st
             f"{cfg.base_lr:g} -> {scaled.base_lr:g}, max_iters {cfg.max_iters} -> {scaled.max_iters}, "
             f"steps {tuple(cfg.steps)} -> {scaled.steps} (solver.reference_batch=0 turns this off)")
     return scaled, note
+
+
+def schedule_in_epochs(cfg: SolverConfig, images: int, world_size: int = 1) -> tuple[SolverConfig, str]:
+    """The schedule against the training set's size: with ``cfg.epochs`` > 0 the run becomes that
+    many passes over ``images`` (max_iters = ceil(epochs x images / images per step); steps,
+    checkpoint_period and eval_period scale by the same factor, rounded, at least 1 where they
+    were positive; the warm-up is cut to fit), else max_iters stays. ``images``: one epoch's
+    images (the training set, or its resampled index list). Returns (solver, the line that says
+    how many epochs the run is, and which setting chose it)."""
+    check_solver(cfg)
+    per_step = cfg.ims_per_batch * cfg.accumulate * world_size
+    images = max(int(images), 1)
+    if cfg.epochs > 0:
+        k = math.ceil(cfg.epochs * images / per_step) / cfg.max_iters
+
+        def iters(n: int) -> int:
+            return max(1, round(n * k)) if n > 0 else n
+
+        max_iters = iters(cfg.max_iters)
+        cfg = replace(cfg, max_iters=max_iters, steps=tuple(dict.fromkeys(iters(s) for s in cfg.steps)),
+                      warmup_iters=min(cfg.warmup_iters, max_iters), checkpoint_period=iters(cfg.checkpoint_period),
+                      eval_period=iters(cfg.eval_period))
+        chosen = f"solver.epochs={cfg.epochs:g}; solver.epochs=0 uses solver.max_iters"
+    else:
+        chosen = "solver.max_iters; solver.epochs=E sizes the run in passes over the data instead"
+    note = (f"schedule: {cfg.max_iters} iterations of {per_step} images = {cfg.max_iters * per_step / images:.1f} "
+            f"epochs of {images} training images ({chosen})")
+    if cfg.time_budget_min > 0:
+        note += f"; solver.time_budget_min={cfg.time_budget_min:g} cuts it to what fits"
+    return cfg, note
 
 
 def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimizer:

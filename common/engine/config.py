@@ -19,6 +19,9 @@ class SolverConfig:
     norm_weight_decay: float = 0.0  # decay on norm-layer weights and biases (usually none)
     lr_mults: dict[str, float] = field(default_factory=dict)  # module-name prefix -> LR multiplier (longest prefix wins)
     max_iters: int = 1000  # optimizer steps in the whole run
+    epochs: float = 0.0  # > 0: the run is this many passes over the training images instead:
+    # max_iters = ceil(epochs x images / images per step), steps and the checkpoint and evaluation
+    # periods scaled with it (one line printed; config.yaml records the result). 0 = max_iters as written
     time_budget_min: float = 0.0  # cap on the minutes of training, periodic evaluations included
     # (not the final one): at iteration 30 and after each evaluation of a fresh run, max_iters is
     # cut to what fits at the times measured so far and the schedule fitted to it (one line

@@ -141,3 +141,29 @@ def test_scale_to_batch_follows_the_linear_scaling_rule():
     accumulated, note = scale_to_batch(replace(recipe, ims_per_batch=4, accumulate=2), world_size=2)
     assert accumulated.base_lr == 0.02 and note is None  # 4 x 2 x 2 = 16
     assert scale_to_batch(replace(recipe, reference_batch=0), 1)[0] == replace(recipe, reference_batch=0)
+
+
+def test_epochs_size_the_schedule_by_the_training_set_and_the_line_says_so():
+    from common.engine import schedule_in_epochs
+
+    recipe = SolverConfig(max_iters=1000, steps=(700, 900), warmup_iters=100, checkpoint_period=500, eval_period=200,
+                          ims_per_batch=4, time_budget_min=13)
+    same, note = schedule_in_epochs(recipe, images=600)  # epochs 0: max_iters as written, in epochs
+    assert same == recipe
+    assert note == ("schedule: 1000 iterations of 4 images = 6.7 epochs of 600 training images (solver.max_iters; "
+                    "solver.epochs=E sizes the run in passes over the data instead); "
+                    "solver.time_budget_min=13 cuts it to what fits")
+    # 12 passes over 50 images at 4 x 2 processes: ceil(600 / 8) = 75 steps, the rest scaled by 75 / 1000
+    short, note = schedule_in_epochs(replace(recipe, epochs=12, time_budget_min=0), images=50, world_size=2)
+    assert (short.max_iters, short.steps, short.warmup_iters, short.checkpoint_period, short.eval_period) == (
+        75, (52, 68), 75, 38, 15)
+    assert note == ("schedule: 75 iterations of 8 images = 12.0 epochs of 50 training images "
+                    "(solver.epochs=12; solver.epochs=0 uses solver.max_iters)")
+    check_solver(short)
+    # a long run: the steps keep their place in the schedule; steps that round together merge
+    long, _ = schedule_in_epochs(replace(recipe, epochs=2, steps=(700, 701)), images=20000)
+    assert (long.max_iters, long.steps, long.warmup_iters) == (10000, (7000, 7010), 100)
+    tiny, _ = schedule_in_epochs(replace(recipe, epochs=1, steps=(700, 701)), images=4)
+    assert (tiny.max_iters, tiny.steps, tiny.warmup_iters) == (1, (1,), 1)
+    with pytest.raises(ConfigError, match=r"solver.epochs = -1 must be >= 0"):
+        schedule_in_epochs(replace(recipe, epochs=-1), images=10)

@@ -86,9 +86,10 @@ def test_arguments_have_one_spelling():
                                     "--resume-from", "x.pth", "model.k=1"])
     assert (args.config, args.output, args.device, args.resume, args.resume_from, args.no_progress) == \
         ("a.yaml", None, None, False, "x.pth", True)
-    # --max-iters runs exactly that many: the time budget off, unless an override sets one
-    assert tooling.overrides_of(args, config="unused.key") == ["solver.time_budget_min=0", "solver.base_lr=0.1",
-                                                               "model.k=1", "solver.max_iters=5", "unused.key=a.yaml"]
+    # --max-iters runs exactly that many: the time budget and epochs off, unless an override sets them
+    assert tooling.overrides_of(args, config="unused.key") == [
+        "solver.time_budget_min=0", "solver.epochs=0", "solver.base_lr=0.1", "model.k=1", "solver.max_iters=5",
+        "unused.key=a.yaml"]
     assert "runs/<name>" in p.format_help()
 
 

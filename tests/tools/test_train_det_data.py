@@ -61,6 +61,19 @@ def test_second_run_reads_the_check_from_the_cache(tool, shapes_dir, tmp_path, c
     assert f"dataset check: {shapes_dir / 'val.json'}: 6 images, no problems (cached)" in printed
 
 
+def test_epochs_size_the_run_by_the_training_set_and_config_yaml_records_it(tool, shapes_dir, tmp_path, capsys):
+    from common.config import load_config
+    from detection.config import DetConfig
+
+    out = tmp_path / "run"  # 12 training images, 2 per step: half an epoch is 3 steps
+    assert tool.main(["--data", str(shapes_dir), "--output", str(out), *TINY_DET, "solver.time_budget_min=0",
+                      "solver.epochs=0.5"]) == 0
+    assert ("note: schedule: 3 iterations of 2 images = 0.5 epochs of 12 training images (solver.epochs=0.5; "
+            "solver.epochs=0 uses solver.max_iters)") in capsys.readouterr().out
+    assert load_config(DetConfig, out / "config.yaml").solver.max_iters == 3
+    assert (out / "metrics.csv").read_text().splitlines()[1].startswith("3,train,")  # the last step run
+
+
 def test_empty_training_set_is_one_line_without_the_head_notes(tool, shapes_dir, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(shapes_dir, data)
