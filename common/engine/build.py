@@ -65,6 +65,12 @@ def check_solver(cfg: SolverConfig) -> None:
         bad("warmup_iters", f"must be between 0 and max_iters ({cfg.max_iters})")
 
 
+def _scale_count(n: int, num: float, den: float) -> int:
+    """An iteration count (max_iters, a step, a period) times num / den, rounded, at least 1 where
+    it was positive (0 keeps a period off)."""
+    return max(1, round(n * num / den)) if n > 0 else n
+
+
 def scale_to_batch(cfg: SolverConfig, world_size: int) -> tuple[SolverConfig, str | None]:
     """The solver for this run's total batch when ``cfg.reference_batch`` names another one.
 
@@ -80,7 +86,7 @@ def scale_to_batch(cfg: SolverConfig, world_size: int) -> tuple[SolverConfig, st
     k = total / cfg.reference_batch
 
     def iters(n: int) -> int:
-        return max(1, round(n / k)) if n > 0 else n
+        return _scale_count(n, 1, k)
 
     scaled = replace(cfg, base_lr=cfg.base_lr * k, max_iters=iters(cfg.max_iters),
                      steps=tuple(iters(s) for s in cfg.steps), warmup_iters=iters(cfg.warmup_iters),
@@ -103,12 +109,12 @@ def schedule_in_epochs(cfg: SolverConfig, images: int, world_size: int = 1) -> t
     per_step = cfg.ims_per_batch * cfg.accumulate * world_size
     images = max(int(images), 1)
     if cfg.epochs > 0:
-        k = math.ceil(cfg.epochs * images / per_step) / cfg.max_iters
+        steps_needed = math.ceil(cfg.epochs * images / per_step)
 
         def iters(n: int) -> int:
-            return max(1, round(n * k)) if n > 0 else n
+            return _scale_count(n, steps_needed, cfg.max_iters)
 
-        max_iters = iters(cfg.max_iters)
+        max_iters = steps_needed  # >= 1: epochs and images are positive
         cfg = replace(cfg, max_iters=max_iters, steps=tuple(dict.fromkeys(iters(s) for s in cfg.steps)),
                       warmup_iters=min(cfg.warmup_iters, max_iters), checkpoint_period=iters(cfg.checkpoint_period),
                       eval_period=iters(cfg.eval_period))
