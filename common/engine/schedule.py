@@ -51,6 +51,7 @@ class WarmupSchedule:
         self.params = dict(max_iters=max_iters, schedule=schedule, steps=tuple(steps), gamma=gamma,
                            warmup_iters=warmup_iters, warmup_factor=warmup_factor)
         lr_factor(0, **self.params)  # fail now on an unknown schedule name
+        self.configured = dict(self.params)  # what fit_to scales from, however often it is called
         self.last_iter = 0
         self._apply()
 
@@ -63,11 +64,12 @@ class WarmupSchedule:
         self.last_iter += 1
         self._apply()
 
-    def shorten(self, max_iters: int) -> None:
-        """Fit the schedule to a run cut to ``max_iters`` (a time budget): the cosine ends there,
-        LR steps move in proportion, the warmup stays as it is."""
-        old = self.params["max_iters"]
-        steps = tuple(round(x * max_iters / old) for x in self.params["steps"])
+    def fit_to(self, max_iters: int) -> None:
+        """Fit the schedule to a run whose length a time budget changed to ``max_iters`` (shorter or,
+        when the pace picks up, longer again, up to the constructed length): the cosine ends there,
+        LR steps sit at the same fractions of the run as constructed, the warmup stays as it is."""
+        configured = self.configured["max_iters"]
+        steps = tuple(round(x * max_iters / configured) for x in self.configured["steps"])
         self.params.update(max_iters=max_iters, steps=tuple(x for x in steps if x < max_iters))
         self._apply()
 

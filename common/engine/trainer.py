@@ -108,8 +108,9 @@ class Trainer:
         losses, LR, s/iter, ETA), as detectron2's metric printer does; for logs nobody watches live.
     time_budget_s: a cap on the seconds of training, periodic evaluations included (0 = none).
         A fresh run times its steps (from the 11th) and evaluations; at iteration 30 and after
-        each evaluation, when ``max_iters`` would not fit, it cuts ``max_iters`` to what does,
-        shortens the schedule with it (``scheduler.shorten``), prints one line and rewrites
+        each evaluation it sets ``max_iters`` to what fits at the pace so far, never above the
+        ``max_iters`` given (a run cut when its first steps were slow grows back when later ones
+        are faster), fits the schedule to it (``scheduler.fit_to``), prints one line and rewrites
         ``config.yaml`` with the new ``solver.max_iters``, so a resumed run keeps it. Every rank
         takes rank 0's count.
     metadata: what a checkpoint needs to be used on its own, e.g. ``{"dataset": meta.to_dict()}``
@@ -315,7 +316,7 @@ class Trainer:
         # time_budget_s: steps after the first few and periodic evaluations are timed (a resumed
         # run keeps the max_iters its config.yaml recorded)
         budgeted = self.time_budget_s > 0 and start < self.BUDGET_UNTIMED
-        clock = {"step_s": 0.0, "steps": 0, "eval_s": 0.0, "evals": 0}
+        clock = {"step_s": 0.0, "steps": 0, "eval_s": 0.0, "evals": 0, "ceiling": self.max_iters}
         t0 = time.perf_counter()
         self.net.train()
         try:
@@ -382,24 +383,26 @@ class Trainer:
     BUDGET_FIRST_FIT = 30  # the first cut, from the mean of steps 11-30; again after each evaluation
 
     def _fit_to_budget(self, clock: dict, elapsed: float) -> None:
-        """Cut ``max_iters`` to what fits in ``time_budget_s`` at the mean step time so far plus,
-        once there has been one, each evaluation's mean time spread over ``eval_period`` steps."""
+        """Set ``max_iters`` to what fits in ``time_budget_s`` at the mean step time so far plus,
+        once there has been one, each evaluation's mean time spread over ``eval_period`` steps;
+        never above ``clock["ceiling"]``, the run's length before any budget changed it."""
         if not clock["steps"]:  # an evaluation before any step was timed: wait for one
             return
         step = clock["step_s"] / clock["steps"]
         evaluation = clock["eval_s"] / clock["evals"] if clock["evals"] else 0.0
         per_iter = step + (evaluation / self.eval_period if self.eval_period else 0.0)
         fits = self.iter + int((self.time_budget_s - elapsed) / per_iter)
-        new = dist.broadcast_object(max(self.iter + 1, min(self.max_iters, fits)))
-        if new >= self.max_iters:
+        new = dist.broadcast_object(max(self.iter + 1, min(clock["ceiling"], fits)))
+        if new == self.max_iters:
             return
         if self.is_main:
             how = f"{step:.3f} s per step" + (f" and {evaluation:.1f} s per evaluation" if clock["evals"] else "")
+            change = "now ends" if new < self.max_iters else f"is lengthened again (it ended at {self.max_iters})"
             tqdm.write(f"note: solver.time_budget_min={self.time_budget_s / 60:g}: at {how} so far, {new} of "
-                       f"{self.max_iters} iterations fit; the schedule now ends at {new} (config.yaml records "
+                       f"{clock['ceiling']} iterations fit; the schedule {change} at {new} (config.yaml records "
                        f"it; solver.time_budget_min=0 runs them all)")
         self.max_iters = new
-        self.scheduler.shorten(new)
+        self.scheduler.fit_to(new)
         if self.config_yaml is not None:
             cfg = yaml.safe_load(self.config_yaml)
             cfg["solver"]["max_iters"] = new

@@ -384,6 +384,40 @@ def test_a_time_budget_cuts_the_run_and_ends_its_schedule(tmp_path, capsys):
     assert "iterations fit; the schedule now ends at" in capsys.readouterr().out
 
 
+class SlowStartToyModel(ToyModel):
+    """Training forwards take ``seconds`` up to iteration ``until``, then no extra time."""
+
+    def __init__(self, seconds, until):
+        super().__init__()
+        self.seconds, self.until, self.steps = seconds, until, 0
+
+    def forward(self, images, targets=None):
+        if self.training:
+            self.steps += 1
+            if self.steps <= self.until:
+                time.sleep(self.seconds)
+        return super().forward(images, targets)
+
+
+def test_a_run_cut_by_slow_first_steps_grows_back_when_the_pace_picks_up(tmp_path, capsys):
+    # steps 11-30 at 0.05 s: at iteration 30 about 1.5 s of the 2 s are gone, so ~40 iterations fit;
+    # steps 31-35 take a few ms, so at the evaluation after 35 the mean step is ~0.04 s and ~47 fit
+    trainer = make_trainer(tmp_path, max_iters=1000, model=SlowStartToyModel(0.05, until=30), time_budget_s=2.0,
+                           eval_period=35, evaluate=lambda model: {"score": 1.0}, log_period=1000,
+                           config_yaml="solver:\n  max_iters: 1000\n  steps: [500]\n")
+    trainer.scheduler = WarmupSchedule(trainer.optimizer, base_lr=0.001, max_iters=1000, schedule="step",
+                                       steps=(500,), warmup_iters=2)
+    summary = trainer.train()
+    printed = capsys.readouterr().out
+    first_cut = int(re.search(r"the schedule now ends at (\d+)", printed).group(1))
+    assert 31 <= first_cut < summary["iteration"] < 1000
+    assert f"is lengthened again (it ended at {first_cut}) at {summary['iteration']}" in printed
+    assert trainer.scheduler.params["max_iters"] == summary["iteration"]
+    # the LR step keeps its place in the run as configured (half way), not half of the cut run's
+    assert trainer.scheduler.params["steps"] == (round(500 * summary["iteration"] / 1000),)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["solver"]["max_iters"] == summary["iteration"]
+
+
 def test_a_time_budget_that_is_long_enough_changes_nothing(tmp_path):
     trainer = make_trainer(tmp_path, max_iters=40, time_budget_s=600)
     assert trainer.train()["iteration"] == 40
