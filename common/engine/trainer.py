@@ -110,7 +110,7 @@ class Trainer:
         A fresh run times its steps (from the 11th) and evaluations; at iteration 30 and after
         each evaluation it sets ``max_iters`` to what fits at the pace so far, never above the
         ``max_iters`` given (a run cut when its first steps were slow grows back when later ones
-        are faster), fits the schedule to it (``scheduler.fit_to``), prints one line and rewrites
+        are faster) and only when that moves it by more than 1%, fits the schedule to it (``scheduler.fit_to``), prints one line and rewrites
         ``config.yaml`` with the new ``solver.max_iters``, so a resumed run keeps it. Every rank
         takes rank 0's count.
     metadata: what a checkpoint needs to be used on its own, e.g. ``{"dataset": meta.to_dict()}``
@@ -381,6 +381,8 @@ class Trainer:
 
     BUDGET_UNTIMED = 10  # time_budget_s: the first steps start the data workers and warm caches
     BUDGET_FIRST_FIT = 30  # the first cut, from the mean of steps 11-30; again after each evaluation
+    BUDGET_MIN_CHANGE = 0.01  # the budget moves the end of a run only by more than this fraction of
+    # it: the pace estimate wanders by a fraction of a percent between evaluations, and so little is seconds
 
     def _fit_to_budget(self, clock: dict, elapsed: float) -> None:
         """Set ``max_iters`` to what fits in ``time_budget_s`` at the mean step time so far plus,
@@ -393,7 +395,7 @@ class Trainer:
         per_iter = step + (evaluation / self.eval_period if self.eval_period else 0.0)
         fits = self.iter + int((self.time_budget_s - elapsed) / per_iter)
         new = dist.broadcast_object(max(self.iter + 1, min(clock["ceiling"], fits)))
-        if new == self.max_iters:
+        if abs(new - self.max_iters) <= self.BUDGET_MIN_CHANGE * self.max_iters:
             return
         if self.is_main:
             how = f"{step:.3f} s per step" + (f" and {evaluation:.1f} s per evaluation" if clock["evals"] else "")

@@ -418,6 +418,22 @@ def test_a_run_cut_by_slow_first_steps_grows_back_when_the_pace_picks_up(tmp_pat
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["solver"]["max_iters"] == summary["iteration"]
 
 
+def test_the_budget_leaves_changes_of_one_percent_or_less_alone(tmp_path, capsys):
+    trainer = make_trainer(tmp_path, max_iters=1000, time_budget_s=1000.0)
+    trainer.iter = 100
+
+    def refit(fits, current):  # 1 s per step, no evaluations: `fits` iterations fit in all
+        trainer.max_iters = current
+        trainer._fit_to_budget({"step_s": 1.0, "steps": 1, "eval_s": 0.0, "evals": 0, "ceiling": 1000},
+                               elapsed=1000.0 - (fits - 100))
+        return trainer.max_iters
+
+    assert refit(995, 1000) == 1000 and refit(980, 1000) == 980      # cuts: 0.5% no, 2% yes
+    assert refit(905, 900) == 900 and refit(950, 900) == 950        # lengthening: the same rule
+    assert refit(5000, 900) == 1000                                 # never above the configured length
+    assert capsys.readouterr().out.count("note: solver.time_budget_min") == 3
+
+
 def test_a_time_budget_that_is_long_enough_changes_nothing(tmp_path):
     trainer = make_trainer(tmp_path, max_iters=40, time_budget_s=600)
     assert trainer.train()["iteration"] == 40
