@@ -110,9 +110,10 @@ class Trainer:
         A fresh run times its steps (from the 11th) and evaluations; at iteration 30 and after
         each evaluation it sets ``max_iters`` to what fits at the pace so far, never above the
         ``max_iters`` given (a run cut when its first steps were slow grows back when later ones
-        are faster) and only when that moves it by more than 1%, fits the schedule to it (``scheduler.fit_to``), prints one line and rewrites
-        ``config.yaml`` with the new ``solver.max_iters``, so a resumed run keeps it. Every rank
-        takes rank 0's count.
+        are faster) and only when that moves it by more than 1% (``BUDGET_MIN_CHANGE``); it fits
+        the schedule to it (``scheduler.fit_to``), prints one line and rewrites ``config.yaml``
+        with the new ``solver.max_iters``, so a resumed run keeps it. Every rank takes rank 0's
+        count.
     metadata: what a checkpoint needs to be used on its own, e.g. ``{"dataset": meta.to_dict()}``
         (class names, keypoints); saved as ``"metadata"`` in every checkpoint (no such key without
         it). Plain dicts, lists, strings and numbers only, so ``weights_only=True`` loading works.

@@ -356,14 +356,15 @@ def test_clip_per_parameter_leaves_small_gradients_alone():
 
 
 class SlowToyModel(ToyModel):
-    """Each training forward takes ``seconds``: a run whose length the clock decides."""
+    """Each training forward takes ``seconds`` (only the first ``until`` of them when given): a run
+    whose length the clock decides."""
 
-    def __init__(self, seconds):
+    def __init__(self, seconds, until=None):
         super().__init__()
-        self.seconds = seconds
+        self.seconds, self.until = seconds, until
 
     def forward(self, images, targets=None):
-        if self.training:
+        if self.training and (self.until is None or self.calls < self.until):  # calls: ToyModel's count so far
             time.sleep(self.seconds)
         return super().forward(images, targets)
 
@@ -384,25 +385,10 @@ def test_a_time_budget_cuts_the_run_and_ends_its_schedule(tmp_path, capsys):
     assert "iterations fit; the schedule now ends at" in capsys.readouterr().out
 
 
-class SlowStartToyModel(ToyModel):
-    """Training forwards take ``seconds`` up to iteration ``until``, then no extra time."""
-
-    def __init__(self, seconds, until):
-        super().__init__()
-        self.seconds, self.until, self.steps = seconds, until, 0
-
-    def forward(self, images, targets=None):
-        if self.training:
-            self.steps += 1
-            if self.steps <= self.until:
-                time.sleep(self.seconds)
-        return super().forward(images, targets)
-
-
 def test_a_run_cut_by_slow_first_steps_grows_back_when_the_pace_picks_up(tmp_path, capsys):
     # steps 11-30 at 0.05 s: at iteration 30 about 1.5 s of the 2 s are gone, so ~40 iterations fit;
     # steps 31-35 take a few ms, so at the evaluation after 35 the mean step is ~0.04 s and ~47 fit
-    trainer = make_trainer(tmp_path, max_iters=1000, model=SlowStartToyModel(0.05, until=30), time_budget_s=2.0,
+    trainer = make_trainer(tmp_path, max_iters=1000, model=SlowToyModel(0.05, until=30), time_budget_s=2.0,
                            eval_period=35, evaluate=lambda model: {"score": 1.0}, log_period=1000,
                            config_yaml="solver:\n  max_iters: 1000\n  steps: [500]\n")
     trainer.scheduler = WarmupSchedule(trainer.optimizer, base_lr=0.001, max_iters=1000, schedule="step",
