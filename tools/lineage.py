@@ -3,7 +3,7 @@
 
     python tools/lineage.py --data DIR [--max-iters N | --train-min M] [--eval-images M] \
         [--train-images T] [--out lineage.json] [--output-dir runs/lineage] [--workers W] \
-        [--only rcnn fast_rcnn ...]
+        [--only rcnn fast_rcnn ...] [--weights PATH|imagenet]
 
 Every detector uses ResNet-18 and the same images at the same size; each is trained by
 tools/train_det.py (a subprocess) for ``--max-iters`` steps of its own recipe (a step of R-CNN
@@ -11,7 +11,9 @@ is 128 warped windows, of Fast R-CNN 2 images, of Faster and Mask R-CNN 4), or f
 minutes of network training each (``solver.time_budget_min``: each run times its steps and
 stops when the minutes are spent; R-CNN's feature, SVM and regressor stages come on top), or by
 default as each config says; each is evaluated on the first ``--eval-images`` val images by
-tools/eval_coco.py's evaluation. Selective-search proposals
+tools/eval_coco.py's evaluation. ``--weights`` starts every backbone from the
+same pretrained weights (``model.backbone.weights``), as the papers' detectors all start from
+ImageNet; without it every detector trains from random initialisation. Selective-search proposals
 for R-CNN and Fast R-CNN come from tools/compute_proposals.py (``--mode fast``): the training
 split with ``--workers`` processes, the evaluated val images with one (that run is timed: the
 proposal seconds per image, start-up included). Faster and Mask R-CNN make their proposals
@@ -85,6 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "data subset go here (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="selective-search processes for the training split")
     p.add_argument("--device", default="cpu", help="device for training and evaluation (default: %(default)s)")
+    p.add_argument("--weights", default=None, help="backbone weights every detector starts from "
+                   "(model.backbone.weights: a torchvision .pth, tools/train_cls.py's classifier.pth, or "
+                   "'imagenet'; default: random initialisation)")
     p.add_argument("--only", nargs="+", choices=[d.name for d in DETECTORS], help="a subset of the detectors")
     return p.parse_args(argv)
 
@@ -224,7 +229,7 @@ def steps_run(run: Path) -> int | None:
 def budget_overrides(args: argparse.Namespace) -> list[str]:
     """The training length every detector gets from --max-iters or --train-min (none: its config's)."""
     if args.train_min is not None:
-        # the budget only ever cuts a schedule: make the cap one that no run reaches in its minutes
+        # the budget never runs a schedule past solver.max_iters: make that a cap no run reaches in its minutes
         return [f"solver.time_budget_min={args.train_min:g}", f"solver.max_iters={BUDGET_STEP_CAP}"]
     return ["--max-iters", str(args.max_iters)] if args.max_iters else []
 
@@ -234,6 +239,9 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError("--max-iters and --train-min are two ways to size the training: give one")
     if args.train_min is not None and args.train_min <= 0:
         raise ToolError(f"--train-min {args.train_min:g} must be above 0 minutes")
+    if args.weights not in (None, "imagenet") and not Path(args.weights).is_file():
+        raise ToolError(f"--weights {args.weights}: no such file (a torchvision .pth, tools/train_cls.py's "
+                        f"classifier.pth, or 'imagenet')")
     out_dir = Path(args.output_dir)
     data = write_subset(Path(args.data), out_dir / "data", args.train_images, args.eval_images)
     val_images = len(json.loads((data / "val.json").read_text())["images"])
@@ -247,6 +255,9 @@ def run(args: argparse.Namespace) -> int:
     for det in chosen:
         run_dir = out_dir / "runs" / det.name
         overrides = list(det.overrides)
+        if args.weights:  # the tools run from the project root: a file by its absolute path
+            weights = args.weights if args.weights == "imagenet" else Path(args.weights).resolve()
+            overrides.append(f"model.backbone.weights={weights}")
         if det.proposals:
             overrides += [f"data.train_proposals={proposals['train']}", f"data.val_proposals={proposals['val']}"]
         timing = run_dir / "lineage_train.json"

@@ -121,3 +121,23 @@ def test_train_min_gives_every_detector_the_same_minutes(lineage, shapes_dir, tm
                                        "training: give one\n")
     assert lineage.main(["--data", str(shapes_dir), "--train-min", "0", "--output-dir", str(tmp_path / "q")]) == 2
     assert capsys.readouterr().err == "lineage: error: --train-min 0 must be above 0 minutes\n"
+
+
+def test_weights_start_every_detector_from_the_same_backbone(lineage, shapes_dir, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(lineage, "run_script", lambda args, log: calls.append(args) or 7.0)
+    monkeypatch.setattr(lineage, "evaluate", lambda run, data, device, log: ({"bbox": {"AP": 1.0, "AP50": 2.0}}, 3.0))
+    weights = tmp_path / "classifier.pth"
+    weights.write_bytes(b"")  # never read: the tools are stubbed
+    monkeypatch.chdir(tmp_path)  # a relative path reaches the tools, which run from the project root, resolved
+    assert lineage.main(["--data", str(shapes_dir), "--max-iters", "5", "--output-dir", str(tmp_path / "o"),
+                         "--out", str(tmp_path / "l.json"), "--weights", "classifier.pth"]) == 0
+    trains = [c for c in calls if c[0] == "tools/train_det.py"]
+    assert len(trains) == 4
+    assert all(f"model.backbone.weights={weights}" in c for c in trains)
+
+    missing = tmp_path / "nope.pth"
+    assert lineage.main(["--data", str(shapes_dir), "--output-dir", str(tmp_path / "p"), "--weights", str(missing)]) == 2
+    assert capsys.readouterr().err == (f"lineage: error: --weights {missing}: no such file (a torchvision .pth, "
+                                       f"tools/train_cls.py's classifier.pth, or 'imagenet')\n")
+    assert not (tmp_path / "p").exists()  # refused before any work
