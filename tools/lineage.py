@@ -239,9 +239,12 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError("--max-iters and --train-min are two ways to size the training: give one")
     if args.train_min is not None and args.train_min <= 0:
         raise ToolError(f"--train-min {args.train_min:g} must be above 0 minutes")
-    if args.weights not in (None, "imagenet") and not Path(args.weights).is_file():
-        raise ToolError(f"--weights {args.weights}: no such file (a torchvision .pth, tools/train_cls.py's "
-                        f"classifier.pth, or 'imagenet')")
+    weights = args.weights  # as model.backbone.weights reads it: 'imagenet' in any case, else a file
+    if weights and weights.lower() != "imagenet":
+        weights = Path(weights).resolve()  # the tools run from the project root
+        if not weights.is_file():
+            raise ToolError(f"--weights {args.weights}: no such file (a torchvision .pth, tools/train_cls.py's "
+                            f"classifier.pth, or 'imagenet')")
     out_dir = Path(args.output_dir)
     data = write_subset(Path(args.data), out_dir / "data", args.train_images, args.eval_images)
     val_images = len(json.loads((data / "val.json").read_text())["images"])
@@ -255,8 +258,7 @@ def run(args: argparse.Namespace) -> int:
     for det in chosen:
         run_dir = out_dir / "runs" / det.name
         overrides = list(det.overrides)
-        if args.weights:  # the tools run from the project root: a file by its absolute path
-            weights = args.weights if args.weights == "imagenet" else Path(args.weights).resolve()
+        if weights:
             overrides.append(f"model.backbone.weights={weights}")
         if det.proposals:
             overrides += [f"data.train_proposals={proposals['train']}", f"data.val_proposals={proposals['val']}"]
