@@ -366,12 +366,16 @@ def print_log(args: argparse.Namespace) -> bool:
 def error_types() -> tuple[type[BaseException], ...]:
     """What a user can cause and fix: bad configs, data, checkpoints, paths, a diverging run.
 
-    ConfigError, DatasetError, SegDataError, EvaluationError and ToolError are ValueErrors.
+    ConfigError, DatasetError, SegDataError, EvaluationError and ToolError are ValueErrors. The
+    checkpoint and training errors are looked up among the modules already imported, not imported
+    here: a tool that never loads the engine (selective search) does not pay torch's start-up for
+    them, and an error whose module was never imported cannot have been raised.
     """
-    from common.engine.checkpoint import CheckpointError
-    from common.engine.trainer import TrainingError
-
-    return ValueError, OSError, CheckpointError, TrainingError
+    found = [ValueError, OSError]
+    for module, name in (("common.engine.checkpoint", "CheckpointError"), ("common.engine.trainer", "TrainingError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
 
 
 def run_tool(tool: str, fn: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
@@ -380,12 +384,13 @@ def run_tool(tool: str, fn: Callable[[argparse.Namespace], Any], args: argparse.
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
         print(f"{tool}: warning: {str(message).strip().splitlines()[0]}", file=file or sys.stderr)
 
-    errors = error_types()
     show = warnings.showwarning
     warnings.showwarning = one_line_warning
     try:
         rc = fn(args)
-    except errors as e:
+    except Exception as e:
+        if not isinstance(e, error_types()):
+            raise
         text = str(e).strip() or type(e).__name__
         print(f"{tool}: error: {text.splitlines()[0]}", file=sys.stderr)
         return 2

@@ -38,3 +38,19 @@ def test_bad_data_folder_is_one_line(tmp_path, capsys):
     assert tool.main(["--data", str(tmp_path), "--out", str(tmp_path / "p.json")]) == 2
     assert capsys.readouterr().err == (f"compute_proposals: error: annotation file {tmp_path / 'val.json'} does not "
                                        "exist (--data must hold val.json and val/)\n")
+
+
+def test_does_not_load_torch(shapes_dir, tmp_path):
+    """Its wall time, start-up included, is what the benchmark compares with OpenCV: torch's import
+    (seconds) has no part in selective search."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys; tool = runpy.run_path(sys.argv[1]); "
+            "rc = tool['main'](sys.argv[2:]); print(rc, 'torch' in sys.modules)")
+    tool = tool_helpers.ROOT / "tools" / "compute_proposals.py"
+    args = ["--data", str(shapes_dir), "--split", "val", "--limit", "1", "--out", str(tmp_path / "p.json"),
+            "--no-progress"]
+    done = subprocess.run([sys.executable, "-c", code, str(tool), *args], capture_output=True, text=True,
+                          cwd=tool_helpers.ROOT)
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stderr
