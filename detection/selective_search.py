@@ -6,9 +6,10 @@ hierarchy (the n initial ones, then one per merge, in creation order), R boxes, 
 
 One *strategy* is a colour space, a segmentation scale k and a set of similarities:
 1. Initial regions: Felzenszwalb-Huttenlocher graph segmentation of the image in that colour space
-   (``skimage.segmentation.felzenszwalb``, scale = k, sigma = 0.8, min_size = k as in the authors'
-   MATLAB code). skimage reads float images as if they were 8-bit images divided by 255, so every
-   colour space is first mapped to [0, 1] per channel (:func:`to_colour_space`).
+   (:mod:`detection.felzenszwalb`, scale = k, sigma = 0.8, min_size = k as in the authors' MATLAB
+   code; the same segmentation as scikit-image's ``felzenszwalb``). It reads images in [0, 1] as
+   8-bit images divided by 255, so every colour space is first mapped to [0, 1] per channel
+   (:func:`to_colour_space`).
 2. Region descriptors (vectorised with ``np.bincount`` over label x bin codes): colour histogram,
    25 bins per channel, L1-normalised over all C x 25 bins; texture histogram of Gaussian
    derivatives (sigma 1) in 8 orientations, half-wave rectified (orientations theta and
@@ -41,12 +42,12 @@ from typing import Sequence
 import cv2
 import numpy as np
 from scipy.ndimage import find_objects
-from skimage.segmentation import felzenszwalb
+
+from detection.felzenszwalb import segment_scales
 
 COLOUR_BINS = 25  # per channel
 TEXTURE_BINS = 10  # per orientation per channel
 ORIENTATIONS = 8
-SIGMA = 0.8  # Felzenszwalb's pre-smoothing
 
 
 @dataclass(frozen=True)
@@ -161,14 +162,6 @@ def describe_regions(labels: np.ndarray, colour: np.ndarray, texture: np.ndarray
     codes = np.unique(lo * n + hi)
     pairs = np.stack((codes // n, codes % n), axis=1)
     return Regions(size, box, col, tex, pairs)
-
-
-def segment(img: np.ndarray, k: int) -> np.ndarray:
-    """Felzenszwalb-Huttenlocher initial regions of (H, W, C) [0, 1] -> (H, W) int64 labels 0..n-1."""
-    labels = felzenszwalb(img if img.shape[2] > 1 else img[..., 0], scale=k, sigma=SIGMA, min_size=k,
-                          channel_axis=-1 if img.shape[2] > 1 else None)
-    uniq, inverse = np.unique(labels, return_inverse=True)  # contiguous labels whatever skimage returns
-    return inverse.reshape(labels.shape).astype(np.int64) if uniq[-1] != len(uniq) - 1 else labels.astype(np.int64)
 
 
 def pair_similarities(regions: Regions, terms: str, area: float) -> np.ndarray:
@@ -325,9 +318,9 @@ def selective_search(image: np.ndarray, mode: str = "fast", *, strategies: Seque
         img = to_colour_space(image, space)
         c = img.shape[2]
         col, tex = colour_codes(img), texture_codes(img)
-        for k in dict.fromkeys(s.k for s in strategies if s.colour_space == space):
-            regions = describe_regions(segment(img, k), col, tex, c * COLOUR_BINS,
-                                       c * ORIENTATIONS * TEXTURE_BINS)
+        scales = list(dict.fromkeys(s.k for s in strategies if s.colour_space == space))
+        for k, labels in zip(scales, segment_scales(img, scales)):  # edge weights and sort shared by the k's
+            regions = describe_regions(labels, col, tex, c * COLOUR_BINS, c * ORIENTATIONS * TEXTURE_BINS)
             for s in strategies:
                 if s.colour_space == space and s.k == k:
                     hierarchies.append(group(regions, s.similarities, area))
