@@ -146,23 +146,32 @@ class RoIHeads(nn.Module):
         fg = [s["gt_classes"] < k for s in sampled]
         if self.mask_rois_per_image > 0:
             fg = [f & (torch.arange(len(f), device=f.device) < self.mask_rois_per_image) for f in fg]
+        pooled = None  # (F, C, S, S) the foreground RoIs' mask pooling, reused by an identical keypoint pooler
         if self.mask_on:
             pos_boxes = [s["proposal_boxes"][f] for s, f in zip(sampled, fg)]
-            logits = self.mask_head(self.balance.cap(self.mask_pooler(feats, pos_boxes)))  # (F, K, S, S)
+            pooled = self.mask_pooler(feats, pos_boxes)
+            logits = self.mask_head(self.balance.cap(pooled))              # (F, K, S, S)
             size = logits.shape[-1]
             tgt = torch.cat([mask_targets(t["gt_masks"], s["matched_idxs"][f], s["proposal_boxes"][f], size)
                              for s, f, t in zip(sampled, fg, targets)])
             losses["loss_mask"] = self.mask_loss_weight * mask_loss(
                 logits, torch.cat([s["gt_classes"][f] for s, f in zip(sampled, fg)]), tgt)
         if self.keypoint_on:
-            kp_boxes, kp_idx, kp_gt = [], [], []
+            kp_boxes, kp_idx, kp_gt, kp_rows = [], [], [], []
             for s, f, t in zip(sampled, fg, targets):
                 idx = s["matched_idxs"][f]
                 has_kp = (t["gt_keypoints"][idx][..., 2] > 0).any(dim=1)  # skip instances without keypoints
                 kp_boxes.append(s["proposal_boxes"][f][has_kp])
                 kp_idx.append(idx[has_kp])
                 kp_gt.append(t["gt_keypoints"])
-            heatmaps = self.keypoint_head(self.balance.cap(self.keypoint_pooler(feats, kp_boxes)))  # (F', P, S, S)
+                kp_rows.append(has_kp)
+            if pooled is not None and self.keypoint_pooler.settings() == self.mask_pooler.settings():
+                # one RoIAlign (and one backward through it) for both branches; each branch's pull
+                # on the shared features is still capped on its own
+                kp_feats = pooled[torch.cat(kp_rows)]
+            else:
+                kp_feats = self.keypoint_pooler(feats, kp_boxes)
+            heatmaps = self.keypoint_head(self.balance.cap(kp_feats))       # (F', P, S, S)
             size = heatmaps.shape[-1]
             per_image = [keypoint_targets(g, i, b, size) for g, i, b in zip(kp_gt, kp_idx, kp_boxes)]
             losses["loss_keypoint"] = self.keypoint_loss_weight * keypoint_loss(

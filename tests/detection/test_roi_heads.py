@@ -169,6 +169,45 @@ def test_keypoints_reuse_the_mask_pooling_and_match_a_separate_pooler():
         assert torch.equal(a["pred_mask_probs"], c["pred_mask_probs"])
 
 
+def test_training_keypoints_reuse_the_mask_pooling_with_the_same_losses_and_gradients():
+    feats = {"p2": torch.randn(2, 8, 16, 16), "p3": torch.randn(2, 8, 8, 8)}
+    props = [torch.tensor([[6.0, 8, 28, 42], [30, 30, 60, 60]]), torch.tensor([[0.0, 0, 20, 20]])]
+    results = []
+    for separate in (False, True):
+        heads = make_heads()  # the same seeded weights each time
+        calls = []
+        heads.keypoint_pooler.register_forward_hook(lambda *a: calls.append(1))
+        if separate:
+            heads.keypoint_pooler.settings = lambda: ()  # force the keypoint pooler's own call
+        x = {k: v.clone().requires_grad_() for k, v in feats.items()}
+        targets = make_targets()  # image 1 gets a second object, without keypoints: not every
+        t = targets[0]            # foreground RoI goes to the keypoint head
+        mask = torch.zeros(1, 64, 64, dtype=torch.uint8)
+        mask[0, 32:58, 32:58] = 1
+        t["gt_boxes"] = torch.cat([t["gt_boxes"], torch.tensor([[30.0, 30, 60, 60]])])
+        t["gt_classes"] = torch.tensor([1, 2])
+        t["gt_masks"] = torch.cat([t["gt_masks"], mask])
+        t["gt_keypoints"] = torch.cat([t["gt_keypoints"], torch.zeros(1, P, 3)])
+        kp_rois = []
+        heads.keypoint_head.register_forward_pre_hook(lambda m, inputs: kp_rois.append(len(inputs[0])))
+        mask_rois = []
+        heads.mask_head.register_forward_pre_hook(lambda m, inputs: mask_rois.append(len(inputs[0])))
+        torch.manual_seed(1)  # the same sampled RoIs
+        _, losses = heads(x, props, [(64, 64), (64, 64)], targets)
+        assert 0 < kp_rois[0] < mask_rois[0]
+        sum(losses.values()).backward()
+        assert calls == ([1] if separate else [])
+        results.append((losses, {k: v.grad for k, v in x.items()}, [p.grad for p in heads.parameters()]))
+    (shared_losses, shared_feat_grads, shared_grads), (own_losses, own_feat_grads, own_grads) = results
+    assert shared_losses["loss_keypoint"] > 0
+    for name in shared_losses:
+        torch.testing.assert_close(shared_losses[name], own_losses[name])
+    for name in feats:  # the gradient into the shared features: the two branches' parts summed
+        torch.testing.assert_close(shared_feat_grads[name], own_feat_grads[name])
+    for a, b in zip(shared_grads, own_grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_branch_score_thresh_runs_the_mask_and_keypoint_heads_on_confident_detections_only():
     heads = make_heads().eval()
     feats = {"p2": torch.randn(2, 8, 16, 16), "p3": torch.randn(2, 8, 8, 8)}
