@@ -59,6 +59,16 @@ def _find(parent: np.ndarray, p: int) -> int:
 
 
 @njit(cache=True, nogil=True)
+def _join(parent: np.ndarray, size: np.ndarray, a: int, b: int) -> int:
+    """Union of the components with roots a and b (the larger keeps its root) -> the root."""
+    if size[a] < size[b]:
+        a, b = b, a
+    parent[b] = a
+    size[a] += size[b]
+    return a
+
+
+@njit(cache=True, nogil=True)
 def _endpoints(e: int, height: int, width: int) -> tuple[int, int]:
     """Pixel indices (row-major) of edge number e in :func:`edge_weights`'s order."""
     n_right = height * (width - 1)
@@ -96,19 +106,12 @@ def _merge(order: np.ndarray, weights: np.ndarray, height: int, width: int, k: f
             continue
         w = weights[e]
         if w <= min(internal[a] + k / size[a], internal[b] + k / size[b]):
-            if size[a] < size[b]:
-                a, b = b, a
-            parent[b] = a
-            size[a] += size[b]
-            internal[a] = w
+            internal[_join(parent, size, a, b)] = w
     for i in range(order.size):  # components below min_size join their neighbour across the lightest edge
         p, q = _endpoints(order[i], height, width)
         a, b = _find(parent, p), _find(parent, q)
         if a != b and (size[a] < min_size or size[b] < min_size):
-            if size[a] < size[b]:
-                a, b = b, a
-            parent[b] = a
-            size[a] += size[b]
+            _join(parent, size, a, b)
     labels = np.empty(n, np.int64)
     number = np.full(n, -1, np.int64)
     count = 0

@@ -123,6 +123,11 @@ class RoIHeads(nn.Module):
             predictions = self._predict(feats, proposals, image_sizes)
         return predictions, losses
 
+    def _keypoints_share_mask_pooling(self) -> bool:
+        """The keypoint pooler is set as the mask pooler's: the keypoint RoIs' features are rows of
+        the mask pooling (in training and at inference), not pooled again."""
+        return self.keypoint_pooler.settings() == self.mask_pooler.settings()
+
     def _losses(self, feats: list[Tensor], proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         k = self.num_classes
         sampled = [sample_proposals(p, t["gt_boxes"], t["gt_classes"], k, self.iou_thresholds,
@@ -165,7 +170,7 @@ class RoIHeads(nn.Module):
                 kp_idx.append(idx[has_kp])
                 kp_gt.append(t["gt_keypoints"])
                 kp_rows.append(has_kp)
-            if pooled is not None and self.keypoint_pooler.settings() == self.mask_pooler.settings():
+            if pooled is not None and self._keypoints_share_mask_pooling():
                 # one RoIAlign (and one backward through it) for both branches; each branch's pull
                 # on the shared features is still capped on its own
                 kp_feats = pooled[torch.cat(kp_rows)]
@@ -210,7 +215,7 @@ class RoIHeads(nn.Module):
             sel = sel & run
             kp = all_boxes.new_zeros((len(all_boxes), num_kp, 3))         # (D, P, 3); zeros where no keypoints
             if bool(sel.any()):
-                if pooled is not None and self.keypoint_pooler.settings() == self.mask_pooler.settings():
+                if pooled is not None and self._keypoints_share_mask_pooling():
                     kp_feats = pooled[sel[run]]
                 else:
                     kp_feats = self.keypoint_pooler(feats, [b[s] for b, s in zip(boxes, sel.split(counts))])
