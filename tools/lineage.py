@@ -3,9 +3,11 @@
 
     python tools/lineage.py --data DIR [--max-iters N | --train-min M] [--eval-images M] \
         [--train-images T] [--out lineage.json] [--output-dir runs/lineage] [--workers W] \
-        [--only rcnn fast_rcnn ...] [--weights PATH|imagenet]
+        [--only rcnn fast_rcnn ...] [--weights PATH|imagenet] [--size S]
 
-Every detector uses ResNet-18 and the same images at the same size; each is trained by
+Every detector uses ResNet-18 and the same images at the same size (its config's, 160 px short
+side, or ``--size`` px for all: a short side of S, a long side of at most 4/3 S, in training and
+test alike, so that small objects can be given more pixels); each is trained by
 tools/train_det.py (a subprocess) for ``--max-iters`` steps of its own recipe (a step of R-CNN
 is 128 warped windows, of Fast R-CNN 2 images, of Faster and Mask R-CNN 4), or for ``--train-min``
 minutes of network training each (``solver.time_budget_min``: each run times its steps and
@@ -36,6 +38,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -90,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="backbone weights every detector starts from "
                    "(model.backbone.weights: a torchvision .pth, tools/train_cls.py's classifier.pth, or "
                    "'imagenet'; default: random initialisation)")
+    p.add_argument("--size", type=int, default=None, help="short side in px of the training and test images of "
+                   "every detector (data.min_size, data.test_min_size; long side at most 4/3 of it; default: "
+                   "each config's)")
     p.add_argument("--only", nargs="+", choices=[d.name for d in DETECTORS], help="a subset of the detectors")
     return p.parse_args(argv)
 
@@ -226,6 +232,13 @@ def steps_run(run: Path) -> int | None:
     return None
 
 
+def size_overrides(size: int | None) -> list[str]:
+    """The image size every detector gets from --size (none: its config's)."""
+    if size is None:
+        return []
+    return [f"data.min_size=[{size}]", f"data.test_min_size={size}", f"data.max_size={math.ceil(size * 4 / 3)}"]
+
+
 def budget_overrides(args: argparse.Namespace) -> list[str]:
     """The training length every detector gets from --max-iters or --train-min (none: its config's)."""
     if args.train_min is not None:
@@ -239,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError("--max-iters and --train-min are two ways to size the training: give one")
     if args.train_min is not None and args.train_min <= 0:
         raise ToolError(f"--train-min {args.train_min:g} must be above 0 minutes")
+    if args.size is not None and args.size < 32:
+        raise ToolError(f"--size {args.size} is too small: the short side of the images in px, at least 32")
     weights = args.weights  # as model.backbone.weights reads it: 'imagenet' in any case, else a file
     if weights and weights.lower() != "imagenet":
         weights = Path(weights).resolve()  # the tools run from the project root
@@ -257,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for det in chosen:
         run_dir = out_dir / "runs" / det.name
-        overrides = list(det.overrides)
+        overrides = list(det.overrides) + size_overrides(args.size)
         if weights:
             overrides.append(f"model.backbone.weights={weights}")
         if det.proposals:

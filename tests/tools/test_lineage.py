@@ -141,3 +141,20 @@ def test_weights_start_every_detector_from_the_same_backbone(lineage, shapes_dir
     assert capsys.readouterr().err == (f"lineage: error: --weights {missing}: no such file (a torchvision .pth, "
                                        f"tools/train_cls.py's classifier.pth, or 'imagenet')\n")
     assert not (tmp_path / "p").exists()  # refused before any work
+
+
+def test_size_gives_every_detector_the_same_image_size(lineage, shapes_dir, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(lineage, "run_script", lambda args, log: calls.append(args) or 7.0)
+    monkeypatch.setattr(lineage, "evaluate", lambda run, data, device, log: ({"bbox": {"AP": 1.0, "AP50": 2.0}}, 3.0))
+    assert lineage.main(["--data", str(shapes_dir), "--max-iters", "5", "--output-dir", str(tmp_path / "o"),
+                         "--out", str(tmp_path / "l.json"), "--size", "320"]) == 0
+    trains = [c for c in calls if c[0] == "tools/train_det.py"]
+    assert len(trains) == 4
+    for c in trains:
+        assert {"data.min_size=[320]", "data.test_min_size=320", "data.max_size=427"} <= set(c)
+
+    assert lineage.main(["--data", str(shapes_dir), "--output-dir", str(tmp_path / "p"), "--size", "16"]) == 2
+    assert capsys.readouterr().err == ("lineage: error: --size 16 is too small: the short side of the images in px, "
+                                       "at least 32\n")
+    assert not (tmp_path / "p").exists()  # refused before any work
