@@ -28,7 +28,8 @@ R-CNN. ``--out`` gets one row per detector: ``name``, ``box_AP``, ``box_AP50``, 
 the row's own evaluation timing stands in for), ``test_s_per_img`` (proposals + network),
 ``proposal_s_per_img``, ``net_s_per_img``, ``iters`` (the steps run), ``config``. A detector whose run
 directory already holds model_final.pth and lineage_train.json is not trained again (delete
-the directory to redo it); proposal files are likewise reused.
+the directory to redo it); proposal files are likewise reused. A run trained by another command
+(another --size, --weights, budget...) is refused, before any work, with what differs.
 
 Timings are wall-clock on whatever else the machine is doing: say which machine, and how busy.
 """
@@ -189,22 +190,27 @@ def run_script(args: list[str], log: Path) -> float:
     return seconds
 
 
-def make_proposals(data: Path, out_dir: Path, workers: int) -> tuple[dict[str, Path], float]:
-    """Selective search (fast mode) over both splits; (files, val seconds per image with one process)."""
-    files, per_image = {}, 0.0
+def proposal_file(out_dir: Path, split: str) -> Path:
+    """Where the lineage keeps a split's selective-search proposals."""
+    return out_dir / f"proposals_{split}.json"
+
+
+def make_proposals(data: Path, out_dir: Path, workers: int) -> float:
+    """Selective search (fast mode) over both splits into :func:`proposal_file`; the val seconds per
+    image with one process."""
+    per_image = 0.0
     for split, n_workers in (("train", workers), ("val", 1)):
-        path = out_dir / f"proposals_{split}.json"
+        path = proposal_file(out_dir, split)
         timing = out_dir / f"proposals_{split}.seconds"
         if not (path.is_file() and timing.is_file()):
             path.unlink(missing_ok=True)  # an untimed file of an earlier run: time a fresh one
             seconds = run_script(["tools/compute_proposals.py", "--data", str(data), "--split", split, "--mode", "fast",
                                 "--workers", str(n_workers), "--out", str(path)], out_dir / f"proposals_{split}.log")
             timing.write_text(f"{seconds}\n")
-        files[split] = path
         if split == "val":
             images = len(json.loads((data / "val.json").read_text())["images"])
             per_image = float(timing.read_text()) / max(images, 1)
-    return files, per_image
+    return per_image
 
 
 def evaluate(run: Path, data: Path, device: str, log: Path) -> tuple[dict, float]:
@@ -239,6 +245,42 @@ def size_overrides(size: int | None) -> list[str]:
     return [f"data.min_size=[{size}]", f"data.test_min_size={size}", f"data.max_size={math.ceil(size * 4 / 3)}"]
 
 
+def train_command(det: Detector, data: Path, out_dir: Path, args: argparse.Namespace,
+                  weights: str | Path | None) -> list[str]:
+    """tools/train_det.py's command line for ``det`` (its run directory is ``out_dir``/runs/<name>)."""
+    overrides = list(det.overrides) + size_overrides(args.size)
+    if weights:
+        overrides.append(f"model.backbone.weights={weights}")
+    if det.proposals:
+        overrides += [f"data.{split}_proposals={proposal_file(out_dir, split)}" for split in ("train", "val")]
+    return ["tools/train_det.py", "--config", f"configs/detection/{det.config}", "--data", str(data),
+            "--output", str(out_dir / "runs" / det.name), "--device", args.device, "--no-progress", *overrides,
+            *budget_overrides(args)]
+
+
+def finished_run(run_dir: Path) -> dict | None:
+    """The record (lineage_train.json: wall_s, iters, command) of a run trained to its end in
+    ``run_dir``, or None."""
+    timing = run_dir / "lineage_train.json"
+    if (run_dir / "model_final.pth").is_file() and timing.is_file():
+        return json.loads(timing.read_text())
+    return None
+
+
+def check_reusable(run_dir: Path, cmd: list[str]) -> None:
+    """A finished run in ``run_dir`` is reused only when its recorded command is ``cmd`` (runs of
+    lineages older than the record are taken as they are); otherwise a ToolError says what differs."""
+    trained = finished_run(run_dir)
+    if trained is None:
+        return
+    before = trained.get("command")
+    if before is None or before == cmd:
+        return
+    then, now = [a for a in before if a not in cmd], [a for a in cmd if a not in before]
+    raise ToolError(f"{run_dir} holds a run trained with other settings (then: {' '.join(then) or '-'}; now: "
+                    f"{' '.join(now) or '-'}); delete it or choose another --output-dir")
+
+
 def budget_overrides(args: argparse.Namespace) -> list[str]:
     """The training length every detector gets from --max-iters or --train-min (none: its config's)."""
     if args.train_min is not None:
@@ -264,29 +306,25 @@ def run(args: argparse.Namespace) -> int:
     data = write_subset(Path(args.data), out_dir / "data", args.train_images, args.eval_images)
     val_images = len(json.loads((data / "val.json").read_text())["images"])
     chosen = [d for d in DETECTORS if not args.only or d.name in args.only]
-    proposals, proposal_s = ({}, 0.0)
+    commands = {d.name: train_command(d, data, out_dir, args, weights) for d in chosen}
+    for det in chosen:  # before any work: a run trained otherwise is not passed off as this one
+        check_reusable(out_dir / "runs" / det.name, commands[det.name])
+    proposal_s = 0.0
     if any(d.proposals for d in chosen):
         print("selective search (tools/compute_proposals.py --mode fast)")
-        proposals, proposal_s = make_proposals(data, out_dir, args.workers)
+        proposal_s = make_proposals(data, out_dir, args.workers)
         print(f"  {proposal_s:.3f} s per val image")
     rows = []
     for det in chosen:
         run_dir = out_dir / "runs" / det.name
-        overrides = list(det.overrides) + size_overrides(args.size)
-        if weights:
-            overrides.append(f"model.backbone.weights={weights}")
-        if det.proposals:
-            overrides += [f"data.train_proposals={proposals['train']}", f"data.val_proposals={proposals['val']}"]
-        timing = run_dir / "lineage_train.json"
-        if not ((run_dir / "model_final.pth").is_file() and timing.is_file()):
+        trained = finished_run(run_dir)
+        if trained is None:
             run_dir.mkdir(parents=True, exist_ok=True)
-            cmd = ["tools/train_det.py", "--config", f"configs/detection/{det.config}", "--data", str(data),
-                   "--output", str(run_dir), "--device", args.device, "--no-progress", *overrides]
-            cmd += budget_overrides(args)
+            cmd = commands[det.name]
             print(f"training {det.title}: {' '.join(cmd)}")
             wall = run_script(cmd, out_dir / f"train_{det.name}.log")
-            timing.write_text(json.dumps({"wall_s": wall, "iters": steps_run(run_dir) or args.max_iters}))
-        trained = json.loads(timing.read_text())
+            trained = {"wall_s": wall, "iters": steps_run(run_dir) or args.max_iters, "command": cmd}
+            (run_dir / "lineage_train.json").write_text(json.dumps(trained))
         print(f"evaluating {det.title} on {val_images} val images")
         metrics, eval_s = evaluate(run_dir, data, args.device, out_dir / f"eval_{det.name}.log")
         net_s = eval_s / max(val_images, 1)

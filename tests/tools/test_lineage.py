@@ -158,3 +158,28 @@ def test_size_gives_every_detector_the_same_image_size(lineage, shapes_dir, tmp_
     assert capsys.readouterr().err == ("lineage: error: --size 16 is too small: the short side of the images in px, "
                                        "at least 32\n")
     assert not (tmp_path / "p").exists()  # refused before any work
+
+
+def test_a_run_trained_with_other_settings_is_refused_before_any_work(lineage, shapes_dir, tmp_path, monkeypatch,
+                                                                     capsys):
+    def fake_tool(args, log):
+        if args[0] == "tools/train_det.py":  # a finished run: its final weights in its folder
+            (Path(args[args.index("--output") + 1]) / "model_final.pth").write_bytes(b"")
+        return 7.0
+
+    monkeypatch.setattr(lineage, "run_script", fake_tool)
+    monkeypatch.setattr(lineage, "evaluate", lambda run, data, device, log: ({"bbox": {"AP": 1.0, "AP50": 2.0}}, 3.0))
+    common = ["--data", str(shapes_dir), "--max-iters", "5", "--output-dir", str(tmp_path / "o"),
+              "--out", str(tmp_path / "l.json"), "--only", "faster_rcnn"]
+    assert lineage.main(common) == 0
+    record = tmp_path / "o" / "runs" / "faster_rcnn" / "lineage_train.json"
+    assert json.loads(record.read_text())["command"][0] == "tools/train_det.py"
+    assert lineage.main(common) == 0  # the same command: the run is reused
+    before = record.read_text()
+
+    assert lineage.main([*common, "--size", "320"]) == 2
+    assert capsys.readouterr().err == (
+        f"lineage: error: {tmp_path / 'o' / 'runs' / 'faster_rcnn'} holds a run trained with other settings "
+        f"(then: -; now: data.min_size=[320] data.test_min_size=320 data.max_size=427); delete it or choose "
+        f"another --output-dir\n")
+    assert record.read_text() == before  # nothing retrained or overwritten
