@@ -15,7 +15,10 @@ stops when the minutes are spent; R-CNN's feature, SVM and regressor stages come
 default as each config says; each is evaluated on the first ``--eval-images`` val images by
 tools/eval_coco.py's evaluation. ``--weights`` starts every backbone from the
 same pretrained weights (``model.backbone.weights``), as the papers' detectors all start from
-ImageNet; without it every detector trains from random initialisation. Selective-search proposals
+ImageNet, with its BatchNorm statistics kept (``model.backbone.norm=FrozenBN``, detectron2's
+choice for pretrained backbones; trainable BN over Fast R-CNN's 2 images per step cost it 17 box
+AP in the README's measurement); without it every detector trains from random initialisation
+with trainable BN. Selective-search proposals
 for R-CNN and Fast R-CNN come from tools/compute_proposals.py (``--mode fast``): the training
 split with ``--workers`` processes, the evaluated val images with one (that run is timed: the
 proposal seconds per image, start-up included). Faster and Mask R-CNN make their proposals
@@ -93,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="device for training and evaluation (default: %(default)s)")
     p.add_argument("--weights", default=None, help="backbone weights every detector starts from "
                    "(model.backbone.weights: a torchvision .pth, tools/train_cls.py's classifier.pth, or "
-                   "'imagenet'; default: random initialisation)")
+                   "'imagenet'; their BatchNorm becomes FrozenBN; default: random initialisation)")
     p.add_argument("--size", type=int, default=None, help="short side in px of the training and test images of "
                    "every detector (data.min_size, data.test_min_size; long side at most 4/3 of it; default: "
                    "each config's)")
@@ -250,7 +253,9 @@ def train_command(det: Detector, data: Path, out_dir: Path, args: argparse.Names
     """tools/train_det.py's command line for ``det`` (its run directory is ``out_dir``/runs/<name>)."""
     overrides = list(det.overrides) + size_overrides(args.size)
     if weights:
-        overrides.append(f"model.backbone.weights={weights}")
+        # the pretrained BatchNorm statistics are kept (FrozenBN), as detectron2 does with pretrained
+        # backbones: trainable BN over 2-4 small images per step is noisy and unlike the test-time statistics
+        overrides += [f"model.backbone.weights={weights}", "model.backbone.norm=FrozenBN"]
     if det.proposals:
         overrides += [f"data.{split}_proposals={proposal_file(out_dir, split)}" for split in ("train", "val")]
     return ["tools/train_det.py", "--config", f"configs/detection/{det.config}", "--data", str(data),

@@ -134,7 +134,7 @@ def test_weights_start_every_detector_from_the_same_backbone(lineage, shapes_dir
                          "--out", str(tmp_path / "l.json"), "--weights", "classifier.pth"]) == 0
     trains = [c for c in calls if c[0] == "tools/train_det.py"]
     assert len(trains) == 4
-    assert all(f"model.backbone.weights={weights}" in c for c in trains)
+    assert all(f"model.backbone.weights={weights}" in c and "model.backbone.norm=FrozenBN" in c for c in trains)
 
     missing = tmp_path / "nope.pth"
     assert lineage.main(["--data", str(shapes_dir), "--output-dir", str(tmp_path / "p"), "--weights", str(missing)]) == 2
