@@ -3,7 +3,7 @@
 
     python tools/lineage.py --data DIR [--max-iters N | --train-min M] [--eval-images M] \
         [--train-images T] [--out lineage.json] [--output-dir runs/lineage] [--workers W] \
-        [--only rcnn fast_rcnn ...] [--weights PATH|imagenet] [--size S]
+        [--only rcnn fast_rcnn ...] [--weights PATH|imagenet] [--norm FrozenBN|BN|GN] [--size S]
 
 Every detector uses ResNet-18 and the same images at the same size (its config's, 160 px short
 side, or ``--size`` px for all: a short side of S, a long side of at most 4/3 S, in training and
@@ -16,9 +16,9 @@ default as each config says; each is evaluated on the first ``--eval-images`` va
 tools/eval_coco.py's evaluation. ``--weights`` starts every backbone from the
 same pretrained weights (``model.backbone.weights``), as the papers' detectors all start from
 ImageNet, with its BatchNorm statistics kept (``model.backbone.norm=FrozenBN``, detectron2's
-choice for pretrained backbones; trainable BN over Fast R-CNN's 2 images per step cost it 17 box
-AP in the README's measurement); without it every detector trains from random initialisation
-with trainable BN. Selective-search proposals
+choice for pretrained backbones: trainable BN over 2-4 small images per step is noisy); without it
+every detector trains from random initialisation with each config's norm (BN). ``--norm`` sets
+the backbone's norm of all four instead. Selective-search proposals
 for R-CNN and Fast R-CNN come from tools/compute_proposals.py (``--mode fast``): the training
 split with ``--workers`` processes, the evaluated val images with one (that run is timed: the
 proposal seconds per image, start-up included). Faster and Mask R-CNN make their proposals
@@ -32,7 +32,7 @@ the row's own evaluation timing stands in for), ``test_s_per_img`` (proposals + 
 ``proposal_s_per_img``, ``net_s_per_img``, ``iters`` (the steps run), ``config``. A detector whose run
 directory already holds model_final.pth and lineage_train.json is not trained again (delete
 the directory to redo it); proposal files are likewise reused. A run trained by another command
-(another --size, --weights, budget...) is refused, before any work, with what differs.
+(another --size, --weights, --norm, budget...) is refused, before any work, with what differs.
 
 Timings are wall-clock on whatever else the machine is doing: say which machine, and how busy.
 """
@@ -97,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="backbone weights every detector starts from "
                    "(model.backbone.weights: a torchvision .pth, tools/train_cls.py's classifier.pth, or "
                    "'imagenet'; their BatchNorm becomes FrozenBN; default: random initialisation)")
+    p.add_argument("--norm", choices=("FrozenBN", "BN", "GN"), default=None, help="the backbones' norm "
+                   "(model.backbone.norm; default: FrozenBN with --weights, else each config's)")
     p.add_argument("--size", type=int, default=None, help="short side in px of the training and test images of "
                    "every detector (data.min_size, data.test_min_size; long side at most 4/3 of it; default: "
                    "each config's)")
@@ -252,10 +254,13 @@ def train_command(det: Detector, data: Path, out_dir: Path, args: argparse.Names
                   weights: str | Path | None) -> list[str]:
     """tools/train_det.py's command line for ``det`` (its run directory is ``out_dir``/runs/<name>)."""
     overrides = list(det.overrides) + size_overrides(args.size)
+    # pretrained BatchNorm statistics are kept (FrozenBN), as detectron2 does with pretrained backbones:
+    # trainable BN over 2-4 small images per step is noisy and unlike the statistics the test runs with
+    norm = args.norm or ("FrozenBN" if weights else None)
     if weights:
-        # the pretrained BatchNorm statistics are kept (FrozenBN), as detectron2 does with pretrained
-        # backbones: trainable BN over 2-4 small images per step is noisy and unlike the test-time statistics
-        overrides += [f"model.backbone.weights={weights}", "model.backbone.norm=FrozenBN"]
+        overrides.append(f"model.backbone.weights={weights}")
+    if norm:
+        overrides.append(f"model.backbone.norm={norm}")
     if det.proposals:
         overrides += [f"data.{split}_proposals={proposal_file(out_dir, split)}" for split in ("train", "val")]
     return ["tools/train_det.py", "--config", f"configs/detection/{det.config}", "--data", str(data),
@@ -301,6 +306,9 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError(f"--train-min {args.train_min:g} must be above 0 minutes")
     if args.size is not None and args.size < 32:
         raise ToolError(f"--size {args.size} is too small: the short side of the images in px, at least 32")
+    if args.norm == "FrozenBN" and not args.weights:
+        raise ToolError("--norm FrozenBN needs --weights: the frozen statistics of a randomly initialised "
+                        "backbone are the identity; use BN or GN from scratch")
     weights = args.weights  # as model.backbone.weights reads it: 'imagenet' in any case, else a file
     if weights and weights.lower() != "imagenet":
         weights = Path(weights).resolve()  # the tools run from the project root

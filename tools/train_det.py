@@ -62,6 +62,7 @@ def train(args: argparse.Namespace) -> int:
     from common.engine import distributed as dist
     from common.engine.build import scale_to_batch, schedule_in_epochs
     from common.engine.distributed import check_sync_bn
+    from common.backbones.norm import pretrained_bn_warning
     from common.engine.precision import emulation_note
     from common.tooling import (load_run_config, overrides_of, prepare_run_dir, seed_process, select_device,
                                 sync_batchnorm)
@@ -100,6 +101,9 @@ def train(args: argparse.Namespace) -> int:
         if world > 1:
             raise ValueError("R-CNN trains in one process (its stages are not distributed); run it without torchrun")
         return train_rcnn(args, cfg, paths, run.root, device)
+    backbone = cfg.model.backbone
+    note = pretrained_bn_warning(backbone.norm, backbone.weights, backbone.freeze_at, cfg.solver.ims_per_batch)
+    notes += [note] if note else []
     train_set, val_set = build_datasets(cfg, paths, check_data(cfg, paths, run.root))  # both splits, before training
     cfg, data_notes = adapt_to_dataset(cfg, train_set, val_set)
     train_indices, note = repeat_factor_indices(cfg.data, train_set, cfg.solver.seed)

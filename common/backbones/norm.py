@@ -23,6 +23,9 @@ import torch
 from torch import Tensor, nn
 
 NORMS = ("FrozenBN", "BN", "GN", "SyncBN")
+# below this many images per process trainable BN's batch statistics are noisy (Wu & He 2018,
+# Group Normalization: BN's error grows as the batch falls below 16); detection steps are 2-16 images
+BN_SMALL_BATCH = 16
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -106,3 +109,15 @@ def _convert_one(bn: nn.BatchNorm2d, norm: str) -> nn.Module:
         return gn
     # SyncBN: torch converts and keeps parameters and statistics
     return nn.SyncBatchNorm.convert_sync_batchnorm(bn)
+
+
+def pretrained_bn_warning(norm: str, weights: str | None, freeze_at: int, images_per_process: int) -> str | None:
+    """A warning when a pretrained backbone's BatchNorm would train on a few images per step
+    (``norm`` BN with ``weights``, some stage not frozen, fewer than :data:`BN_SMALL_BATCH`
+    images per process): their noisy batch statistics replace the pretrained ones, and the test
+    uses running averages of them. None otherwise."""
+    if norm != "BN" or not weights or freeze_at >= 5 or images_per_process >= BN_SMALL_BATCH:
+        return None
+    return (f"warning: the backbone starts from pretrained weights ({weights}) but its BatchNorm trains on "
+            f"{images_per_process} images per step (model.backbone.norm=BN); model.backbone.norm=FrozenBN "
+            f"keeps the pretrained statistics, as detectron2 does with pretrained backbones")

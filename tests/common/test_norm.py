@@ -87,3 +87,16 @@ def test_every_norm_builds_runs_forward_and_backward(name, norm):
     if norm in ("GN", "BN", "SyncBN"):  # their affine parameters train
         n = norms(backbone.body.c5)[0]
         assert n.weight.requires_grad and n.weight.grad.abs().sum() > 0
+
+
+def test_pretrained_bn_warning_only_for_trainable_bn_of_pretrained_weights_on_few_images():
+    from common.backbones.norm import BN_SMALL_BATCH, pretrained_bn_warning
+
+    warning = pretrained_bn_warning("BN", "imagenet", 0, 2)
+    assert warning.startswith("warning: the backbone starts from pretrained weights (imagenet)")
+    assert "2 images per step" in warning and "model.backbone.norm=FrozenBN" in warning
+    assert pretrained_bn_warning("BN", None, 0, 2) is None  # from scratch: BN is the choice
+    assert pretrained_bn_warning("FrozenBN", "imagenet", 0, 2) is None
+    assert pretrained_bn_warning("GN", "imagenet", 0, 2) is None
+    assert pretrained_bn_warning("BN", "imagenet", 5, 2) is None  # the whole body frozen: no BN trains
+    assert pretrained_bn_warning("BN", "imagenet", 0, BN_SMALL_BATCH) is None

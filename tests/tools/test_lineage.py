@@ -136,6 +136,19 @@ def test_weights_start_every_detector_from_the_same_backbone(lineage, shapes_dir
     assert len(trains) == 4
     assert all(f"model.backbone.weights={weights}" in c and "model.backbone.norm=FrozenBN" in c for c in trains)
 
+    calls.clear()  # --norm instead of the pretrained default; from scratch each config's norm
+    assert lineage.main(["--data", str(shapes_dir), "--max-iters", "5", "--output-dir", str(tmp_path / "bn"),
+                         "--out", str(tmp_path / "l.json"), "--weights", "classifier.pth", "--norm", "BN"]) == 0
+    assert all("model.backbone.norm=BN" in c for c in calls if c[0] == "tools/train_det.py")
+    calls.clear()
+    assert lineage.main(["--data", str(shapes_dir), "--max-iters", "5", "--output-dir", str(tmp_path / "s"),
+                         "--out", str(tmp_path / "l.json")]) == 0
+    assert not any(a.startswith("model.backbone.") for c in calls for a in c)
+    capsys.readouterr()
+    assert lineage.main(["--data", str(shapes_dir), "--output-dir", str(tmp_path / "f"), "--norm", "FrozenBN"]) == 2
+    assert capsys.readouterr().err.startswith("lineage: error: --norm FrozenBN needs --weights")
+    assert not (tmp_path / "f").exists()
+
     missing = tmp_path / "nope.pth"
     assert lineage.main(["--data", str(shapes_dir), "--output-dir", str(tmp_path / "p"), "--weights", str(missing)]) == 2
     assert capsys.readouterr().err == (f"lineage: error: --weights {missing}: no such file (a torchvision .pth, "

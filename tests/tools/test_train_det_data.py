@@ -93,3 +93,18 @@ def test_data_file_is_one_line(tool, shapes_dir, tmp_path, capsys):
     assert capsys.readouterr().err == (f"train_det: error: dataset folder {shapes_dir / 'train.json'} is a file, not a folder; "
                                        "a dataset folder holds train.json, val.json, train/ and val/ (or give "
                                        "data.train_json, data.train_images, data.val_json and data.val_images)\n")
+
+
+def test_pretrained_weights_with_trainable_bn_get_a_warning_that_names_frozen_bn(tool, shapes_dir, tmp_path, capsys):
+    import torch
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(resnet18(num_classes=10).state_dict(), weights)  # a classifier head of another class count
+    args = ["--data", str(shapes_dir), "--max-iters", "1", *TINY_DET, "model.backbone.name=resnet18",
+            f"model.backbone.weights={weights}", "solver.ims_per_batch=2"]
+    assert tool.main(args + ["--output", str(tmp_path / "bn"), "model.backbone.norm=BN"]) == 0
+    assert (f"warning: the backbone starts from pretrained weights ({weights}) but its BatchNorm trains on 2 images "
+            f"per step (model.backbone.norm=BN); model.backbone.norm=FrozenBN") in capsys.readouterr().out
+    assert tool.main(args + ["--output", str(tmp_path / "frozen"), "model.backbone.norm=FrozenBN"]) == 0
+    assert "BatchNorm trains" not in capsys.readouterr().out
