@@ -15,10 +15,11 @@ stops when the minutes are spent; R-CNN's feature, SVM and regressor stages come
 default as each config says; each is evaluated on the first ``--eval-images`` val images by
 tools/eval_coco.py's evaluation. ``--weights`` starts every backbone from the
 same pretrained weights (``model.backbone.weights``), as the papers' detectors all start from
-ImageNet, with its BatchNorm statistics kept (``model.backbone.norm=FrozenBN``, detectron2's
-choice for pretrained backbones: trainable BN over 2-4 small images per step is noisy); without it
-every detector trains from random initialisation with each config's norm (BN). ``--norm`` sets
-the backbone's norm of all four instead. Selective-search proposals
+ImageNet; Fast, Faster and Mask R-CNN then keep its BatchNorm statistics
+(``model.backbone.norm=FrozenBN``, detectron2's choice for pretrained backbones: batch statistics
+of 2-4 images per step are noisy), R-CNN trains them on its 128 warped windows per step (its
+config's BN). Without it every detector trains from random initialisation with each config's
+norm (BN). ``--norm`` sets the backbone's norm of all four instead. Selective-search proposals
 for R-CNN and Fast R-CNN come from tools/compute_proposals.py (``--mode fast``): the training
 split with ``--workers`` processes, the evaluated val images with one (that run is timed: the
 proposal seconds per image, start-up included). Faster and Mask R-CNN make their proposals
@@ -57,6 +58,7 @@ from common.tooling import start_tool  # noqa: E402
 
 start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
+from common.backbones.norm import BN_SMALL_BATCH  # noqa: E402
 from common.tooling import ToolError, run_tool, tool_parser  # noqa: E402
 
 
@@ -70,11 +72,12 @@ class Detector:
     config: str  # relative to configs/detection/
     overrides: tuple[str, ...] = ()
     proposals: bool = False  # reads selective-search proposals (data.train_proposals / val_proposals)
+    step_samples: int = 4  # what its BatchNorm sees per step: images, or R-CNN's warped windows
 
 
 DETECTORS = (
-    Detector("rcnn", "R-CNN", "rcnn_R18.yaml", proposals=True),
-    Detector("fast_rcnn", "Fast R-CNN", "fast_rcnn_R18.yaml", proposals=True),
+    Detector("rcnn", "R-CNN", "rcnn_R18.yaml", proposals=True, step_samples=128),
+    Detector("fast_rcnn", "Fast R-CNN", "fast_rcnn_R18.yaml", proposals=True, step_samples=2),
     Detector("faster_rcnn", "Faster R-CNN", "shapes_R18_FPN.yaml", ("model.mask_on=false", "model.keypoint_on=false")),
     Detector("mask_rcnn", "Mask R-CNN", "shapes_R18_FPN.yaml", ("model.keypoint_on=false",)),
 )
@@ -98,7 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(model.backbone.weights: a torchvision .pth, tools/train_cls.py's classifier.pth, or "
                    "'imagenet'; their BatchNorm becomes FrozenBN; default: random initialisation)")
     p.add_argument("--norm", choices=("FrozenBN", "BN", "GN"), default=None, help="the backbones' norm "
-                   "(model.backbone.norm; default: FrozenBN with --weights, else each config's)")
+                   "(model.backbone.norm; default: with --weights FrozenBN for the detectors with a few images per step, "
+                   "BN for R-CNN's 128 windows; else each config's)")
     p.add_argument("--size", type=int, default=None, help="short side in px of the training and test images of "
                    "every detector (data.min_size, data.test_min_size; long side at most 4/3 of it; default: "
                    "each config's)")
@@ -254,9 +258,10 @@ def train_command(det: Detector, data: Path, out_dir: Path, args: argparse.Names
                   weights: str | Path | None) -> list[str]:
     """tools/train_det.py's command line for ``det`` (its run directory is ``out_dir``/runs/<name>)."""
     overrides = list(det.overrides) + size_overrides(args.size)
-    # pretrained BatchNorm statistics are kept (FrozenBN), as detectron2 does with pretrained backbones:
-    # trainable BN over 2-4 small images per step is noisy and unlike the statistics the test runs with
-    norm = args.norm or ("FrozenBN" if weights else None)
+    # pretrained BatchNorm statistics are kept (FrozenBN), as detectron2 does with pretrained backbones,
+    # where a step is too few images for batch statistics (train_det's warning); R-CNN's 128 windows are not
+    small_batch = det.step_samples < BN_SMALL_BATCH
+    norm = args.norm or ("FrozenBN" if weights and small_batch else None)
     if weights:
         overrides.append(f"model.backbone.weights={weights}")
     if norm:

@@ -134,7 +134,12 @@ def test_weights_start_every_detector_from_the_same_backbone(lineage, shapes_dir
                          "--out", str(tmp_path / "l.json"), "--weights", "classifier.pth"]) == 0
     trains = [c for c in calls if c[0] == "tools/train_det.py"]
     assert len(trains) == 4
-    assert all(f"model.backbone.weights={weights}" in c and "model.backbone.norm=FrozenBN" in c for c in trains)
+    assert all(f"model.backbone.weights={weights}" in c for c in trains)
+    # FrozenBN where a step is 2-4 images; R-CNN's BN trains on its 128 windows per step (its config's BN)
+    norms = {c[2]: [a for a in c if a.startswith("model.backbone.norm=")] for c in trains}
+    assert norms == {"configs/detection/rcnn_R18.yaml": [],
+                     "configs/detection/fast_rcnn_R18.yaml": ["model.backbone.norm=FrozenBN"],
+                     "configs/detection/shapes_R18_FPN.yaml": ["model.backbone.norm=FrozenBN"]}
 
     calls.clear()  # --norm instead of the pretrained default; from scratch each config's norm
     assert lineage.main(["--data", str(shapes_dir), "--max-iters", "5", "--output-dir", str(tmp_path / "bn"),
