@@ -18,7 +18,7 @@ same pretrained weights (``model.backbone.weights``), as the papers' detectors a
 ImageNet; Fast, Faster and Mask R-CNN then keep its BatchNorm statistics
 (``model.backbone.norm=FrozenBN``, detectron2's choice for pretrained backbones: batch statistics
 of 2-4 images per step are noisy), R-CNN trains them on its 128 warped windows per step (its
-config's BN). Without it every detector trains from random initialisation with each config's
+config's BN). Without ``--weights`` every detector trains from random initialisation with each config's
 norm (BN). ``--norm`` sets the backbone's norm of all four instead. Selective-search proposals
 for R-CNN and Fast R-CNN come from tools/compute_proposals.py (``--mode fast``): the training
 split with ``--workers`` processes, the evaluated val images with one (that run is timed: the
