@@ -99,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="device for training and evaluation (default: %(default)s)")
     p.add_argument("--weights", default=None, help="backbone weights every detector starts from "
                    "(model.backbone.weights: a torchvision .pth, tools/train_cls.py's classifier.pth, or "
-                   "'imagenet'; their BatchNorm becomes FrozenBN; default: random initialisation)")
+                   "'imagenet'; default: random initialisation; see --norm)")
     p.add_argument("--norm", choices=("FrozenBN", "BN", "GN"), default=None, help="the backbones' norm "
                    "(model.backbone.norm; default: with --weights FrozenBN for the detectors with a few images per step, "
                    "BN for R-CNN's 128 windows; else each config's)")

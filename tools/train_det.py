@@ -59,10 +59,10 @@ def main(argv=None) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    from common.backbones.norm import pretrained_bn_warning
     from common.engine import distributed as dist
     from common.engine.build import scale_to_batch, schedule_in_epochs
     from common.engine.distributed import check_sync_bn
-    from common.backbones.norm import pretrained_bn_warning
     from common.engine.precision import emulation_note
     from common.tooling import (load_run_config, overrides_of, prepare_run_dir, seed_process, select_device,
                                 sync_batchnorm)
