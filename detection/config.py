@@ -206,3 +206,8 @@ class DetConfig:
     data: DataConfig = field(default_factory=DataConfig)  # where the images come from and how they are augmented
     solver: SolverConfig = field(default_factory=SolverConfig)  # optimizer, schedule, checkpoints
     test: TestConfig = field(default_factory=TestConfig)  # evaluation and drawing
+
+    def bn_samples_per_step(self) -> int:
+        """What the backbone's BatchNorm sees per training step and process: R-CNN's warped windows
+        (``model.rcnn.batch_size``), else the images (``solver.ims_per_batch``)."""
+        return self.model.rcnn.batch_size if self.model.meta_architecture == "rcnn" else self.solver.ims_per_batch

@@ -58,8 +58,10 @@ from common.tooling import start_tool  # noqa: E402
 
 start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling.py
 
-from common.backbones.norm import BN_SMALL_BATCH  # noqa: E402
+from common.backbones.norm import pretrained_bn_warning  # noqa: E402
+from common.config import load_config  # noqa: E402
 from common.tooling import ToolError, run_tool, tool_parser  # noqa: E402
+from detection.config import DetConfig  # noqa: E402
 
 
 BUDGET_STEP_CAP = 100_000  # solver.max_iters under --train-min: the minutes, not the steps, end a run
@@ -72,12 +74,11 @@ class Detector:
     config: str  # relative to configs/detection/
     overrides: tuple[str, ...] = ()
     proposals: bool = False  # reads selective-search proposals (data.train_proposals / val_proposals)
-    step_samples: int = 4  # what its BatchNorm sees per step: images, or R-CNN's warped windows
 
 
 DETECTORS = (
-    Detector("rcnn", "R-CNN", "rcnn_R18.yaml", proposals=True, step_samples=128),
-    Detector("fast_rcnn", "Fast R-CNN", "fast_rcnn_R18.yaml", proposals=True, step_samples=2),
+    Detector("rcnn", "R-CNN", "rcnn_R18.yaml", proposals=True),
+    Detector("fast_rcnn", "Fast R-CNN", "fast_rcnn_R18.yaml", proposals=True),
     Detector("faster_rcnn", "Faster R-CNN", "shapes_R18_FPN.yaml", ("model.mask_on=false", "model.keypoint_on=false")),
     Detector("mask_rcnn", "Mask R-CNN", "shapes_R18_FPN.yaml", ("model.keypoint_on=false",)),
 )
@@ -258,10 +259,7 @@ def train_command(det: Detector, data: Path, out_dir: Path, args: argparse.Names
                   weights: str | Path | None) -> list[str]:
     """tools/train_det.py's command line for ``det`` (its run directory is ``out_dir``/runs/<name>)."""
     overrides = list(det.overrides) + size_overrides(args.size)
-    # pretrained BatchNorm statistics are kept (FrozenBN), as detectron2 does with pretrained backbones,
-    # where a step is too few images for batch statistics (train_det's warning); R-CNN's 128 windows are not
-    small_batch = det.step_samples < BN_SMALL_BATCH
-    norm = args.norm or ("FrozenBN" if weights and small_batch else None)
+    norm = args.norm or ("FrozenBN" if weights and bn_too_few(det, overrides, weights) else None)
     if weights:
         overrides.append(f"model.backbone.weights={weights}")
     if norm:
@@ -271,6 +269,16 @@ def train_command(det: Detector, data: Path, out_dir: Path, args: argparse.Names
     return ["tools/train_det.py", "--config", f"configs/detection/{det.config}", "--data", str(data),
             "--output", str(out_dir / "runs" / det.name), "--device", args.device, "--no-progress", *overrides,
             *budget_overrides(args)]
+
+
+def bn_too_few(det: Detector, overrides: list[str], weights: str | Path) -> bool:
+    """Whether ``det``'s config, started from ``weights``, would train its BatchNorm on too few
+    samples per step (train_det's warning: Fast R-CNN's 2 images, Faster and Mask R-CNN's 4, not
+    R-CNN's 128 warped windows); the lineage then keeps the pretrained statistics (FrozenBN), as
+    detectron2 does with pretrained backbones."""
+    cfg = load_config(DetConfig, ROOT / "configs" / "detection" / det.config, overrides)
+    backbone = cfg.model.backbone
+    return pretrained_bn_warning(backbone.norm, str(weights), backbone.freeze_at, cfg.bn_samples_per_step()) is not None
 
 
 def finished_run(run_dir: Path) -> dict | None:

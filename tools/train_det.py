@@ -102,7 +102,7 @@ def train(args: argparse.Namespace) -> int:
             raise ValueError("R-CNN trains in one process (its stages are not distributed); run it without torchrun")
         return train_rcnn(args, cfg, paths, run.root, device)
     backbone = cfg.model.backbone
-    note = pretrained_bn_warning(backbone.norm, backbone.weights, backbone.freeze_at, cfg.solver.ims_per_batch)
+    note = pretrained_bn_warning(backbone.norm, backbone.weights, backbone.freeze_at, cfg.bn_samples_per_step())
     notes += [note] if note else []
     train_set, val_set = build_datasets(cfg, paths, check_data(cfg, paths, run.root))  # both splits, before training
     cfg, data_notes = adapt_to_dataset(cfg, train_set, val_set)

@@ -151,7 +151,8 @@ def test_weights_start_every_detector_from_the_same_backbone(lineage, shapes_dir
     assert not any(a.startswith("model.backbone.") for c in calls for a in c)
     capsys.readouterr()
     assert lineage.main(["--data", str(shapes_dir), "--output-dir", str(tmp_path / "f"), "--norm", "FrozenBN"]) == 2
-    assert capsys.readouterr().err.startswith("lineage: error: --norm FrozenBN needs --weights")
+    assert capsys.readouterr().err == ("lineage: error: --norm FrozenBN needs --weights: the frozen statistics of a "
+                                       "randomly initialised backbone are the identity; use BN or GN from scratch\n")
     assert not (tmp_path / "f").exists()
 
     missing = tmp_path / "nope.pth"
