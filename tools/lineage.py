@@ -25,10 +25,12 @@ split with ``--workers`` processes, the evaluated val images with one (that run 
 proposal seconds per image, start-up included). Faster and Mask R-CNN make their proposals
 with the RPN inside the network.
 
-Printed: the papers' table, box AP / AP50, mask AP where there is one, training seconds and
-test seconds per image split into proposals and network, plus the network speed-up over
-R-CNN. ``--out`` gets one row per detector: ``name``, ``box_AP``, ``box_AP50``, ``mask_AP``
-(null without masks), ``train_s`` (wall seconds of train_det less its final evaluation, which
+Printed: the papers' table, the steps trained, box AP / AP50 / AP75 and AP of small and medium
+objects (COCO's areas), mask AP where there is one, training seconds and test seconds per image
+split into proposals and network, plus the network speed-up over R-CNN. ``--out`` gets one row
+per detector: ``name``, ``box_AP``, ``box_AP50``, ``box_AP75``, ``box_AP_small``,
+``box_AP_medium``, ``mask_AP`` (null without masks; any AP null where COCOeval leaves it
+undefined), ``train_s`` (wall seconds of train_det less its final evaluation, which
 the row's own evaluation timing stands in for), ``test_s_per_img`` (proposals + network),
 ``proposal_s_per_img``, ``net_s_per_img``, ``iters`` (the steps run), ``config``. A detector whose run
 directory already holds model_final.pth and lineage_train.json is not trained again (delete
@@ -126,6 +128,9 @@ class Row:
     net_s_per_img: float
     iters: int | None = None
     config: str = ""
+    box_AP75: float | None = None
+    box_AP_small: float | None = None  # COCO's areas: under 32^2 px
+    box_AP_medium: float | None = None  # 32^2 to 96^2 px
     test_s_per_img: float = field(init=False)
 
     def __post_init__(self):
@@ -140,14 +145,16 @@ def format_table(rows: list[Row], titles: dict[str, str] | None = None) -> str:
     def num(v, fmt="{:.1f}"):
         return "-" if v is None else fmt.format(v)
 
-    lines = ["| detector | box AP | AP50 | mask AP | train s | test s/img (proposals + network) | network speed-up |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| detector | steps | box AP | AP50 | AP75 | AP small | AP medium | mask AP | train s "
+             "| test s/img (proposals + network) | network speed-up |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         split = (f"{r.test_s_per_img:.3f} ({r.proposal_s_per_img:.3f} + {r.net_s_per_img:.3f})"
                  if r.proposal_s_per_img else f"{r.test_s_per_img:.3f} (RPN in the network)")
         speed = f"{base / r.net_s_per_img:.0f}x" if base and r.net_s_per_img > 0 else "-"
-        lines.append(f"| {titles.get(r.name, r.name)} | {num(r.box_AP)} | {num(r.box_AP50)} | {num(r.mask_AP)} | "
-                     f"{r.train_s:.0f} | {split} | {speed} |")
+        aps = " | ".join(num(v) for v in (r.box_AP, r.box_AP50, r.box_AP75, r.box_AP_small, r.box_AP_medium,
+                                          r.mask_AP))
+        lines.append(f"| {titles.get(r.name, r.name)} | {num(r.iters, '{}')} | {aps} | {r.train_s:.0f} | {split} | {speed} |")
     return "\n".join(lines)
 
 
@@ -162,7 +169,7 @@ def row_from_metrics(name: str, metrics: dict, train_s: float, proposal_s: float
     """A row from an evaluation's metrics (detection.evaluation: percent, None where undefined)."""
     box, segm = metrics.get("bbox") or {}, metrics.get("segm")
     return Row(name, box.get("AP"), box.get("AP50"), segm.get("AP") if segm else None, train_s, proposal_s, net_s,
-               iters, config)
+               iters, config, box_AP75=box.get("AP75"), box_AP_small=box.get("APs"), box_AP_medium=box.get("APm"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,11 +23,12 @@ def stub_rows(lineage):
 
 def test_table_splits_test_time_and_shows_the_speed_up(lineage):
     table = lineage.format_table(stub_rows(lineage)).splitlines()
-    assert table[0].startswith("| detector | box AP | AP50 | mask AP | train s | test s/img (proposals + network)")
-    assert table[2] == "| R-CNN | 40.0 | 70.0 | - | 300 | 8.500 (0.500 + 8.000) | 1x |"
-    assert table[3] == "| Fast R-CNN | 41.5 | 71.0 | - | 60 | 0.580 (0.500 + 0.080) | 100x |"
-    assert table[4] == "| Faster R-CNN | 43.0 | 72.5 | - | 50 | 0.100 (RPN in the network) | 80x |"
-    assert table[5] == "| Mask R-CNN | 44.0 | 73.0 | 39.5 | 70 | 0.160 (RPN in the network) | 50x |"
+    assert table[0].startswith("| detector | steps | box AP | AP50 | AP75 | AP small | AP medium | mask AP | train s "
+                               "| test s/img (proposals + network)")
+    assert table[2] == "| R-CNN | 100 | 40.0 | 70.0 | - | - | - | - | 300 | 8.500 (0.500 + 8.000) | 1x |"
+    assert table[3] == "| Fast R-CNN | 100 | 41.5 | 71.0 | - | - | - | - | 60 | 0.580 (0.500 + 0.080) | 100x |"
+    assert table[4] == "| Faster R-CNN | 100 | 43.0 | 72.5 | - | - | - | - | 50 | 0.100 (RPN in the network) | 80x |"
+    assert table[5] == "| Mask R-CNN | 100 | 44.0 | 73.0 | - | - | - | 39.5 | 70 | 0.160 (RPN in the network) | 50x |"
     # without an R-CNN row there is nothing to compare with
     assert lineage.format_table(stub_rows(lineage)[1:2]).splitlines()[2].endswith("| - |")
 
@@ -37,14 +38,18 @@ def test_json_has_one_row_per_detector_with_the_promised_keys(lineage, tmp_path)
     rows = json.loads((tmp_path / "x" / "lineage.json").read_text())
     assert [r["name"] for r in rows] == ["rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn"]
     for r in rows:
-        assert {"name", "box_AP", "box_AP50", "train_s", "test_s_per_img", "proposal_s_per_img"} <= set(r)
+        assert {"name", "box_AP", "box_AP50", "box_AP75", "box_AP_small", "box_AP_medium", "train_s",
+                "test_s_per_img", "proposal_s_per_img"} <= set(r)
     assert rows[0]["test_s_per_img"] == 8.5 and rows[3]["mask_AP"] == 39.5 and rows[0]["mask_AP"] is None
 
 
 def test_row_from_metrics(lineage):
-    metrics = {"bbox": {"AP": 12.5, "AP50": 30.0}, "segm": {"AP": 10.0}}
+    metrics = {"bbox": {"AP": 12.5, "AP50": 30.0, "AP75": 11.0, "APs": 9.0, "APm": 14.0, "APl": None},
+               "segm": {"AP": 10.0}}
     row = lineage.row_from_metrics("mask_rcnn", metrics, 5.0, 0.0, 0.2, 10, "c.yaml")
     assert (row.box_AP, row.box_AP50, row.mask_AP, row.test_s_per_img) == (12.5, 30.0, 10.0, 0.2)
+    assert (row.box_AP75, row.box_AP_small, row.box_AP_medium) == (11.0, 9.0, 14.0)
+    assert "| 10 | 12.5 | 30.0 | 11.0 | 9.0 | 14.0 | 10.0 |" in lineage.format_table([row])
     assert lineage.row_from_metrics("rcnn", {"bbox": {"AP": None, "AP50": None}}, 5.0, 1.0, 2.0, 1, "").mask_AP is None
 
 
