@@ -317,7 +317,8 @@ class Trainer:
         # time_budget_s: steps after the first few and periodic evaluations are timed (a resumed
         # run keeps the max_iters its config.yaml recorded)
         budgeted = self.time_budget_s > 0 and start < self.BUDGET_UNTIMED
-        clock = {"step_s": 0.0, "steps": 0, "eval_s": 0.0, "evals": 0, "ceiling": self.max_iters}
+        clock = {"step_s": 0.0, "steps": 0, "eval_s": 0.0, "evals": 0, "ceiling": self.max_iters,
+                 "next_fit": self.BUDGET_FIRST_FIT}
         t0 = time.perf_counter()
         self.net.train()
         try:
@@ -351,7 +352,7 @@ class Trainer:
                     clock["evals"] += 1
                     if budgeted:
                         self._fit_to_budget(clock, time.perf_counter() - t0)
-                if budgeted and self.iter == self.BUDGET_FIRST_FIT:
+                if budgeted and self.iter == clock["next_fit"]:
                     self._fit_to_budget(clock, time.perf_counter() - t0)
                 bar.total = self.max_iters
                 if self.checkpoint_period and self.iter % self.checkpoint_period == 0:
@@ -382,6 +383,9 @@ class Trainer:
 
     BUDGET_UNTIMED = 10  # time_budget_s: the first steps start the data workers and warm caches
     BUDGET_FIRST_FIT = 30  # the first cut, from the mean of steps 11-30; again after each evaluation
+    BUDGET_REFIT = 0.1  # and after as many steps as take this fraction of the budget at the pace of
+    # the last fit: a run without evaluations (eval_period 0) still grows back when slow first steps
+    # cut it (a step count, not a clock reading, so that every DDP process fits at the same step)
     BUDGET_MIN_CHANGE = 0.01  # the budget moves the end of a run only by more than this fraction of
     # it: the pace estimate wanders by a fraction of a percent between evaluations, and so little is seconds
 
@@ -395,7 +399,10 @@ class Trainer:
         evaluation = clock["eval_s"] / clock["evals"] if clock["evals"] else 0.0
         per_iter = step + (evaluation / self.eval_period if self.eval_period else 0.0)
         fits = self.iter + int((self.time_budget_s - elapsed) / per_iter)
-        new = dist.broadcast_object(max(self.iter + 1, min(clock["ceiling"], fits)))
+        # at least one more step, unless this is the last one: a run over its budget ends there
+        new, clock["next_fit"] = dist.broadcast_object(
+            (max(min(self.iter + 1, self.max_iters), min(clock["ceiling"], fits)),
+             self.iter + max(1, int(self.BUDGET_REFIT * self.time_budget_s / per_iter))))
         if abs(new - self.max_iters) <= self.BUDGET_MIN_CHANGE * self.max_iters:
             return
         if self.is_main:

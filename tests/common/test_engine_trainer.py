@@ -356,16 +356,17 @@ def test_clip_per_parameter_leaves_small_gradients_alone():
 
 
 class SlowToyModel(ToyModel):
-    """Each training forward takes ``seconds`` (only the first ``until`` of them when given): a run
-    whose length the clock decides."""
+    """Each training forward takes ``seconds`` (only the first ``until`` of them when given, then
+    ``then`` seconds): a run whose length the clock decides."""
 
-    def __init__(self, seconds, until=None):
+    def __init__(self, seconds, until=None, then=0.0):
         super().__init__()
-        self.seconds, self.until = seconds, until
+        self.seconds, self.until, self.then = seconds, until, then
 
     def forward(self, images, targets=None):
-        if self.training and (self.until is None or self.calls < self.until):  # calls: ToyModel's count so far
-            time.sleep(self.seconds)
+        if self.training:
+            slow = self.until is None or self.calls < self.until  # calls: ToyModel's count so far
+            time.sleep(self.seconds if slow else self.then)
         return super().forward(images, targets)
 
 
@@ -397,11 +398,26 @@ def test_a_run_cut_by_slow_first_steps_grows_back_when_the_pace_picks_up(tmp_pat
     printed = capsys.readouterr().out
     first_cut = int(re.search(r"the schedule now ends at (\d+)", printed).group(1))
     assert 31 <= first_cut < summary["iteration"] < 1000
-    assert f"is lengthened again (it ended at {first_cut}) at {summary['iteration']}" in printed
+    assert f"is lengthened again (it ended at {first_cut}) at " in printed
     assert trainer.scheduler.params["max_iters"] == summary["iteration"]
     # the LR step keeps its place in the run as configured (half way), not half of the cut run's
     assert trainer.scheduler.params["steps"] == (round(500 * summary["iteration"] / 1000),)
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["solver"]["max_iters"] == summary["iteration"]
+
+
+def test_a_run_without_evaluations_grows_back_too(tmp_path, capsys):
+    # as above with eval_period 0 (R-CNN's fine-tuning) and later steps at 0.02 s: the budget fits
+    # again after the steps of about a tenth of it, not only after evaluations (~40 steps fit at
+    # step 30, ~55 at the later pace)
+    trainer = make_trainer(tmp_path, max_iters=1000, model=SlowToyModel(0.05, until=30, then=0.02),
+                           time_budget_s=2.0, eval_period=0, log_period=1000)
+    summary = trainer.train()
+    printed = capsys.readouterr().out
+    first_cut = int(re.search(r"the schedule now ends at (\d+)", printed).group(1))
+    assert 31 <= first_cut < summary["iteration"] < 1000
+    assert f"is lengthened again (it ended at {first_cut})" in printed
+    assert printed.count("note: solver.time_budget_min") <= 12  # a line per fit at most, not per step
+    assert summary["seconds"] > 1.7  # most of the budget used (38 steps would end at ~1.66 s)
 
 
 def test_the_budget_leaves_changes_of_one_percent_or_less_alone(tmp_path, capsys):
