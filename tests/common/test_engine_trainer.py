@@ -399,6 +399,8 @@ def test_a_run_cut_by_slow_first_steps_grows_back_when_the_pace_picks_up(tmp_pat
     first_cut = int(re.search(r"the schedule now ends at (\d+)", printed).group(1))
     assert 31 <= first_cut < summary["iteration"] < 1000
     assert f"is lengthened again (it ended at {first_cut}) at " in printed
+    # the last move of the schedule is where the run ended
+    assert re.findall(r"the schedule .*? at (\d+) \(config.yaml", printed)[-1] == str(summary["iteration"])
     assert trainer.scheduler.params["max_iters"] == summary["iteration"]
     # the LR step keeps its place in the run as configured (half way), not half of the cut run's
     assert trainer.scheduler.params["steps"] == (round(500 * summary["iteration"] / 1000),)
@@ -416,6 +418,7 @@ def test_a_run_without_evaluations_grows_back_too(tmp_path, capsys):
     first_cut = int(re.search(r"the schedule now ends at (\d+)", printed).group(1))
     assert 31 <= first_cut < summary["iteration"] < 1000
     assert f"is lengthened again (it ended at {first_cut})" in printed
+    assert re.findall(r"the schedule .*? at (\d+) \(config.yaml", printed)[-1] == str(summary["iteration"])
     assert printed.count("note: solver.time_budget_min") <= 12  # a line per fit at most, not per step
     assert summary["seconds"] > 1.7  # most of the budget used (38 steps would end at ~1.66 s)
 
