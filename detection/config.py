@@ -51,7 +51,7 @@ class ROIHeadsConfig:
     in_features: tuple[str, ...] = ("p2", "p3", "p4", "p5")  # feature maps RoIs are pooled from
     iou_thresholds: tuple[float, float] = (0.5, 0.5)  # (low, high): < low background, >= high foreground
     bg_iou_floor: float = 0.0  # background needs IoU >= this: the background band is [bg_iou_floor, low),
-    # RoIs below it are not sampled (Fast R-CNN: 0.1, so the band is [0.1, 0.5))
+    # RoIs below it are not sampled (the Fast R-CNN paper: 0.1, so the band is [0.1, 0.5))
     batch_size_per_image: int = 512  # RoIs sampled per image for the losses
     positive_fraction: float = 0.25  # at most this fraction of sampled RoIs are foreground
     add_gt_as_proposals: bool = True  # gt boxes join the proposals at training time

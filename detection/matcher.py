@@ -5,9 +5,9 @@ Shape shorthand: M ground-truth boxes, R predictions.
 Every prediction gets the index of its best ground-truth box, or one of two negative codes:
     BELOW_LOW_THRESHOLD  = -1   bg_floor <= best IoU < low:   background
     BETWEEN_THRESHOLDS   = -2   low <= best IoU < high:       ignored (neither trained as fg nor bg)
-                                best IoU < bg_floor:          ignored too (Fast R-CNN's background
-                                                              band [0.1, 0.5): the easiest negatives
-                                                              are not sampled)
+                                best IoU < bg_floor:          ignored too (the Fast R-CNN paper's
+                                                              background band [0.1, 0.5): the
+                                                              easiest negatives are not sampled)
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def sample_proposals(proposal_boxes: Tensor, gt_boxes: Tensor, gt_classes: Tenso
     (positives first): "proposal_boxes" (S, 4), "gt_classes" (S,) in 0..K (K = background),
     "matched_idxs" (S,) index into the gt (0 for background: check gt_classes).
     ``iou_thresholds`` = (low, high): IoU >= high is foreground, in [``bg_iou_floor``, low)
-    background, the rest ignored (Fast R-CNN: high = low = 0.5, bg_iou_floor = 0.1).
+    background, the rest ignored (the Fast R-CNN paper: high = low = 0.5, bg_iou_floor = 0.1).
     """
     if add_gt_as_proposals:
         proposal_boxes = torch.cat((proposal_boxes, gt_boxes.to(proposal_boxes.dtype)))
