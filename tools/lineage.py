@@ -3,7 +3,8 @@
 
     python tools/lineage.py --data DIR [--max-iters N | --train-min M] [--eval-images M] \
         [--train-images T] [--out lineage.json] [--output-dir runs/lineage] [--workers W] \
-        [--only rcnn fast_rcnn ...] [--weights PATH|imagenet] [--norm FrozenBN|BN|GN] [--size S]
+        [--only rcnn fast_rcnn ...] [--weights PATH|imagenet] [--norm FrozenBN|BN|GN] [--size S] \
+        [--set DETECTOR:KEY=VALUE ...]
 
 Every detector uses ResNet-18 and the same images at the same size (its config's, 160 px short
 side, or ``--size`` px for all: a short side of S, a long side of at most 4/3 S, in training and
@@ -19,7 +20,9 @@ ImageNet; Fast, Faster and Mask R-CNN then keep its BatchNorm statistics
 (``model.backbone.norm=FrozenBN``, detectron2's choice for pretrained backbones: batch statistics
 of 2-4 images per step are noisy), R-CNN trains them on its 128 warped windows per step (its
 config's BN). Without ``--weights`` every detector trains from random initialisation with each config's
-norm (BN). ``--norm`` sets the backbone's norm of all four instead. Selective-search proposals
+norm (BN). ``--norm`` sets the backbone's norm of all four instead. ``--set DETECTOR:KEY=VALUE``
+adds a config setting to one detector's training command (e.g. ``fast_rcnn:model.roi_heads.bg_iou_floor=0.1``,
+the Fast R-CNN paper's background band). Selective-search proposals
 for R-CNN and Fast R-CNN come from tools/compute_proposals.py (``--mode fast``): the training
 split with ``--workers`` processes, the evaluated val images with one (that run is timed: the
 proposal seconds per image, start-up included). Faster and Mask R-CNN make their proposals
@@ -110,6 +113,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "every detector (data.min_size, data.test_min_size; long side at most 4/3 of it; default: "
                    "each config's)")
     p.add_argument("--only", nargs="+", choices=[d.name for d in DETECTORS], help="a subset of the detectors")
+    p.add_argument("--set", action="append", default=[], metavar="DETECTOR:KEY=VALUE", help="a config setting "
+                   "for one detector's training, after the lineage's own (repeatable; e.g. "
+                   "fast_rcnn:model.roi_heads.bg_iou_floor=0.1, the Fast R-CNN paper's background band)")
     return p.parse_args(argv)
 
 
@@ -262,9 +268,32 @@ def size_overrides(size: int | None) -> list[str]:
     return [f"data.min_size=[{size}]", f"data.test_min_size={size}", f"data.max_size={math.ceil(size * 4 / 3)}"]
 
 
+def detector_settings(items: list[str], chosen: list[Detector]) -> dict[str, list[str]]:
+    """--set DETECTOR:KEY=VALUE items -> {detector name: [KEY=VALUE, ...]}, each checked against
+    its detector's config before any work."""
+    settings: dict[str, list[str]] = {d.name: [] for d in chosen}
+    names = [d.name for d in DETECTORS]
+    for item in items:
+        name, colon, setting = item.partition(":")
+        if not colon or name not in names or "=" not in setting:
+            raise ToolError(f"--set {item}: expected DETECTOR:KEY=VALUE with DETECTOR one of {', '.join(names)}")
+        if name not in settings:
+            raise ToolError(f"--set {item}: {name} is not among the detectors this run trains (--only)")
+        settings[name].append(setting)
+    for det in chosen:
+        if settings[det.name]:
+            try:
+                load_config(DetConfig, ROOT / "configs" / "detection" / det.config,
+                            list(det.overrides) + settings[det.name])
+            except ValueError as e:
+                raise ToolError(f"--set for {det.name}: {e}") from None
+    return settings
+
+
 def train_command(det: Detector, data: Path, out_dir: Path, args: argparse.Namespace,
-                  weights: str | Path | None) -> list[str]:
-    """tools/train_det.py's command line for ``det`` (its run directory is ``out_dir``/runs/<name>)."""
+                  weights: str | Path | None, settings: list[str] | None = None) -> list[str]:
+    """tools/train_det.py's command line for ``det`` (its run directory is ``out_dir``/runs/<name>)
+    with ``settings`` (--set) after the lineage's own."""
     overrides = list(det.overrides) + size_overrides(args.size)
     norm = args.norm or ("FrozenBN" if weights and bn_too_few(det, overrides, weights) else None)
     if weights:
@@ -273,6 +302,7 @@ def train_command(det: Detector, data: Path, out_dir: Path, args: argparse.Names
         overrides.append(f"model.backbone.norm={norm}")
     if det.proposals:
         overrides += [f"data.{split}_proposals={proposal_file(out_dir, split)}" for split in ("train", "val")]
+    overrides += settings or []
     return ["tools/train_det.py", "--config", f"configs/detection/{det.config}", "--data", str(data),
             "--output", str(out_dir / "runs" / det.name), "--device", args.device, "--no-progress", *overrides,
             *budget_overrides(args)]
@@ -335,11 +365,12 @@ def run(args: argparse.Namespace) -> int:
         if not weights.is_file():
             raise ToolError(f"--weights {args.weights}: no such file (a torchvision .pth, tools/train_cls.py's "
                             f"classifier.pth, or 'imagenet')")
+    chosen = [d for d in DETECTORS if not args.only or d.name in args.only]
+    settings = detector_settings(args.set, chosen)
     out_dir = Path(args.output_dir)
     data = write_subset(Path(args.data), out_dir / "data", args.train_images, args.eval_images)
     val_images = len(json.loads((data / "val.json").read_text())["images"])
-    chosen = [d for d in DETECTORS if not args.only or d.name in args.only]
-    commands = {d.name: train_command(d, data, out_dir, args, weights) for d in chosen}
+    commands = {d.name: train_command(d, data, out_dir, args, weights, settings[d.name]) for d in chosen}
     for det in chosen:  # before any work: a run trained otherwise is not passed off as this one
         check_reusable(out_dir / "runs" / det.name, commands[det.name])
     proposal_s = 0.0

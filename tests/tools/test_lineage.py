@@ -207,3 +207,29 @@ def test_a_run_trained_with_other_settings_is_refused_before_any_work(lineage, s
         f"(then: -; now: data.min_size=[320] data.test_min_size=320 data.max_size=427); delete it or choose "
         f"another --output-dir\n")
     assert record.read_text() == before  # nothing retrained or overwritten
+
+
+def test_set_adds_a_setting_to_one_detectors_command(lineage, shapes_dir, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(lineage, "run_script", lambda args, log: calls.append(args) or 7.0)
+    monkeypatch.setattr(lineage, "evaluate", lambda run, data, device, log: ({"bbox": {"AP": 1.0, "AP50": 2.0}}, 3.0))
+    band = "model.roi_heads.bg_iou_floor=0.1"
+    assert lineage.main(["--data", str(shapes_dir), "--max-iters", "5", "--output-dir", str(tmp_path / "o"),
+                         "--out", str(tmp_path / "l.json"), "--only", "fast_rcnn", "faster_rcnn",
+                         "--set", f"fast_rcnn:{band}"]) == 0
+    trains = {c[2].split("/")[-1]: c for c in calls if c[0] == "tools/train_det.py"}
+    assert trains["fast_rcnn_R18.yaml"][-3:] == [band, "--max-iters", "5"]
+    assert band not in trains["shapes_R18_FPN.yaml"]
+    capsys.readouterr()
+
+    for bad, message in [
+            ("fast_rcnn", "--set fast_rcnn: expected DETECTOR:KEY=VALUE with DETECTOR one of rcnn, fast_rcnn, "
+                          "faster_rcnn, mask_rcnn"),
+            ("mask_rcnn:model.mask_on=false", "--set mask_rcnn:model.mask_on=false: mask_rcnn is not among the "
+                                              "detectors this run trains (--only)"),
+            ("fast_rcnn:model.roi_heads.bg_iou_flor=0.1", "--set for fast_rcnn: command line: unknown config key "
+                                                          "'model.roi_heads.bg_iou_flor'")]:
+        assert lineage.main(["--data", str(shapes_dir), "--output-dir", str(tmp_path / "p"), "--only", "fast_rcnn",
+                             "--set", bad]) == 2
+        assert capsys.readouterr().err.startswith(f"lineage: error: {message}")
+    assert not (tmp_path / "p").exists()  # refused before any work
