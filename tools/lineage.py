@@ -295,14 +295,16 @@ def train_command(det: Detector, data: Path, out_dir: Path, args: argparse.Names
     """tools/train_det.py's command line for ``det`` (its run directory is ``out_dir``/runs/<name>)
     with ``settings`` (--set) after the lineage's own."""
     overrides = list(det.overrides) + size_overrides(args.size)
-    norm = args.norm or ("FrozenBN" if weights and bn_too_few(det, overrides, weights) else None)
+    settings = settings or []
+    # train_det's BN rule sees the run's own settings (a --set batch of 16 images keeps BN trained)
+    norm = args.norm or ("FrozenBN" if weights and bn_too_few(det, overrides + settings, weights) else None)
     if weights:
         overrides.append(f"model.backbone.weights={weights}")
     if norm:
         overrides.append(f"model.backbone.norm={norm}")
     if det.proposals:
         overrides += [f"data.{split}_proposals={proposal_file(out_dir, split)}" for split in ("train", "val")]
-    overrides += settings or []
+    overrides += settings
     return ["tools/train_det.py", "--config", f"configs/detection/{det.config}", "--data", str(data),
             "--output", str(out_dir / "runs" / det.name), "--device", args.device, "--no-progress", *overrides,
             *budget_overrides(args)]

@@ -222,6 +222,16 @@ def test_set_adds_a_setting_to_one_detectors_command(lineage, shapes_dir, tmp_pa
     assert band not in trains["shapes_R18_FPN.yaml"]
     capsys.readouterr()
 
+    # the FrozenBN choice asks train_det's rule with the setting: 16 images per step keep BN trained
+    (tmp_path / "w.pth").write_bytes(b"")  # never read: the tools are stubbed
+    calls.clear()
+    assert lineage.main(["--data", str(shapes_dir), "--max-iters", "5", "--output-dir", str(tmp_path / "w"),
+                         "--out", str(tmp_path / "l.json"), "--only", "fast_rcnn", "--weights", str(tmp_path / "w.pth"),
+                         "--set", "fast_rcnn:solver.ims_per_batch=16"]) == 0
+    fast = next(c for c in calls if c[0] == "tools/train_det.py")
+    assert "solver.ims_per_batch=16" in fast and not any(a.startswith("model.backbone.norm=") for a in fast)
+    capsys.readouterr()
+
     for bad, message in [
             ("fast_rcnn", "--set fast_rcnn: expected DETECTOR:KEY=VALUE with DETECTOR one of rcnn, fast_rcnn, "
                           "faster_rcnn, mask_rcnn"),
