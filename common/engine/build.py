@@ -139,12 +139,28 @@ def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimize
     groups = param_groups(model, base_lr=cfg.base_lr, weight_decay=cfg.weight_decay,
                           lr_mults=cfg.lr_mults, norm_weight_decay=cfg.norm_weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+        return fused_if_supported(torch.optim.SGD, groups, lr=cfg.base_lr, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.base_lr, betas=tuple(cfg.betas),
-                                 weight_decay=cfg.weight_decay)
+        return fused_if_supported(torch.optim.AdamW, groups, lr=cfg.base_lr, betas=tuple(cfg.betas),
+                                  weight_decay=cfg.weight_decay)
     raise ConfigError(f"solver.optimizer = {cfg.optimizer!r} must be 'sgd' or 'adamw'")
+
+
+def fused_if_supported(optimizer_cls: type[torch.optim.Optimizer], groups: list[dict],
+                       **kwargs) -> torch.optim.Optimizer:
+    """``optimizer_cls(groups, fused=True, **kwargs)`` where this torch has a fused kernel for the
+    parameters' device (CUDA; CPU since torch 2.4), else PyTorch's default implementation.
+
+    The default runs several small ops per parameter tensor: on 2 CPU cores AdamW's step over
+    the default detector's 108 tensors took 56-60 ms of a 0.5 s training step, fused 17 ms. The
+    update is the same up to float rounding, and the state dict has the same layout either way, so
+    checkpoints load across the two.
+    """
+    try:
+        return optimizer_cls(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):  # no fused kernel here; a bad setting raises below
+        return optimizer_cls(groups, **kwargs)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SolverConfig) -> WarmupSchedule:

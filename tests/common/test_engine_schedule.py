@@ -1,4 +1,5 @@
 """LR schedules: warmup, step, cosine; per-group LR multipliers; solver config checks."""
+import copy
 import math
 from dataclasses import replace
 
@@ -113,6 +114,42 @@ def test_build_optimizer_uses_param_groups():
     assert decay_of[id(model[1].weight)] == 0.0
     assert decay_of[id(model[0].weight)] == pytest.approx(0.05)
 
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_optimizer_steps_as_the_default_one_and_loads_its_checkpoints(name, monkeypatch):
+    import common.engine.build as build
+
+    cfg = SolverConfig(optimizer=name, base_lr=0.01, weight_decay=0.05, warmup_iters=0)
+
+    def run(state=None, steps=5):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+        opt = build.build_optimizer(model, cfg)
+        if state is not None:  # a copy: load_state_dict may keep the tensors it is given
+            model.load_state_dict(copy.deepcopy(state[0]))
+            opt.load_state_dict(copy.deepcopy(state[1]))
+        x = torch.randn(16, 3)
+        for _ in range(steps):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        return model, opt
+
+    def same(a, b):
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+    fused, fused_opt = run()
+    assert fused_opt.defaults.get("fused") is True  # this torch has the CPU kernel (2.4 on)
+    with monkeypatch.context() as m:  # PyTorch's default implementation, same groups and settings
+        m.setattr(build, "fused_if_supported", lambda cls, groups, **kw: cls(groups, **kw))
+        plain, plain_opt = run()
+        assert not plain_opt.defaults.get("fused")
+        same(fused, plain)
+        continued, _ = run((plain.state_dict(), plain_opt.state_dict()))
+    # a checkpoint of the default implementation resumes in the fused one and steps on alike
+    resumed, _ = run((plain.state_dict(), plain_opt.state_dict()))
+    same(resumed, continued)
 
 def test_solver_config_takes_yaml_style_overrides():
     from common.config import load_config
