@@ -73,6 +73,43 @@ def build_model(model_cfg: ModelConfig, num_classes: int, num_keypoints: int = 0
     return model.to(memory_format=torch.channels_last) if cfg.channels_last is True else model
 
 
+def adapt_bn_to_data(model: nn.Module, dataset: CocoDetection, images: int, seed: int = 0) -> str:
+    """``model.backbone.adapt_bn_images``: the running statistics of the backbone's BN / FrozenBN
+    layers become those of ``images`` training images (a seeded sample, each passed alone at its
+    training size, augmentation included, so no padding enters the statistics): AdaBN, for a
+    pretrained backbone whose statistics come from other data. Runs on the model's device.
+    Returns the line train_det prints: how many layers, images, and how far the means moved."""
+    from common.backbones.norm import FrozenBatchNorm2d, adapt_bn_statistics
+
+    if images < 0:
+        raise ConfigError(f"model.backbone.adapt_bn_images = {images} must be >= 0 (0 keeps the backbone's "
+                          "BatchNorm statistics)")
+    body, backbone = model.backbone.body, model.backbone
+    layers = [m for m in body.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    if not layers:
+        return "model.backbone.adapt_bn_images: the backbone has no BatchNorm layers to adapt (GroupNorm?)"
+    before = [(m.running_mean.clone(), m.running_var.clone(), m.eps) for m in layers]
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:images].tolist()
+    device = next(body.parameters(), torch.empty(0)).device
+
+    def inputs():
+        for i in order:
+            image, _ = dataset[i]
+            yield image.unsqueeze(0).to(device).float().div_(255.0)
+
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        adapt_bn_statistics(body, inputs(), lambda x: body(backbone.normalize(x)))
+    finally:
+        backbone.train(was_training)
+    shift = sum(float(((m.running_mean - mean).abs() * torch.rsqrt(var + eps)).mean())
+                for m, (mean, var, eps) in zip(layers, before)) / len(layers)
+    return (f"backbone BatchNorm statistics from {len(order)} training images (model.backbone.adapt_bn_images, "
+            f"AdaBN): {len(layers)} layers, their means moved by {shift:.2f} of the previous standard "
+            "deviations on average")
+
+
 def build_rcnn(cfg: ModelConfig, num_classes: int, backbone: nn.Module | None = None) -> RCNN:
     """R-CNN (2014): the backbone's last stage, averaged over space, is each warped proposal's feature."""
     b, r, rh = cfg.backbone, cfg.rcnn, cfg.roi_heads

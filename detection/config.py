@@ -19,6 +19,8 @@ class BackboneConfig:
     weights: Optional[str] = None  # None (random init), "imagenet", or a path to a torchvision .pth
     freeze_at: int = 2  # 0 trains all; k freezes the stem and stages c2..ck
     norm: str = "FrozenBN"  # FrozenBN | BN | GN | SyncBN
+    adapt_bn_images: int = 0  # > 0: before training, the BN / FrozenBN running statistics become
+    # those of this many training images (AdaBN; the pretrained affine parameters stay); 0 keeps them
     out_features: tuple[str, ...] = ("c2", "c3", "c4", "c5")  # stages the backbone returns (before FPN)
     fpn: bool = True  # add an FPN: outputs p2..p5 (+ p6)
     fpn_channels: int = 256  # FPN output channels

@@ -66,7 +66,7 @@ def train(args: argparse.Namespace) -> int:
     from common.engine.precision import emulation_note
     from common.tooling import (load_run_config, overrides_of, prepare_run_dir, seed_process, select_device,
                                 sync_batchnorm)
-    from detection.build import (adapt_to_dataset, build_datasets, build_model, check_data,
+    from detection.build import (adapt_bn_to_data, adapt_to_dataset, build_datasets, build_model, check_data,
                                  repeat_factor_indices, resolve_data_paths)
     from detection.config import DetConfig
     from detection.data import DatasetError
@@ -121,6 +121,10 @@ def train(args: argparse.Namespace) -> int:
     seed_process(cfg.solver.seed, cfg.solver.deterministic)
     model = build_model(cfg.model, meta.num_classes, meta.num_keypoints, meta.flip_indices,
                         keypoint_classes=meta.keypoint_classes, class_counts=train_set.class_counts())
+    if cfg.model.backbone.adapt_bn_images and not resume:  # a resumed run has them in its checkpoint
+        note = adapt_bn_to_data(model.to(device), train_set, cfg.model.backbone.adapt_bn_images, cfg.solver.seed)
+        if main_proc:
+            print(f"note: {note}")
     model = sync_batchnorm(model, cfg.model.backbone.norm)
     fit(cfg, model, train_set, val_set, device, run, resume=resume, resume_from=args.resume_from, args=args,
         train_indices=train_indices)
@@ -245,8 +249,13 @@ def train_rcnn(args: argparse.Namespace, cfg, paths, output: Path, device) -> in
     from common.tooling import RunDir, print_log, show_bar
     from detection.inference import evaluate_detector
     from detection.rcnn_stages import cache_features, fit_regressors, fit_svms
+    from common.config import ConfigError
 
     d, r = cfg.data, cfg.model.rcnn
+    if cfg.model.backbone.adapt_bn_images:
+        raise ConfigError("model.backbone.adapt_bn_images is for the end-to-end detectors, whose backbone sees "
+                          "whole images; R-CNN's sees warped windows, and its config trains BN on them "
+                          "(model.backbone.norm=BN)")
     # both splits carry proposal_boxes from data.*_proposals (resized and flipped with the image)
     train_set, val_set = build_datasets(cfg, paths)
     solver, note = schedule_in_epochs(cfg.solver, len(train_set))

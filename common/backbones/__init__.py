@@ -10,12 +10,12 @@ stem/c2..c5), ``resnet.py``, ``vgg.py`` (also fc6/fc7 for FCN), ``mobilenet.py``
 """
 from .backbone import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, Backbone, build_backbone
 from .fpn import FPN
-from .norm import NORMS, FrozenBatchNorm2d, convert_norm, gn_groups
+from .norm import NORMS, FrozenBatchNorm2d, adapt_bn_statistics, convert_norm, gn_groups
 from .vgg import load_vgg16_classifier
 from .weights import WeightsError, load_pretrained, read_state_dict
 
 __all__ = [
     "ARCHITECTURES", "IMAGENET_MEAN", "IMAGENET_STD", "Backbone", "build_backbone", "FPN",
-    "NORMS", "FrozenBatchNorm2d", "convert_norm", "gn_groups", "load_vgg16_classifier",
+    "NORMS", "FrozenBatchNorm2d", "adapt_bn_statistics", "convert_norm", "gn_groups", "load_vgg16_classifier",
     "WeightsError", "load_pretrained", "read_state_dict",
 ]

@@ -14,10 +14,14 @@ parameters over:
               its running statistics are dropped (GN has none).
     SyncBN    ``nn.SyncBatchNorm``; it synchronises only when a process group is initialised at
               forward time, and behaves as BN otherwise (so it builds and runs on one CPU).
+
+:func:`adapt_bn_statistics` (AdaBN) replaces the running statistics of a pretrained network's
+BN / FrozenBN layers by those of the target data, keeping the learned affine parameters.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -121,3 +125,49 @@ def pretrained_bn_warning(norm: str, weights: str | None, freeze_at: int, images
     return (f"warning: the backbone starts from pretrained weights ({weights}) but its BatchNorm trains on "
             f"{images_per_process} images per step (model.backbone.norm=BN); model.backbone.norm=FrozenBN "
             f"keeps the pretrained statistics, as detectron2 does with pretrained backbones")
+
+
+@torch.no_grad()
+def adapt_bn_statistics(module: nn.Module, inputs: Iterable[Tensor], run: Callable[[Tensor], object]) -> int:
+    """AdaBN (Li et al. 2017, "Revisiting Batch Normalization for Practical Domain Adaptation"):
+    replace the running mean and variance of every ``nn.BatchNorm2d`` and
+    :class:`FrozenBatchNorm2d` in ``module`` by those of the activations it meets while ``run`` is
+    called on each of ``inputs``. Weights and biases stay the pretrained ones.
+
+    During the passes every layer normalises with the statistics of its current input, as BN does
+    in training, so a later layer sees its input normalised the way it will be once the earlier
+    layers are adapted. Kept are the mean and variance pooled over every position of every input.
+    Returns the number of layers adapted (0 when ``inputs`` is empty or there are none).
+    """
+    layers = [m for m in module.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    # per layer: sum of pixel counts, of count * mean and of count * (var + mean^2), in float64
+    sums: dict[nn.Module, list] = {}
+
+    def normalise_and_count(layer: nn.Module) -> Callable[[Tensor], Tensor]:
+        def forward(x: Tensor) -> Tensor:
+            count = x.numel() // x.shape[1]
+            var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)        # (C,) each
+            s = sums.setdefault(layer, [0, 0.0, 0.0])
+            s[0] += count
+            s[1] = s[1] + count * mean.double()
+            s[2] = s[2] + count * (var.double() + mean.double() ** 2)
+            scale = torch.rsqrt(var + layer.eps)
+            shift = -mean * scale
+            if layer.weight is not None:  # nn.BatchNorm2d(affine=False) has none
+                scale, shift = scale * layer.weight, shift * layer.weight + layer.bias
+            return (x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype))
+        return forward
+
+    for layer in layers:
+        layer.forward = normalise_and_count(layer)  # an instance attribute: nn.Module.__call__ uses it
+    try:
+        for x in inputs:
+            run(x)
+    finally:
+        for layer in layers:
+            del layer.forward
+    for layer, (count, total, total_sq) in sums.items():
+        mean = total / count
+        layer.running_mean.copy_(mean)
+        layer.running_var.copy_((total_sq / count - mean ** 2).clamp(min=0))
+    return len(sums)

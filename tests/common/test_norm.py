@@ -100,3 +100,41 @@ def test_pretrained_bn_warning_only_for_trainable_bn_of_pretrained_weights_on_fe
     assert pretrained_bn_warning("GN", "imagenet", 0, 2) is None
     assert pretrained_bn_warning("BN", "imagenet", 5, 2) is None  # the whole body frozen: no BN trains
     assert pretrained_bn_warning("BN", "imagenet", 0, BN_SMALL_BATCH) is None
+
+
+def test_adapt_bn_statistics_pools_each_layers_inputs_over_all_images():
+    from common.backbones import adapt_bn_statistics
+
+    torch.manual_seed(0)
+    conv1, conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 5, 3)
+    bn1, bn2 = FrozenBatchNorm2d.from_bn(_random_bn(4)), _random_bn(5).eval()  # both kinds
+    net = nn.Sequential(conv1, bn1, nn.ReLU(), conv2, bn2)
+    images = [torch.randn(1, 3, 9, 7) * 3 + 2, torch.randn(1, 3, 6, 11) * 0.5 - 1]  # sizes differ
+    w1 = bn1.weight.clone()
+    assert adapt_bn_statistics(net, images, net) == 2
+
+    def pooled(xs):  # (C,) mean and variance over every position of every tensor in xs
+        flat = torch.cat([x.transpose(0, 1).reshape(x.shape[1], -1) for x in xs], dim=1)
+        return flat.mean(1), flat.var(1, unbiased=False)
+
+    with torch.no_grad():
+        a = [conv1(x) for x in images]
+        mean1, var1 = pooled(a)
+        # in the pass, bn1 normalised each image with that image's own statistics
+        b = [conv2(torch.relu((y - y.mean((0, 2, 3), keepdim=True)) / torch.sqrt(
+            y.var((0, 2, 3), unbiased=False, keepdim=True) + bn1.eps) * w1.view(1, -1, 1, 1)
+            + bn1.bias.view(1, -1, 1, 1))) for y in a]
+        mean2, var2 = pooled(b)
+    torch.testing.assert_close(bn1.running_mean, mean1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn1.running_var, var1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn2.running_mean, mean2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn2.running_var, var2, rtol=1e-4, atol=1e-5)
+    assert torch.equal(bn1.weight, w1)  # the affine parameters stay
+    # the layers are themselves again: with the adapted statistics, conv1's outputs come out of bn1
+    # (before its affine map) with mean 0 and variance 1 over the images
+    with torch.no_grad():
+        out = [(bn1(y) - bn1.bias.view(1, -1, 1, 1)) / w1.view(1, -1, 1, 1) for y in a]
+    mean, var = pooled(out)
+    torch.testing.assert_close(mean, torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(var, torch.ones(4), atol=1e-3, rtol=0)
+    assert "forward" not in vars(bn1) and "forward" not in vars(bn2)

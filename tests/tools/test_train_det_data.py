@@ -108,3 +108,23 @@ def test_pretrained_weights_with_trainable_bn_get_a_warning_that_names_frozen_bn
             f"per step (model.backbone.norm=BN); model.backbone.norm=FrozenBN") in capsys.readouterr().out
     assert tool.main(args + ["--output", str(tmp_path / "frozen"), "model.backbone.norm=FrozenBN"]) == 0
     assert "BatchNorm trains" not in capsys.readouterr().out
+
+
+def test_adapt_bn_images_gives_the_frozen_statistics_the_training_images(tool, shapes_dir, tmp_path, capsys):
+    import torch
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(resnet18(num_classes=10).state_dict(), weights)  # statistics 0 / 1: not the data's
+    args = ["--data", str(shapes_dir), "--max-iters", "1", *TINY_DET, "model.backbone.name=resnet18",
+            f"model.backbone.weights={weights}", "model.backbone.norm=FrozenBN", "solver.ims_per_batch=2"]
+    assert tool.main(args + ["--output", str(tmp_path / "a"), "model.backbone.adapt_bn_images=3"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: backbone BatchNorm statistics from 3 training images (model.backbone.adapt_bn_images, AdaBN): "
+            "20 layers, their means moved by") in out
+    state = torch.load(tmp_path / "a" / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+    assert state["backbone.body.stem.bn1.running_mean"].abs().min() > 0  # the weights file's zeros are gone
+    assert "adapt_bn_images: 3" in (tmp_path / "a" / "config.yaml").read_text()
+    assert tool.main(args + ["--output", str(tmp_path / "b"), "model.backbone.adapt_bn_images=-1"]) == 2
+    assert capsys.readouterr().err == ("train_det: error: model.backbone.adapt_bn_images = -1 must be >= 0 (0 keeps "
+                                       "the backbone's BatchNorm statistics)\n")
