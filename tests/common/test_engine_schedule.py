@@ -140,7 +140,8 @@ def test_fused_optimizer_steps_as_the_default_one_and_loads_its_checkpoints(name
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
     fused, fused_opt = run()
-    assert fused_opt.defaults.get("fused") is True  # this torch has the CPU kernel (2.4 on)
+    if torch.__version__ >= (2, 4):  # the CPU kernels came with 2.4
+        assert fused_opt.defaults.get("fused") is True
     with monkeypatch.context() as m:  # PyTorch's default implementation, same groups and settings
         m.setattr(build, "fused_if_supported", lambda cls, groups, **kw: cls(groups, **kw))
         plain, plain_opt = run()
@@ -150,6 +151,7 @@ def test_fused_optimizer_steps_as_the_default_one_and_loads_its_checkpoints(name
     # a checkpoint of the default implementation resumes in the fused one and steps on alike
     resumed, _ = run((plain.state_dict(), plain_opt.state_dict()))
     same(resumed, continued)
+
 
 def test_solver_config_takes_yaml_style_overrides():
     from common.config import load_config
