@@ -79,13 +79,13 @@ def adapt_bn_to_data(model: nn.Module, dataset: CocoDetection, images: int, seed
     training size, augmentation included, so no padding enters the statistics): AdaBN, for a
     pretrained backbone whose statistics come from other data. Runs on the model's device.
     Returns the line train_det prints: how many layers, images, and how far the means moved."""
-    from common.backbones.norm import FrozenBatchNorm2d, adapt_bn_statistics
+    from common.backbones.norm import adapt_bn_statistics, bn_layers
 
     if images < 0:
         raise ConfigError(f"model.backbone.adapt_bn_images = {images} must be >= 0 (0 keeps the backbone's "
                           "BatchNorm statistics)")
     body, backbone = model.backbone.body, model.backbone
-    layers = [m for m in body.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    layers = bn_layers(body)
     if not layers:
         return "model.backbone.adapt_bn_images: the backbone has no BatchNorm layers to adapt (GroupNorm?)"
     before = [(m.running_mean.clone(), m.running_var.clone(), m.eps) for m in layers]

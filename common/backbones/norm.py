@@ -127,19 +127,24 @@ def pretrained_bn_warning(norm: str, weights: str | None, freeze_at: int, images
             f"keeps the pretrained statistics, as detectron2 does with pretrained backbones")
 
 
+def bn_layers(module: nn.Module) -> list[nn.Module]:
+    """The ``nn.BatchNorm2d`` and :class:`FrozenBatchNorm2d` layers of ``module``."""
+    return [m for m in module.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+
+
 @torch.no_grad()
 def adapt_bn_statistics(module: nn.Module, inputs: Iterable[Tensor], run: Callable[[Tensor], object]) -> int:
     """AdaBN (Li et al. 2017, "Revisiting Batch Normalization for Practical Domain Adaptation"):
-    replace the running mean and variance of every ``nn.BatchNorm2d`` and
-    :class:`FrozenBatchNorm2d` in ``module`` by those of the activations it meets while ``run`` is
-    called on each of ``inputs``. Weights and biases stay the pretrained ones.
+    replace the running mean and variance of every layer :func:`bn_layers` finds in ``module`` by
+    those of the activations it meets while ``run`` is called on each of ``inputs``. Weights and
+    biases stay the pretrained ones.
 
     During the passes every layer normalises with the statistics of its current input, as BN does
     in training, so a later layer sees its input normalised the way it will be once the earlier
     layers are adapted. Kept are the mean and variance pooled over every position of every input.
     Returns the number of layers adapted (0 when ``inputs`` is empty or there are none).
     """
-    layers = [m for m in module.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    layers = bn_layers(module)
     # per layer: sum of pixel counts, of count * mean and of count * (var + mean^2), in float64
     sums: dict[nn.Module, list] = {}
 
