@@ -128,3 +128,10 @@ def test_adapt_bn_images_gives_the_frozen_statistics_the_training_images(tool, s
     assert tool.main(args + ["--output", str(tmp_path / "b"), "model.backbone.adapt_bn_images=-1"]) == 2
     assert capsys.readouterr().err == ("train_det: error: model.backbone.adapt_bn_images = -1 must be >= 0 (0 keeps "
                                        "the backbone's BatchNorm statistics)\n")
+    # R-CNN's backbone sees warped windows, not whole images: refused before its data is read
+    rcnn = ["--data", str(shapes_dir), "--config", "configs/detection/rcnn_R18.yaml", "--max-iters", "1", *TINY_DET,
+            "--output", str(tmp_path / "r"), "model.backbone.adapt_bn_images=3"]
+    assert tool.main(rcnn) == 2
+    assert capsys.readouterr().err == ("train_det: error: model.backbone.adapt_bn_images is for the end-to-end "
+                                       "detectors, whose backbone sees whole images; R-CNN's sees warped windows, "
+                                       "and its config trains BN on them (model.backbone.norm=BN)\n")
