@@ -8,8 +8,9 @@
 
 Every detector uses ResNet-18 and the same images at the same size (its config's, 160 px short
 side, or ``--size`` px for all: a short side of S, a long side of at most 4/3 S, in training and
-test alike, so that small objects can be given more pixels); each is trained by
-tools/train_det.py (a subprocess) for ``--max-iters`` steps of its own recipe (a step of R-CNN
+test alike, so that small objects can be given more pixels: the papers enlarge their images, Fast and
+Faster R-CNN VOC's ~375-px short side to 600 px and Mask R-CNN COCO's 480 to 800, about x1.6); each
+is trained by tools/train_det.py (a subprocess) for ``--max-iters`` steps of its own recipe (a step of R-CNN
 is 128 warped windows, of Fast R-CNN 2 images, of Faster and Mask R-CNN 4), or for ``--train-min``
 minutes of network training each (``solver.time_budget_min``: each run times its steps and
 stops when the minutes are spent; R-CNN's feature, SVM and regressor stages come on top), or by
@@ -111,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "BN for R-CNN's 128 windows; else each config's)")
     p.add_argument("--size", type=int, default=None, help="short side in px of the training and test images of "
                    "every detector (data.min_size, data.test_min_size; long side at most 4/3 of it; default: "
-                   "each config's)")
+                   "each config's; the papers enlarge images about x1.6)")
     p.add_argument("--only", nargs="+", choices=[d.name for d in DETECTORS], help="a subset of the detectors")
     p.add_argument("--set", action="append", default=[], metavar="DETECTOR:KEY=VALUE", help="a config setting "
                    "for one detector's training, after the lineage's own (repeatable; e.g. "
