@@ -610,14 +610,20 @@ def read_checkpoint(checkpoint: str | Path, config: str | Path | None = None, ov
 
 
 def branches_in_use(weights: dict, model_cfg: ModelConfig, checkpoint: str | Path) -> dict:
-    """The checkpoint's weights without those of a mask / keypoint branch the config turns off
-    (``model.keypoint_on=false`` at inference: no keypoints, and no time spent on them), with a
-    line saying so."""
-    for branch, on in (("mask", model_cfg.mask_on), ("keypoint", model_cfg.keypoint_on)):
-        prefix = f"roi_heads.{branch}_head."
-        if not on and any(k.removeprefix("module.").startswith(prefix) for k in weights):
+    """The checkpoint's weights without those of a part the config turns off, with a line saying
+    so: a mask / keypoint branch (``model.keypoint_on=false`` at inference: no keypoints, and no
+    time spent on them), or the RPN of a Faster / Mask R-CNN run with
+    ``model.proposal_generator=precomputed`` (its box head on proposals from a file, e.g.
+    selective search: the Faster R-CNN paper's test-time proposal swap)."""
+    dropped = [(f"roi_heads.{branch}_head.", f"model.{branch}_on=false: the {branch} head")
+               for branch, on in (("mask", model_cfg.mask_on), ("keypoint", model_cfg.keypoint_on)) if not on]
+    if model_cfg.proposal_generator == "precomputed":
+        dropped.append(("proposal_generator.", "model.proposal_generator=precomputed (proposals from "
+                        "data.val_proposals): the RPN"))
+    for prefix, what in dropped:
+        if any(k.removeprefix("module.").startswith(prefix) for k in weights):
             weights = {k: v for k, v in weights.items() if not k.removeprefix("module.").startswith(prefix)}
-            print(f"note: model.{branch}_on=false: the {branch} head of {checkpoint} is left out")
+            print(f"note: {what} of {checkpoint} is left out")
     return weights
 
 

@@ -53,11 +53,7 @@ class GeneralizedRCNN(nn.Module):
         if targets is not None:
             self._check_targets(images, targets)
         has_gt = targets is not None and all("gt_boxes" in t for t in targets)
-        x = images.tensor
-        if self.channels_last is True or (self.channels_last == "eval" and not self.training):
-            # the weights are NHWC too (build_model, train()): oneDNN's faster layout
-            x = x.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(self.backbone.normalize(x))
+        features = self.features(images)
         losses: dict[str, Tensor] = {}
         if self.proposal_generator is not None:
             gt_boxes = [t["gt_boxes"] for t in targets] if has_gt else None
@@ -73,6 +69,24 @@ class GeneralizedRCNN(nn.Module):
                                                  targets if has_gt else None)
         losses.update(roi_losses)
         return predictions, losses
+
+    def features(self, images: ImageList) -> dict[str, Tensor]:
+        """The backbone's feature maps of a batch: name -> (N, C, Hl, Wl)."""
+        x = images.tensor
+        if self.channels_last is True or (self.channels_last == "eval" and not self.training):
+            # the weights are NHWC too (build_model, train()): oneDNN's faster layout
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(self.backbone.normalize(x))
+
+    @torch.no_grad()
+    def propose(self, images: ImageList) -> list[dict[str, Tensor]]:
+        """The RPN's proposals of a batch as the detector makes them in its current mode (test-time
+        top-k in eval mode): N dicts {"proposal_boxes": (R, 4) xyxy in the batch's frame, best
+        first; "objectness_logits": (R,)}. Only for a detector with an RPN."""
+        if self.proposal_generator is None:
+            raise ValueError("this model has no RPN (Fast R-CNN reads its proposals from files)")
+        proposals, _ = self.proposal_generator(images, self.features(images))
+        return proposals
 
     def _check_targets(self, images: ImageList, targets: list[dict[str, Tensor]]) -> None:
         """Fail with one sentence naming the image id and the bad value."""

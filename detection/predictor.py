@@ -1,10 +1,12 @@
-"""Running a detector on images from disk, in batches or in tiles (tools/predict.py).
+"""Running a detector on images from disk, in batches or in tiles (tools/predict.py), and its
+RPN alone (tools/compute_proposals.py --checkpoint).
 
 Shape shorthand: N images in a batch, R predictions in one image, H x W an image on disk,
 th x tw a tile.
 
 ``predict_batch`` runs N images (each through the test transforms, as in evaluation) in one
-padded batch and returns predictions in each image's own frame. ``predict_tiled`` cuts one
+padded batch and returns predictions in each image's own frame; ``rpn_proposals`` does the same
+for the proposals of a detector's RPN. ``predict_tiled`` cuts one
 large image into overlapping tiles, runs them as batches, shifts each tile's predictions into the
 image, drops those cut by an inner tile edge (the neighbouring tile, which overlaps it, sees
 the whole object when the overlap is at least the object's size), and merges the rest by
@@ -28,16 +30,36 @@ def predict_batch(model: nn.Module, images_rgb: list[np.ndarray], transforms, de
     """N (H, W, 3) uint8 RGB images -> N prediction dicts (``detection.fields`` names, CPU)
     in the frame of each image. ``transforms``: ``detection.data.build_transforms(train=False)``."""
     model.eval()
+    batch = prepare_batch(model, images_rgb, transforms)
+    predictions, _ = model(batch.to(device))
+    # masks are pasted once, on the model's device, at the image's size (uint8), then copied
+    return [{k: v.cpu() for k, v in rescale_predictions(p, size, image.shape[:2]).items()}
+            for p, size, image in zip(predictions, batch.image_sizes, images_rgb)]
+
+
+def prepare_batch(model: nn.Module, images_rgb: list[np.ndarray], transforms) -> ImageList:
+    """N (H, W, 3) uint8 RGB images through the test transforms, padded into one batch."""
     empty = {"gt_boxes": np.zeros((0, 4), np.float32), "gt_classes": np.zeros((0,), np.int64)}
     tensors = []
     for image in images_rgb:
         resized, _ = transforms(image, dict(empty))
         tensors.append(torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1))  # HWC -> CHW
-    batch = ImageList.from_tensors(tensors, model.backbone.size_divisibility, model.backbone.pixel_mean)
-    predictions, _ = model(batch.to(device))
-    # masks are pasted once, on the model's device, at the image's size (uint8), then copied
-    return [{k: v.cpu() for k, v in rescale_predictions(p, size, image.shape[:2]).items()}
-            for p, size, image in zip(predictions, batch.image_sizes, images_rgb)]
+    return ImageList.from_tensors(tensors, model.backbone.size_divisibility, model.backbone.pixel_mean)
+
+
+@torch.no_grad()
+def rpn_proposals(model: nn.Module, images_rgb: list[np.ndarray], transforms, device
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A Faster / Mask R-CNN's RPN proposals of N (H, W, 3) uint8 RGB images, as the detector
+    makes them at test time (its ``model.rpn`` test-time top-k and NMS) -> N pairs ((R, 4) float32
+    xyxy boxes in the pixels of the image, best first; (R,) float32 objectness probabilities)."""
+    model.eval()
+    batch = prepare_batch(model, images_rgb, transforms)
+    out = []
+    for p, size, image in zip(model.propose(batch.to(device)), batch.image_sizes, images_rgb):
+        boxes = rescale_predictions({"pred_boxes": p["proposal_boxes"]}, size, image.shape[:2])["pred_boxes"]
+        out.append((boxes.float().cpu().numpy(), p["objectness_logits"].float().sigmoid().cpu().numpy()))
+    return out
 
 
 def tile_windows(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:

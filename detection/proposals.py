@@ -1,4 +1,4 @@
-"""Precomputed region proposals on disk (selective search for R-CNN and Fast R-CNN).
+"""Precomputed region proposals on disk (selective search or a trained RPN, for R-CNN and Fast R-CNN).
 
 Shape shorthand: R proposals of one image.
 
@@ -185,9 +185,11 @@ def file_stamps(images: Mapping[int, str | Path]) -> dict[str, list]:
     return out
 
 
-def make_header(mode: str, images: Mapping[int, str | Path], **extra: Any) -> dict[str, Any]:
-    """The ``_header`` for proposals of ``images`` (image id -> path) made in ``mode``."""
-    return {"method": "selective_search", "mode": mode, "image_ids": sorted(int(i) for i in images),
+def make_header(mode: str, images: Mapping[int, str | Path], method: str = "selective_search",
+                **extra: Any) -> dict[str, Any]:
+    """The ``_header`` for proposals of ``images`` (image id -> path) made by ``method``
+    (selective_search or rpn) in ``mode``."""
+    return {"method": method, "mode": mode, "image_ids": sorted(int(i) for i in images),
             "files": file_stamps(images), **extra}
 
 
