@@ -245,6 +245,20 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def ground_truth(coco: Mapping[str, Any], image_ids: Iterable[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """image id -> ((M, 4) xyxy boxes, (M,) category ids) of a COCO dict's annotations that are not
+    crowd regions, for each of ``image_ids`` (an image without any gets empty arrays)."""
+    boxes: dict[int, list] = {int(i): [] for i in image_ids}
+    classes: dict[int, list] = {i: [] for i in boxes}
+    for a in coco.get("annotations", []):
+        if a.get("iscrowd", 0) or int(a["image_id"]) not in boxes:
+            continue
+        x, y, w, h = a["bbox"]
+        boxes[int(a["image_id"])].append([x, y, x + w, y + h])
+        classes[int(a["image_id"])].append(int(a["category_id"]))
+    return {i: (np.asarray(boxes[i], np.float64).reshape(-1, 4), np.asarray(classes[i], np.int64)) for i in boxes}
+
+
 def proposal_recall(proposals: Mapping[int, np.ndarray], gt: Mapping[int, tuple[np.ndarray, np.ndarray]],
                     thresholds: Sequence[float] = (0.5, 0.7)) -> dict[str, float]:
     """Recall of ground-truth boxes and MABO of proposals.

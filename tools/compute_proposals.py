@@ -45,8 +45,8 @@ start_tool()  # before torch: OpenMP threads sleep when idle; see common/tooling
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from detection.proposals import (ProposalError, check_header, load_proposals, make_header,  # noqa: E402
-                                 proposal_recall, read_header, save_proposals)
+from detection.proposals import (ProposalError, check_header, ground_truth, load_proposals,  # noqa: E402
+                                 make_header, proposal_recall, read_header, save_proposals)
 from common.tooling import run_tool, tool_parser  # noqa: E402
 from detection.selective_search import MODES, selective_search  # noqa: E402
 
@@ -90,16 +90,7 @@ def read_split(data: Path, split: str, limit: int = 0) -> tuple[dict[int, Path],
     for image_id, path in images.items():
         if not path.is_file():
             raise ProposalError(f"image file {path} (image id {image_id}) does not exist")
-    boxes: dict[int, list] = {i: [] for i in images}
-    classes: dict[int, list] = {i: [] for i in images}
-    for a in coco.get("annotations", []):
-        if a.get("iscrowd", 0) or int(a["image_id"]) not in boxes:
-            continue
-        x, y, w, h = a["bbox"]
-        boxes[int(a["image_id"])].append([x, y, x + w, y + h])
-        classes[int(a["image_id"])].append(int(a["category_id"]))
-    gt = {i: (np.asarray(boxes[i], np.float64).reshape(-1, 4), np.asarray(classes[i], np.int64)) for i in images}
-    return images, gt, ann
+    return images, ground_truth(coco, images), ann
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -31,12 +31,16 @@ with the RPN inside the network.
 
 Printed: the papers' table, the steps trained, box AP / AP50 / AP75 and AP of small and medium
 objects (COCO's areas), mask AP where there is one, training seconds and test seconds per image
-split into proposals and network, plus the network speed-up over R-CNN. ``--out`` gets one row
-per detector: ``name``, ``box_AP``, ``box_AP50``, ``box_AP75``, ``box_AP_small``,
-``box_AP_medium``, ``mask_AP`` (null without masks; any AP null where COCOeval leaves it
-undefined), ``train_s`` (wall seconds of train_det less its final evaluation, which
-the row's own evaluation timing stands in for), ``test_s_per_img`` (proposals + network),
-``proposal_s_per_img``, ``net_s_per_img``, ``iters`` (the steps run), ``config``. A detector whose run
+split into proposals and network, the network speed-up over R-CNN, and how well the val proposals
+each detector scored cover the objects (selective search's, as many per image as the detector
+reads; a Faster / Mask R-CNN's RPN's, written by tools/compute_proposals.py --checkpoint after
+its training): recall at IoU 0.7 and 0.9, since a detector's boxes end up about as tight as its
+proposals. ``--out`` gets one row per detector: ``name``, ``box_AP``, ``box_AP50``, ``box_AP75``,
+``box_AP_small``, ``box_AP_medium``, ``mask_AP`` (null without masks; any AP null where COCOeval
+leaves it undefined), ``train_s`` (wall seconds of train_det less its final evaluation, which the
+row's own evaluation timing stands in for), ``test_s_per_img`` (proposals + network),
+``proposal_s_per_img``, ``net_s_per_img``, ``iters`` (the steps run), ``config``, ``proposals``
+(``source``, ``boxes_per_image``, ``recall@0.5``, ``recall@0.7``, ``recall@0.9``, ``MABO``, in %). A detector whose run
 directory already holds model_final.pth and lineage_train.json is not trained again (delete
 the directory to redo it); proposal files are likewise reused. A run trained by another command
 (another --size, --weights, --norm, budget...) is refused, before any work, with what differs.
@@ -138,6 +142,7 @@ class Row:
     box_AP75: float | None = None
     box_AP_small: float | None = None  # COCO's areas: under 32^2 px
     box_AP_medium: float | None = None  # 32^2 to 96^2 px
+    proposals: dict | None = None  # the val proposals the detector scored (:func:`proposal_quality`)
     test_s_per_img: float = field(init=False)
 
     def __post_init__(self):
@@ -153,15 +158,19 @@ def format_table(rows: list[Row], titles: dict[str, str] | None = None) -> str:
         return "-" if v is None else fmt.format(v)
 
     lines = ["| detector | steps | box AP | AP50 | AP75 | AP small | AP medium | mask AP | train s "
-             "| test s/img (proposals + network) | network speed-up |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| test s/img (proposals + network) | network speed-up | val proposals: boxes/img, recall@0.7 / 0.9 |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         split = (f"{r.test_s_per_img:.3f} ({r.proposal_s_per_img:.3f} + {r.net_s_per_img:.3f})"
                  if r.proposal_s_per_img else f"{r.test_s_per_img:.3f} (RPN in the network)")
         speed = f"{base / r.net_s_per_img:.0f}x" if base and r.net_s_per_img > 0 else "-"
         aps = " | ".join(num(v) for v in (r.box_AP, r.box_AP50, r.box_AP75, r.box_AP_small, r.box_AP_medium,
                                           r.mask_AP))
-        lines.append(f"| {titles.get(r.name, r.name)} | {num(r.iters, '{}')} | {aps} | {r.train_s:.0f} | {split} | {speed} |")
+        q = r.proposals
+        props = (f"{q['source']} {q['boxes_per_image']:.0f}, {num(q['recall@0.7'])} / {num(q['recall@0.9'])}"
+                 if q else "-")
+        lines.append(f"| {titles.get(r.name, r.name)} | {num(r.iters, '{}')} | {aps} | {r.train_s:.0f} | {split} | {speed} "
+                     f"| {props} |")
     return "\n".join(lines)
 
 
@@ -235,6 +244,43 @@ def make_proposals(data: Path, out_dir: Path, workers: int) -> float:
             images = len(json.loads((data / "val.json").read_text())["images"])
             per_image = float(timing.read_text()) / max(images, 1)
     return per_image
+
+
+def rpn_proposal_file(out_dir: Path, det: Detector) -> Path:
+    """Where the lineage keeps the val proposals of a trained Faster / Mask R-CNN's RPN."""
+    return out_dir / f"proposals_val_{det.name}.json"
+
+
+def make_rpn_proposals(data: Path, out_dir: Path, det: Detector, run: Path, device: str) -> Path:
+    """The val proposals of ``run``'s RPN as the detector makes them at test time
+    (tools/compute_proposals.py --checkpoint; remade every time: a retrained run has another RPN)."""
+    path = rpn_proposal_file(out_dir, det)
+    run_script(["tools/compute_proposals.py", "--data", str(data), "--split", "val", "--checkpoint",
+                str(run / "model_final.pth"), "--out", str(path), "--device", device, "--no-progress", "--overwrite"],
+               out_dir / f"proposals_val_{det.name}.log")
+    return path
+
+
+def proposals_scored(run: Path) -> int:
+    """Best proposals per image the file-reading detector of ``run`` scores (0 = all): its
+    config's data.max_proposals, for R-CNN at most model.rcnn.proposals_per_image."""
+    from detection.build import proposals_to_read
+
+    return proposals_to_read(load_config(DetConfig, run / "config.yaml"))
+
+
+def proposal_quality(data: Path, path: Path, source: str, max_proposals: int = 0) -> dict:
+    """How well a val proposal file covers ``data``'s val boxes: ``source`` (its name in the table),
+    ``boxes_per_image`` and ``recall@0.5`` / ``recall@0.7`` / ``recall@0.9`` / ``MABO`` in percent
+    (detection.proposals.proposal_recall), over each image's first ``max_proposals`` (0 = all)."""
+    from detection.proposals import ground_truth, load_proposals, proposal_recall
+
+    ann = json.loads((data / "val.json").read_text())
+    gt = ground_truth(ann, [im["id"] for im in ann["images"]])
+    boxes = {i: p["boxes"] for i, p in load_proposals(path, gt, max_proposals).items()}
+    r = proposal_recall(boxes, gt, thresholds=(0.5, 0.7, 0.9))
+    return {"source": source, **{k: round(r[k], 1) for k in ("boxes_per_image", "recall@0.5", "recall@0.7",
+                                                             "recall@0.9", "MABO")}}
 
 
 def evaluate(run: Path, data: Path, device: str, log: Path) -> tuple[dict, float]:
@@ -395,8 +441,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"evaluating {det.title} on {val_images} val images")
         metrics, eval_s = evaluate(run_dir, data, args.device, out_dir / f"eval_{det.name}.log")
         net_s = eval_s / max(val_images, 1)
-        rows.append(row_from_metrics(det.name, metrics, max(trained["wall_s"] - eval_s, 0.0),
-                                     proposal_s if det.proposals else 0.0, net_s, trained["iters"], det.config))
+        row = row_from_metrics(det.name, metrics, max(trained["wall_s"] - eval_s, 0.0),
+                               proposal_s if det.proposals else 0.0, net_s, trained["iters"], det.config)
+        if det.proposals:
+            row.proposals = proposal_quality(data, proposal_file(out_dir, "val"), "selective search",
+                                             proposals_scored(run_dir))
+        else:
+            row.proposals = proposal_quality(data, make_rpn_proposals(data, out_dir, det, run_dir, args.device), "RPN")
+        rows.append(row)
     print(format_table(rows))
     write_rows(rows, args.out)
     print(f"rows written to {args.out}")

@@ -13,6 +13,16 @@ def lineage():
     return load_tool("lineage")
 
 
+@pytest.fixture(autouse=True)
+def _stubbed_proposal_files(lineage, monkeypatch):
+    """The tools are stubbed and write no proposal files, so how well those files cover the objects
+    is stubbed too (test_proposal_quality_of_a_file measures a real one)."""
+    monkeypatch.setattr(lineage, "proposal_quality", lambda data, path, source, max_proposals=0: {
+        "source": source, "path": str(path), "max_proposals": max_proposals, "boxes_per_image": 9.0,
+        "recall@0.5": 90.0, "recall@0.7": 70.0, "recall@0.9": 10.0, "MABO": 75.0})
+    monkeypatch.setattr(lineage, "proposals_scored", lambda run: 500 if run.name == "rcnn" else 2000)
+
+
 def stub_rows(lineage):
     R = lineage.Row
     return [R("rcnn", 40.0, 70.0, None, 300.0, 0.5, 8.0, 100, "rcnn_R18.yaml"),
@@ -24,13 +34,16 @@ def stub_rows(lineage):
 def test_table_splits_test_time_and_shows_the_speed_up(lineage):
     table = lineage.format_table(stub_rows(lineage)).splitlines()
     assert table[0].startswith("| detector | steps | box AP | AP50 | AP75 | AP small | AP medium | mask AP | train s "
-                               "| test s/img (proposals + network)")
-    assert table[2] == "| R-CNN | 100 | 40.0 | 70.0 | - | - | - | - | 300 | 8.500 (0.500 + 8.000) | 1x |"
-    assert table[3] == "| Fast R-CNN | 100 | 41.5 | 71.0 | - | - | - | - | 60 | 0.580 (0.500 + 0.080) | 100x |"
-    assert table[4] == "| Faster R-CNN | 100 | 43.0 | 72.5 | - | - | - | - | 50 | 0.100 (RPN in the network) | 80x |"
-    assert table[5] == "| Mask R-CNN | 100 | 44.0 | 73.0 | - | - | - | 39.5 | 70 | 0.160 (RPN in the network) | 50x |"
+                               "| test s/img (proposals + network) | network speed-up | val proposals")
+    assert table[2] == "| R-CNN | 100 | 40.0 | 70.0 | - | - | - | - | 300 | 8.500 (0.500 + 8.000) | 1x | - |"
+    assert table[3] == "| Fast R-CNN | 100 | 41.5 | 71.0 | - | - | - | - | 60 | 0.580 (0.500 + 0.080) | 100x | - |"
+    assert table[4] == "| Faster R-CNN | 100 | 43.0 | 72.5 | - | - | - | - | 50 | 0.100 (RPN in the network) | 80x | - |"
+    assert table[5] == "| Mask R-CNN | 100 | 44.0 | 73.0 | - | - | - | 39.5 | 70 | 0.160 (RPN in the network) | 50x | - |"
     # without an R-CNN row there is nothing to compare with
-    assert lineage.format_table(stub_rows(lineage)[1:2]).splitlines()[2].endswith("| - |")
+    assert lineage.format_table(stub_rows(lineage)[1:2]).splitlines()[2].endswith("| - | - |")
+    row = stub_rows(lineage)[2]
+    row.proposals = {"source": "RPN", "boxes_per_image": 100.0, "recall@0.7": 76.5, "recall@0.9": 7.8}
+    assert lineage.format_table([row]).splitlines()[2].endswith("| RPN 100, 76.5 / 7.8 |")
 
 
 def test_json_has_one_row_per_detector_with_the_promised_keys(lineage, tmp_path):
@@ -75,8 +88,13 @@ def test_main_runs_the_tools_on_a_subset(lineage, shapes_dir, tmp_path, monkeypa
     assert calls[0] == ["tools/compute_proposals.py", "--data", str(data), "--split", "train", "--mode", "fast",
                         "--workers", "2", "--out", str(tmp_path / "o" / "proposals_train.json")]
     assert calls[1][4:10] == ["val", "--mode", "fast", "--workers", "1", "--out"]
-    trains = {c[2].split("/")[-1]: c for c in calls[2:]}
-    assert set(trains) == {"rcnn_R18.yaml", "fast_rcnn_R18.yaml", "shapes_R18_FPN.yaml"} and len(calls) == 6
+    trains = {c[2].split("/")[-1]: c for c in calls if c[0] == "tools/train_det.py"}
+    assert set(trains) == {"rcnn_R18.yaml", "fast_rcnn_R18.yaml", "shapes_R18_FPN.yaml"} and len(calls) == 8
+    # after each detector with an RPN is trained, its RPN's val proposals
+    for c, name in ((calls[5], "faster_rcnn"), (calls[7], "mask_rcnn")):
+        assert c[:7] == ["tools/compute_proposals.py", "--data", str(data), "--split", "val", "--checkpoint",
+                         str(tmp_path / "o" / "runs" / name / "model_final.pth")]
+        assert c[c.index("--out") + 1] == str(tmp_path / "o" / f"proposals_val_{name}.json") and "--overwrite" in c
     for c in calls[2:4]:
         assert f"data.val_proposals={tmp_path / 'o' / 'proposals_val.json'}" in c and c[-2:] == ["--max-iters", "5"]
     assert not any("proposals" in a for a in calls[4])
@@ -86,6 +104,34 @@ def test_main_runs_the_tools_on_a_subset(lineage, shapes_dir, tmp_path, monkeypa
     assert rows[0]["train_s"] == 4.0 and rows[0]["proposal_s_per_img"] == pytest.approx(7 / 3)
     assert rows[0]["test_s_per_img"] == pytest.approx(7 / 3 + 1.0) and rows[2]["proposal_s_per_img"] == 0.0
     assert rows[3]["mask_AP"] == 0.5 and rows[2]["mask_AP"] is None
+    # the proposals each detector scored: selective search's, as many as it reads, or its RPN's
+    assert [(r["proposals"]["source"], Path(r["proposals"]["path"]).name, r["proposals"]["max_proposals"])
+            for r in rows] == [("selective search", "proposals_val.json", 500),
+                               ("selective search", "proposals_val.json", 2000),
+                               ("RPN", "proposals_val_faster_rcnn.json", 0), ("RPN", "proposals_val_mask_rcnn.json", 0)]
+
+
+def test_proposal_quality_of_a_file(lineage, shapes_dir, tmp_path, monkeypatch):
+    from tool_helpers import load_tool, write_jittered_proposals
+
+    monkeypatch.undo()  # the real one
+    quality = load_tool("lineage").proposal_quality
+    path = write_jittered_proposals(shapes_dir / "val.json", tmp_path / "p.json", per_gt=2, random_boxes=5)
+    every = quality(shapes_dir, path, "selective search")
+    assert every["source"] == "selective search" and set(every) == {
+        "source", "boxes_per_image", "recall@0.5", "recall@0.7", "recall@0.9", "MABO"}
+    assert every["recall@0.5"] >= every["recall@0.7"] >= every["recall@0.9"] and every["recall@0.5"] > 50
+    first = quality(shapes_dir, path, "selective search", max_proposals=1)
+    assert first["boxes_per_image"] == 1.0 and first["MABO"] < every["MABO"]
+
+    # as many as the detector reads: R-CNN warps at most model.rcnn.proposals_per_image of them
+    scored = load_tool("lineage").proposals_scored
+    (tmp_path / "rcnn").mkdir()
+    (tmp_path / "rcnn" / "config.yaml").write_text(
+        "model:\n  meta_architecture: rcnn\n  rcnn:\n    proposals_per_image: 300\ndata:\n  max_proposals: 2000\n")
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "fast" / "config.yaml").write_text("model:\n  proposal_generator: precomputed\ndata:\n  max_proposals: 1000\n")
+    assert (scored(tmp_path / "rcnn"), scored(tmp_path / "fast")) == (300, 1000)
 
 
 def test_a_failing_tool_stops_the_lineage_with_its_one_line_error(lineage, shapes_dir, tmp_path, capsys,
