@@ -153,13 +153,13 @@ def compute_rpn(images: dict[int, Path], args: argparse.Namespace, ann: Path) ->
     from tqdm import tqdm
 
     from common.tooling import parse_device
-    from detection.build import build_detector, read_checkpoint
+    from detection.build import build_detector, read_checkpoint, reads_proposal_files
     from detection.data import build_transforms, load_coco_json, meta_from_coco
     from detection.predictor import rpn_proposals
 
     device = parse_device(args.device)
     state, cfg, meta = read_checkpoint(args.checkpoint, None, args.overrides)
-    if cfg.model.meta_architecture == "rcnn" or cfg.model.proposal_generator != "rpn":
+    if reads_proposal_files(cfg.model):
         raise ProposalError(f"checkpoint {args.checkpoint} is a detector without an RPN (R-CNN or Fast R-CNN, "
                             "which read proposals from files); --checkpoint takes a Faster or Mask R-CNN")
     if meta is None:  # an old checkpoint without dataset metadata: the classes of the split

@@ -62,6 +62,9 @@ def test_a_detector_without_an_rpn_and_stray_settings_are_one_line(faster, shape
     assert err.count("\n") == 1
     assert tool.main(base + ["model.rpn.post_nms_topk_test=300"]) == 2
     assert "give --checkpoint" in capsys.readouterr().err
+    missing = tmp_path / "nope.pth"
+    assert tool.main(base + ["--checkpoint", str(missing)]) == 2
+    assert capsys.readouterr().err == f"compute_proposals: error: checkpoint {missing} does not exist\n"
     assert not (tmp_path / "p.json").exists()
 
 
