@@ -234,11 +234,11 @@ def make_proposals(data: Path, out_dir: Path, workers: int) -> float:
     per_image = 0.0
     for split, n_workers in (("train", workers), ("val", 1)):
         path = proposal_file(out_dir, split)
-        timing = out_dir / f"proposals_{split}.seconds"
+        timing = path.with_suffix(".seconds")
         if not (path.is_file() and timing.is_file()):
             path.unlink(missing_ok=True)  # an untimed file of an earlier run: time a fresh one
             seconds = run_script(["tools/compute_proposals.py", "--data", str(data), "--split", split, "--mode", "fast",
-                                "--workers", str(n_workers), "--out", str(path)], out_dir / f"proposals_{split}.log")
+                                "--workers", str(n_workers), "--out", str(path)], path.with_suffix(".log"))
             timing.write_text(f"{seconds}\n")
         if split == "val":
             images = len(json.loads((data / "val.json").read_text())["images"])
@@ -246,18 +246,13 @@ def make_proposals(data: Path, out_dir: Path, workers: int) -> float:
     return per_image
 
 
-def rpn_proposal_file(out_dir: Path, det: Detector) -> Path:
-    """Where the lineage keeps the val proposals of a trained Faster / Mask R-CNN's RPN."""
-    return out_dir / f"proposals_val_{det.name}.json"
-
-
 def make_rpn_proposals(data: Path, out_dir: Path, det: Detector, run: Path, device: str) -> Path:
     """The val proposals of ``run``'s RPN as the detector makes them at test time
     (tools/compute_proposals.py --checkpoint; remade every time: a retrained run has another RPN)."""
-    path = rpn_proposal_file(out_dir, det)
+    path = out_dir / f"proposals_val_{det.name}.json"
     run_script(["tools/compute_proposals.py", "--data", str(data), "--split", "val", "--checkpoint",
                 str(run / "model_final.pth"), "--out", str(path), "--device", device, "--no-progress", "--overwrite"],
-               out_dir / f"proposals_val_{det.name}.log")
+               path.with_suffix(".log"))
     return path
 
 
