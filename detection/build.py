@@ -609,6 +609,18 @@ def read_checkpoint(checkpoint: str | Path, config: str | Path | None = None, ov
     return state, cfg, meta
 
 
+def meta_for_old_checkpoint(checkpoint: str | Path, ann: str | Path) -> DatasetMeta:
+    """The classes and keypoints of a checkpoint written without dataset metadata, read from the
+    COCO annotation file ``ann`` with a line saying so; a missing ``ann`` is one DatasetError."""
+    from detection.data import load_coco_json, meta_from_coco
+
+    if not Path(ann).is_file():
+        raise DatasetError(f"checkpoint {checkpoint} has no dataset metadata (class names) and "
+                           f"{ann} does not exist to read them from")
+    print(f"note: {checkpoint} has no dataset metadata; classes are read from {ann}")
+    return meta_from_coco(load_coco_json(ann), str(ann))
+
+
 def branches_in_use(weights: dict, model_cfg: ModelConfig, checkpoint: str | Path) -> dict:
     """The checkpoint's weights without those of a part the config turns off, with a line saying
     so: a mask / keypoint branch (``model.keypoint_on=false`` at inference: no keypoints, and no

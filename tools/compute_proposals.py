@@ -153,8 +153,8 @@ def compute_rpn(images: dict[int, Path], args: argparse.Namespace, ann: Path) ->
     from tqdm import tqdm
 
     from common.tooling import parse_device
-    from detection.build import build_detector, read_checkpoint, reads_proposal_files
-    from detection.data import build_transforms, load_coco_json, meta_from_coco
+    from detection.build import build_detector, meta_for_old_checkpoint, read_checkpoint, reads_proposal_files
+    from detection.data import build_transforms
     from detection.predictor import rpn_proposals
 
     device = parse_device(args.device)
@@ -162,8 +162,8 @@ def compute_rpn(images: dict[int, Path], args: argparse.Namespace, ann: Path) ->
     if reads_proposal_files(cfg.model):
         raise ProposalError(f"checkpoint {args.checkpoint} is a detector without an RPN (R-CNN or Fast R-CNN, "
                             "which read proposals from files); --checkpoint takes a Faster or Mask R-CNN")
-    if meta is None:  # an old checkpoint without dataset metadata: the classes of the split
-        meta = meta_from_coco(load_coco_json(ann), str(ann))
+    if meta is None:  # an old checkpoint: the classes of the split
+        meta = meta_for_old_checkpoint(args.checkpoint, ann)
     model, cfg = build_detector(state, cfg, meta, args.checkpoint, device)
     transforms = build_transforms(meta, train=False, min_size=cfg.data.test_min_size, max_size=cfg.data.max_size)
     r = cfg.model.rpn

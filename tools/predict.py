@@ -126,20 +126,16 @@ def instances_json(pred: dict, meta, score_thresh: float) -> list[dict]:
 def detection_task(args: argparse.Namespace, device):
     """(run, draw, describe, to_results, default input) for a detector: ``run`` maps a list of
     (H, W, 3) RGB images to predictions, ``draw`` one image and its prediction to a drawing."""
-    from detection.build import build_detector, proposals_to_read, read_checkpoint, reads_proposal_files
-    from detection.data import DatasetError, build_transforms, load_coco_json, meta_from_coco
+    from detection.build import (build_detector, meta_for_old_checkpoint, proposals_to_read, read_checkpoint,
+                                 reads_proposal_files)
+    from detection.data import build_transforms
     from detection.evaluation import predictions_to_coco_results
     from detection.predictor import predict_batch, predict_tiled
     from detection.visualize import draw_prediction
 
     state, cfg, meta = read_checkpoint(args.checkpoint, args.config, args.overrides)
     if meta is None:  # an old checkpoint: the classes of the config's val annotations
-        ann = Path(cfg.data.val_json or Path(cfg.data.root) / "val.json")
-        if not ann.is_file():
-            raise DatasetError(f"checkpoint {args.checkpoint} has no dataset metadata (class names) and "
-                               f"{ann} does not exist to read them from")
-        print(f"note: {args.checkpoint} has no dataset metadata; class names are read from {ann}")
-        meta = meta_from_coco(load_coco_json(ann), str(ann))
+        meta = meta_for_old_checkpoint(args.checkpoint, cfg.data.val_json or Path(cfg.data.root) / "val.json")
     model, cfg = build_detector(state, cfg, meta, args.checkpoint, device)
     transforms = build_transforms(meta, train=False, min_size=cfg.data.test_min_size, max_size=cfg.data.max_size)
     file_proposals = reads_proposal_files(cfg.model)  # Fast R-CNN, R-CNN: trained on selective search

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from common.config import load_config
-from detection.build import build_datasets, resolve_data_paths
+from detection.build import build_datasets, meta_for_old_checkpoint, resolve_data_paths
 from detection.config import DataConfig, DetConfig
 from detection.data import DatasetError
 
@@ -75,3 +75,14 @@ def test_empty_training_set_names_the_file_the_reasons_and_the_setting(shapes_di
     with pytest.raises(DatasetError, match=rf"^{data / 'train.json'}: none of its 12 images is left for training"
                                            rf"{why} set data\.filter_empty=false to train on them as background only$"):
         build_datasets(cfg, resolve_data_paths(cfg.data, str(data)))
+
+
+def test_an_old_checkpoint_takes_its_classes_from_an_annotation_file(shapes_dir, tmp_path, capsys):
+    meta = meta_for_old_checkpoint("old.pth", shapes_dir / "val.json")
+    categories = json.loads((shapes_dir / "val.json").read_text())["categories"]
+    assert meta.class_names == [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    assert f"note: old.pth has no dataset metadata; classes are read from {shapes_dir / 'val.json'}" in \
+        capsys.readouterr().out
+    missing = tmp_path / "val.json"
+    with pytest.raises(DatasetError, match=rf"old.pth has no dataset metadata \(class names\) and {missing} does not"):
+        meta_for_old_checkpoint("old.pth", missing)
