@@ -21,7 +21,7 @@ from detection.anchors import AnchorGenerator, anchors_for_boxes
 from detection.box_head import (ConvFCHead, FastRCNNPredictor, Res5Head, compress_fc_layers,
                                 inverse_sqrt_frequency_weights)
 from detection.config import DataConfig, DetConfig, ModelConfig, RPNConfig
-from detection.data import CocoDetection, DatasetError, DatasetMeta, build_transforms
+from detection.data import CocoDetection, DatasetError, DatasetMeta, build_transforms, load_coco_json, meta_from_coco
 from detection.generalized_rcnn import GeneralizedRCNN
 from detection.keypoint_head import KeypointRCNNHead
 from detection.mask_head import MaskRCNNHead
@@ -612,8 +612,6 @@ def read_checkpoint(checkpoint: str | Path, config: str | Path | None = None, ov
 def meta_for_old_checkpoint(checkpoint: str | Path, ann: str | Path) -> DatasetMeta:
     """The classes and keypoints of a checkpoint written without dataset metadata, read from the
     COCO annotation file ``ann`` with a line saying so; a missing ``ann`` is one DatasetError."""
-    from detection.data import load_coco_json, meta_from_coco
-
     if not Path(ann).is_file():
         raise DatasetError(f"checkpoint {checkpoint} has no dataset metadata (class names) and "
                            f"{ann} does not exist to read them from")
