@@ -609,14 +609,18 @@ def read_checkpoint(checkpoint: str | Path, config: str | Path | None = None, ov
     return state, cfg, meta
 
 
-def meta_for_old_checkpoint(checkpoint: str | Path, ann: str | Path) -> DatasetMeta:
+def meta_for_old_checkpoint(checkpoint: str | Path, ann: str | Path,
+                             ann_meta: DatasetMeta | None = None) -> DatasetMeta:
     """The classes and keypoints of a checkpoint written without dataset metadata, read from the
-    COCO annotation file ``ann`` with a line saying so; a missing ``ann`` is one DatasetError."""
-    if not Path(ann).is_file():
-        raise DatasetError(f"checkpoint {checkpoint} has no dataset metadata (class names) and "
-                           f"{ann} does not exist to read them from")
+    COCO annotation file ``ann`` (or ``ann_meta``, where the caller has read it already) with a line
+    saying so; a missing ``ann`` is one DatasetError."""
+    if ann_meta is None:
+        if not Path(ann).is_file():
+            raise DatasetError(f"checkpoint {checkpoint} has no dataset metadata (class names) and "
+                               f"{ann} does not exist to read them from")
+        ann_meta = meta_from_coco(load_coco_json(ann), str(ann))
     print(f"note: {checkpoint} has no dataset metadata; classes are read from {ann}")
-    return meta_from_coco(load_coco_json(ann), str(ann))
+    return ann_meta
 
 
 def branches_in_use(weights: dict, model_cfg: ModelConfig, checkpoint: str | Path) -> dict:

@@ -117,8 +117,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     the split's (ground truth, image folder) is left in ``args.split`` for the plots."""
     from common.dataset_check import check_splits
     from common.loaders import build_test_loader
-    from detection.build import (attach_proposals, build_detector, iou_types_for, proposal_reader, proposals_to_read,
-                                 read_checkpoint, reads_proposal_files)
+    from detection.build import (attach_proposals, build_detector, iou_types_for, meta_for_old_checkpoint,
+                                 proposal_reader, proposals_to_read, read_checkpoint, reads_proposal_files)
     from detection.data import CocoDetection, build_transforms
     from detection.inference import evaluate_detector
 
@@ -130,8 +130,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[dict, list[dict]]:
                         use_keypoints=cfg.model.keypoint_on, skip_image_ids=checked.skip_ids(ann))
     args.split = (val.coco, images)  # without the skipped images
     if meta is None:
-        print(f"note: {args.checkpoint} has no dataset metadata; classes are read from {ann}")
-        meta = val.meta
+        meta = meta_for_old_checkpoint(args.checkpoint, ann, ann_meta=val.meta)
     elif meta.category_ids != val.meta.category_ids:
         raise DatasetError(f"{ann} has category ids {val.meta.category_ids} but {args.checkpoint} was trained "
                            f"on {meta.category_ids} ({', '.join(meta.class_names)})")
